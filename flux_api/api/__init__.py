@@ -1,0 +1,1 @@
+"""HTTP: the shared router and the one error mapping. Knows nothing of torch."""

@@ -1,0 +1,1 @@
+"""The engine: everything that touches torch and diffusers. It imports nothing from FastAPI."""

@@ -1,0 +1,93 @@
+"""Where the model comes from: 'tiny', a local diffusers folder, or a Hugging Face repo id.
+
+`resolve_source` decides which, and `check_source` is the pre-flight that runs before the service
+starts: a gated repo without a token, a token without access, a missing repo and an unreachable Hub
+each stop start-up with their own message, instead of surfacing later as a stack trace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import HubAuthError, HubUnreachable, ModelSourceError
+from .tiny import tiny_model_dir
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "tiny" | "local" | "hub"
+    spec: str  # what the settings said
+    location: str  # what from_pretrained gets: a folder or a repo id
+    revision: str | None = None
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "spec": self.spec, "location": self.location, "revision": self.revision}
+
+
+def resolve_source(spec: str, cache_dir: Path, revision: str | None = None) -> ModelSource:
+    """Decide what `spec` names. Cheap: nothing is built or downloaded here."""
+    if spec == "tiny":
+        return ModelSource("tiny", spec, str(tiny_model_dir(cache_dir)))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise ModelSourceError(f"model folder {path} is not a diffusers pipeline folder: it has no model_index.json")
+        return ModelSource("local", spec, str(path.resolve()))
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    if looks_like_path or not _REPO_ID.match(spec):
+        raise ModelSourceError(
+            f"model {spec!r} is neither 'tiny', an existing folder, nor a Hugging Face repo id (owner/name)"
+        )
+    return ModelSource("hub", spec, spec, revision)
+
+
+def check_source(source: ModelSource, token: str | None, endpoint: str | None = None) -> None:
+    """Pre-flight a Hub model by fetching its model_index.json (from the cache when offline)."""
+    if source.kind != "hub":
+        return
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo = source.location
+    page = f"https://huggingface.co/{repo}"
+    try:
+        hf_hub_download(repo, "model_index.json", revision=source.revision, token=token or False, endpoint=endpoint)
+    except GatedRepoError as e:
+        if not token:
+            raise HubAuthError(
+                f"{repo} is a gated model and no Hugging Face token is set: accept its licence at {page}, "
+                "then set HF_TOKEN to a token of that account"
+            ) from e
+        raise HubAuthError(
+            f"{repo} is gated and the HF_TOKEN given has no access to it: accept the licence at {page} "
+            "with the account that owns the token"
+        ) from e
+    except RepositoryNotFoundError as e:
+        hint = "" if token else " (if it is private, set HF_TOKEN)"
+        raise ModelSourceError(f"model repo {repo} was not found on the Hugging Face Hub{hint}") from e
+    except RevisionNotFoundError as e:
+        raise ModelSourceError(f"revision {source.revision!r} of {repo} was not found") from e
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+        raise HubUnreachable(
+            f"the Hugging Face Hub could not be reached and {repo} is not in the local cache "
+            "(with HF_HUB_OFFLINE=1 only cached models load; check the network or HF_HOME)"
+        ) from e
+    except EntryNotFoundError as e:
+        raise ModelSourceError(f"{repo} has no model_index.json: it is not a diffusers pipeline repo") from e
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status == 401:
+            raise HubAuthError(f"the Hugging Face Hub rejected the token (401) for {repo}: check HF_TOKEN") from e
+        raise HubUnreachable(f"the Hugging Face Hub answered {status} for {repo}: {e}") from e

@@ -1,0 +1,138 @@
+"""Shared fixtures: the tiny model, real LoRA files, and both services running under a real uvicorn.
+
+Nothing downloads: HF_HUB_OFFLINE is set before huggingface_hub is imported, and HF_HOME points
+at a fresh folder, so only what a test lays into that cache by hand can load from "the Hub".
+"""
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="flux-api-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("HF_TOKEN", None)
+for _k in [k for k in os.environ if k.startswith(("FLUX_BF16_", "FLUX_FP4_"))]:
+    del os.environ[_k]  # the tests set every setting they rely on
+
+import shutil  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+import uvicorn  # noqa: E402
+
+from flux_api.app import create_app  # noqa: E402
+from flux_api.engine.tiny import ensure_tiny_model  # noqa: E402
+from flux_api.settings import BF16Settings, FP4Settings  # noqa: E402
+
+# Small, fast defaults for the services under test; also what /docs must show.
+BF16_DEFAULTS = dict(default_steps=3, default_width=256, default_height=256)
+FP4_DEFAULTS = dict(default_steps=2, default_width=256, default_height=256)
+
+
+class Served:
+    """A real uvicorn server in a thread, on a free port, with the app's lifespan running."""
+
+    def __init__(self, app):
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server stopped during start-up")
+            if time.time() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.client = httpx.Client(base_url=self.url, timeout=120)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> "Served":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = self.client.get("/health")
+            if r.status_code == 200:
+                return self
+            if r.json().get("status") == "failed":
+                raise RuntimeError(f"model load failed: {r.json()}")
+            time.sleep(0.05)
+        raise RuntimeError("the model did not become ready")
+
+    def __exit__(self, *exc):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(60)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("flux-cache")
+    ensure_tiny_model(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(cache_dir) -> Path:
+    return ensure_tiny_model(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def lora_dir(tmp_path_factory, tiny_dir) -> Path:
+    """Real LoRAs for the tiny transformer: peft adapters with non-zero weights, saved in the diffusers
+    LoRA format, plus files that must be refused."""
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    root = tmp_path_factory.mktemp("loras")
+    for name, seed, targets in (("style", 1, ["to_q", "to_k", "to_v", "to_out.0"]), ("detail", 2, ["to_q", "to_v"])):
+        tr = FluxTransformer2DModel.from_pretrained(tiny_dir, subfolder="transformer")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            # init_lora_weights=False: random A and B, so the adapter really changes the output.
+            tr.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+        FluxPipeline.save_lora_weights(root, transformer_lora_layers=get_peft_model_state_dict(tr),
+                                       weight_name=f"{name}.safetensors")
+    (root / "sub").mkdir()
+    shutil.copy(root / "detail.safetensors", root / "sub" / "nested.safetensors")
+    (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
+    (root / "evil.pt").write_bytes(b"pickle would run code")
+    outside = tmp_path_factory.mktemp("outside") / "escape.safetensors"
+    shutil.copy(root / "style.safetensors", outside)
+    (root / "escape.safetensors").symlink_to(outside)
+    return root
+
+
+@pytest.fixture(scope="session")
+def bf16(cache_dir, lora_dir):
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8001, **BF16_DEFAULTS)
+    with Served(create_app(settings)) as s:
+        yield s.wait_ready()
+
+
+@pytest.fixture(scope="session")
+def fp4(cache_dir, lora_dir):
+    settings = FP4Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8000, **FP4_DEFAULTS)
+    with Served(create_app(settings)) as s:
+        yield s.wait_ready()
+
+
+@pytest.fixture(params=["bf16", "fp4"])
+def svc(request) -> Served:
+    """Each test that takes `svc` runs against both services."""
+    return request.getfixturevalue(request.param)
+
+
+def gen(svc: Served, **body) -> httpx.Response:
+    """POST /generate with small fast defaults; `body` overrides them."""
+    payload = {"prompt": "a red bicycle on a bridge", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1}
+    payload.update(body)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return svc.client.post("/generate", json=payload)
