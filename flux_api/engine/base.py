@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -395,7 +396,8 @@ class FluxModelManager:
             "model": self.source.as_dict() if self.source else {"spec": self.settings.model},
             "backend": self.backend,
             "precision": self.precision() if self.plan else None,
-            "placement": {**self.plan.as_dict(), "components": components} if self.plan else None,
+            "placement": {**self.plan.as_dict(), "components": components,
+                          "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if self.plan else None,
             "devices": memory_report(self.hardware),
             "queue": {"depth": self.worker.depth, "max": self.worker.max_pending},
             "lora": self.lora_status(),
