@@ -68,6 +68,16 @@ class InvalidLora(FluxAPIError):
     type = "invalid_lora"
 
 
+class LoraNotAllowed(FluxAPIError):
+    """Hub LoRAs are switched off for this owner (allowlist), or the repo is gated."""
+
+    type = "lora_not_allowed"
+
+
+class LoraHubUnreachable(FluxAPIError):
+    type = "lora_hub_unreachable"
+
+
 class QueueFull(FluxAPIError):
     type = "queue_full"
 

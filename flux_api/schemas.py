@@ -107,6 +107,7 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
 
 class Timings(BaseModel):
     queue_ms: float = Field(description="Waiting for the GPU.")
+    lora_ms: float = Field(description="Loading or switching LoRA adapters for this request (0 when nothing changed).")
     inference_ms: float = Field(description="The pipeline call (text encoding, denoising, VAE decode).")
     encode_ms: float = Field(description="Image encoding (and base64 for JSON).")
     total_ms: float = Field(description="From the request's arrival to the response.")

@@ -74,6 +74,11 @@ class ServiceSettings(BaseSettings):
 
     # --- LoRA
     lora_dir: Path = Field(Path("loras"), description="Folder of .safetensors LoRA files.")
+    lora_hub: bool = Field(True, description="Allow LoRAs from the Hugging Face Hub (owner/repo[/file.safetensors]).")
+    lora_hub_owners: list[str] = Field(default_factory=list, description="If set, only these Hub owners' LoRAs load.")
+    lora_max_mb: int = Field(2048, ge=1, description="Size cap for one LoRA file, in MiB.")
+    lora_cache_size: int = Field(4, ge=1, le=64, description="Adapters kept loaded (LRU) for fast switching.")
+    hub_endpoint: str | None = Field(None, description="Hugging Face Hub URL (a mirror); default: HF_ENDPOINT or huggingface.co.")
 
     # --- start-up
     warmup: bool = Field(True, description="Run one small generation before /health reports ready.")

@@ -14,6 +14,7 @@ os.environ.pop("HF_TOKEN", None)
 for _k in [k for k in os.environ if k.startswith(("FLUX_BF16_", "FLUX_FP4_"))]:
     del os.environ[_k]  # the tests set every setting they rely on
 
+import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -30,6 +31,23 @@ from flux_api.settings import BF16Settings, FP4Settings  # noqa: E402
 # Small, fast defaults for the services under test; also what /docs must show.
 BF16_DEFAULTS = dict(default_steps=3, default_width=256, default_height=256)
 FP4_DEFAULTS = dict(default_steps=2, default_width=256, default_height=256)
+
+
+def lay_out_hub_cache(repo: str, files: dict[str, bytes]) -> None:
+    """Files laid out exactly as huggingface_hub's cache stores a downloaded repo (blobs, a snapshot
+    of symlinks, refs/main), in the HF_HOME of this test session."""
+    hub = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    snap = hub / "snapshots" / commit
+    for rel, data in files.items():
+        blob = hub / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    (hub / "refs").mkdir(parents=True, exist_ok=True)
+    (hub / "refs" / "main").write_text(commit)
 
 
 class Served:
@@ -90,6 +108,7 @@ def lora_dir(tmp_path_factory, tiny_dir) -> Path:
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from peft import LoraConfig, get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("loras")
     for name, seed, targets in (("style", 1, ["to_q", "to_k", "to_v", "to_out.0"]), ("detail", 2, ["to_q", "to_v"])):
@@ -100,6 +119,18 @@ def lora_dir(tmp_path_factory, tiny_dir) -> Path:
             tr.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
         FluxPipeline.save_lora_weights(root, transformer_lora_layers=get_peft_model_state_dict(tr),
                                        weight_name=f"{name}.safetensors")
+    # a kohya-style file (BFL module names, lora_down/lora_up/alpha) that diffusers converts
+    g = torch.Generator().manual_seed(3)
+    kohya = {}
+    for mod, out_f in (("double_blocks_0_img_attn_qkv", 96), ("double_blocks_0_img_attn_proj", 32)):
+        kohya[f"lora_unet_{mod}.lora_down.weight"] = torch.randn(4, 32, generator=g)
+        kohya[f"lora_unet_{mod}.lora_up.weight"] = torch.randn(out_f, 4, generator=g)
+        kohya[f"lora_unet_{mod}.alpha"] = torch.tensor(4.0)
+    save_file(kohya, root / "kohya.safetensors")
+    # a LoRA made for another model: to_q's in_features do not match (99 instead of 32)
+    save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 99, generator=g),
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=g)},
+              root / "other-model.safetensors")
     (root / "sub").mkdir()
     shutil.copy(root / "detail.safetensors", root / "sub" / "nested.safetensors")
     (root / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")

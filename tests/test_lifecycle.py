@@ -1,7 +1,6 @@
 """Loading: background load with /health 503 until ready, idempotent /load-model, retry after a failed
 load, the Hub path (offline, from a hand-built cache), and start-up refusals with clear messages."""
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Served, gen
+from conftest import Served, gen, lay_out_hub_cache
 from flux_api.app import create_app
 from flux_api.engine.bf16 import BF16FluxModelManager
 from flux_api.settings import BF16Settings, FP4Settings
@@ -76,27 +75,9 @@ def test_failed_load_is_reported_and_load_model_retries(cache_dir, tiny_dir, tmp
         assert s.client.get("/model-status").json()["model"]["kind"] == "local"
 
 
-def _lay_out_hub_cache(tiny_dir: Path, repo: str) -> None:
-    """The tiny model laid out exactly as huggingface_hub's cache stores a downloaded repo."""
-    hub = Path(os.environ["HF_HOME"]) / "hub" / f"models--{repo.replace('/', '--')}"
-    commit = hashlib.sha1(repo.encode()).hexdigest()
-    snap = hub / "snapshots" / commit
-    for f in tiny_dir.rglob("*"):
-        if f.is_file():
-            data = f.read_bytes()
-            blob = hub / "blobs" / hashlib.sha256(data).hexdigest()
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            blob.write_bytes(data)
-            link = snap / f.relative_to(tiny_dir)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
-    (hub / "refs").mkdir(parents=True, exist_ok=True)
-    (hub / "refs" / "main").write_text(commit)
-
-
 def test_hub_repo_id_loads_offline_from_the_cache(cache_dir, tiny_dir):
     repo = "flux-api-test/tiny-flux"
-    _lay_out_hub_cache(tiny_dir, repo)
+    lay_out_hub_cache(repo, {f.relative_to(tiny_dir).as_posix(): f.read_bytes() for f in tiny_dir.rglob("*") if f.is_file()})
     with Served(create_app(FP4Settings(model=repo, cache_dir=cache_dir))) as s:
         s.wait_ready()
         st = s.client.get("/model-status").json()

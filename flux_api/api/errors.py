@@ -26,6 +26,8 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.InvalidRequest: 422,
     E.InvalidLora: 422,
     E.LoraNotFound: 404,
+    E.LoraNotAllowed: 403,
+    E.LoraHubUnreachable: 503,
     E.GenerationFailed: 500,
 }
 

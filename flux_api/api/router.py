@@ -157,7 +157,7 @@ def create_router(manager: FluxModelManager, settings: ServiceSettings) -> APIRo
         data, b64 = await asyncio.to_thread(_encode)  # encoding is CPU work: keep it off the event loop
         done = time.perf_counter()
         timings = {
-            "queue_ms": result.queue_ms, "inference_ms": result.inference_ms,
+            "queue_ms": result.queue_ms, "lora_ms": result.lora_ms, "inference_ms": result.inference_ms,
             "encode_ms": round((done - t_enc) * 1e3, 2), "total_ms": round((done - arrived) * 1e3, 2),
         }
         warnings = _warnings(result.truncation)

@@ -20,7 +20,7 @@ from typing import Any, Callable
 from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, ModelNotReady
 from ..settings import ServiceSettings
 from .devices import Hardware, PlacementPlan, detect_hardware, memory_report, plan_placement
-from .lora import LoraSpec, inspect_lora, list_lora_folder, resolve_lora_path
+from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora, list_lora_folder
 from .sources import ModelSource, check_source, resolve_source
 from .tiny import ensure_tiny_model
 from .worker import GPUWorker
@@ -50,6 +50,7 @@ class GenerationResult:
     loras: tuple[LoraSpec, ...]
     truncation: dict
     queue_ms: float
+    lora_ms: float
     inference_ms: float
     backend: str
     model: str
@@ -58,6 +59,7 @@ class GenerationResult:
 @dataclass
 class _LoraState:
     adapters: OrderedDict = field(default_factory=OrderedDict)  # LoRA name -> adapter name, LRU order
+    sources: dict = field(default_factory=dict)  # LoRA name -> "folder" | "hub"
     pinned: tuple[LoraSpec, ...] = ()
     active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to now; None: unknown
     counter: int = 0
@@ -68,7 +70,6 @@ class FluxModelManager:
     override `_load_pipeline` / `_set_active_loras` where a backend does things its own way)."""
 
     backend = "diffusers"
-    lora_cache_size = 4
 
     def __init__(self, settings: ServiceSettings, hardware: Hardware | None = None):
         self.settings = settings
@@ -83,6 +84,7 @@ class FluxModelManager:
         self._state_lock = threading.Lock()  # held briefly: never blocks the event loop
         self._loading = False
         self._lora = _LoraState()
+        self.lora_files = LoraResolver.from_settings(settings)
         self.worker = GPUWorker(settings.queue_size, name=f"flux-{settings.service}")
 
     # ------------------------------------------------------------------ lifecycle
@@ -228,12 +230,13 @@ class FluxModelManager:
             raise ModelNotReady(self.phase, self._not_ready_message())
         loras = self._lora.pinned if params.loras is None else params.loras
         self._set_active_loras(loras)
+        lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         truncation = self._truncation(params.prompt)
         image = self._run_pipeline(params)
         return GenerationResult(
             image=image, params=params, loras=loras, truncation=truncation,
-            queue_ms=round((started - enqueued_at) * 1e3, 2),
-            inference_ms=round((time.perf_counter() - started) * 1e3, 2),
+            queue_ms=round((started - enqueued_at) * 1e3, 2), lora_ms=lora_ms,
+            inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
             backend=self.backend, model=self.source.spec,
         )
 
@@ -279,35 +282,39 @@ class FluxModelManager:
 
     # ------------------------------------------------------------------ LoRA (worker thread)
 
-    def _adapter_for(self, name: str) -> str:
-        """Load a LoRA from the folder once (LRU-cached); failure leaves the pipeline as it was."""
+    def _adapter_for(self, file: LoraFile, keep: set[str]) -> str:
+        """Load a LoRA once (LRU-cached); a failure leaves the pipeline as it was."""
         st = self._lora
-        if name in st.adapters:
-            st.adapters.move_to_end(name)
-            return st.adapters[name]
-        path = resolve_lora_path(self.settings.lora_dir, name)
-        inspect_lora(path)  # refuse a damaged or non-LoRA file before it reaches the model
+        if file.name in st.adapters:
+            st.adapters.move_to_end(file.name)
+            return st.adapters[file.name]
+        check_lora_fits(self.pipe, file.path, file.name)
         st.counter += 1
         adapter = f"lora_{st.counter}"
         try:
-            self.pipe.load_lora_weights(str(path), adapter_name=adapter)
+            self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
         except Exception as e:
             self._delete_adapter(adapter)
             st.active = None
-            raise InvalidLora(f"LoRA {name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
-        st.adapters[name] = adapter
+            raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
+        st.adapters[file.name] = adapter
+        st.sources[file.name] = file.source
         st.active = None  # loading an adapter changes which adapters are active
-        self._evict_adapters(keep={name})
+        self._evict_adapters(keep | {file.name})
         return adapter
 
     def _evict_adapters(self, keep: set[str]) -> None:
         st = self._lora
         keep = keep | {s.name for s in st.pinned}
         for name in list(st.adapters):
-            if len(st.adapters) <= self.lora_cache_size:
+            if len(st.adapters) <= self.settings.lora_cache_size:
                 break
             if name not in keep:
-                self._delete_adapter(st.adapters.pop(name))
+                self._drop(name)
+
+    def _drop(self, name: str) -> None:
+        self._lora.sources.pop(name, None)
+        self._delete_adapter(self._lora.adapters.pop(name))
 
     def _delete_adapter(self, adapter: str) -> None:
         try:
@@ -319,6 +326,15 @@ class FluxModelManager:
             self.pipe.unload_lora_weights()
             self._lora.active = ()
 
+    def _resolve_new(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
+        """Find and check every LoRA not loaded yet, before any is loaded: one bad name changes nothing."""
+        files = {}
+        for s in loras:
+            if s.name not in self._lora.adapters:
+                files[s.name] = self.lora_files.resolve(s.name)
+                inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
+        return files
+
     def _set_active_loras(self, loras: tuple[LoraSpec, ...]) -> None:
         st = self._lora
         if st.active is not None and st.active == loras:
@@ -327,20 +343,21 @@ class FluxModelManager:
             if st.adapters:
                 self.pipe.disable_lora()
         else:
-            for s in loras:  # check every name first: one bad name must not leave the others loaded
-                if s.name not in st.adapters:
-                    inspect_lora(resolve_lora_path(self.settings.lora_dir, s.name))
-            loaded_now = [s.name for s in loras if s.name not in st.adapters]
+            files = self._resolve_new(loras)
+            keep = {s.name for s in loras}
             try:
-                names = [self._adapter_for(s.name) for s in loras]
+                names = [st.adapters[s.name] if s.name in st.adapters else self._adapter_for(files[s.name], keep)
+                         for s in loras]
             except Exception:
-                for n in loaded_now:
+                for n in files:
                     if n in st.adapters:
-                        self._delete_adapter(st.adapters.pop(n))
+                        self._drop(n)
                 st.active = None
                 raise
             self.pipe.enable_lora()
             self.pipe.set_adapters(names, [s.weight for s in loras])
+            for s in loras:
+                st.adapters.move_to_end(s.name)
         st.active = loras
 
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
@@ -363,15 +380,15 @@ class FluxModelManager:
         st.pinned = tuple(s for s in st.pinned if name is not None and s.name != name)
         pinned_names = {s.name for s in st.pinned}
         for n in [n for n in st.adapters if n not in pinned_names and (name is None or n == name)]:
-            self._delete_adapter(st.adapters.pop(n))
+            self._drop(n)
         st.active = None
         return self.lora_status()
 
     def lora_status(self) -> dict:
         return {
             "pinned": [s.as_dict() for s in self._lora.pinned],
-            "loaded": list(self._lora.adapters),
-            "cache_size": self.lora_cache_size,
+            "loaded": [{"name": n, "source": self._lora.sources.get(n)} for n in self._lora.adapters],
+            "cache_size": self.settings.lora_cache_size,
             "lora_dir": str(self.settings.lora_dir),
         }
 

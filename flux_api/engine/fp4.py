@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import BackendUnavailable
 from .base import FluxModelManager
 from .devices import Hardware, PlacementPlan
-from .lora import LoraSpec, resolve_lora_path
+from .lora import LoraSpec
 
 NUNCHAKU_RELEASES = "https://github.com/nunchaku-tech/nunchaku/releases"
 NUNCHAKU_INT4_SM = {(7, 5), (8, 0), (8, 6), (8, 9)}
@@ -235,7 +235,7 @@ class FP4FluxModelManager(FluxModelManager):
         if not loras:
             transformer.reset_lora()  # a strength of 0 would leave the LoRA in; reset removes it
         else:
-            paths = [str(resolve_lora_path(self.settings.lora_dir, s.name)) for s in loras]
+            paths = [str(self.lora_files.resolve(s.name).path) for s in loras]
             if len(loras) == 1:
                 transformer.update_lora_params(paths[0])
                 transformer.set_lora_strength(loras[0].weight)

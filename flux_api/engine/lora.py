@@ -1,18 +1,22 @@
 """Where a LoRA comes from, and checking it before it touches the model.
 
-A LoRA is named relative to the configured LoRA folder. Only `.safetensors` files are read (pickle
-formats can run code when loaded), and a name that resolves outside the folder (`..`, an absolute
-path, a symlink pointing out) is refused.
+A name is looked up in the LoRA folder first, then as a Hugging Face repo id (`owner/repo`, or
+`owner/repo/file.safetensors` when the repo holds several files). Only `.safetensors` is read:
+pickle formats can run code when loaded. A name that resolves outside the folder (`..`, an absolute
+path, a symlink pointing out) is refused and never tried on the Hub. Hub downloads can be switched
+off or limited to an allowlist of owners, are capped in size, and go through the Hugging Face cache.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import InvalidLora, LoraNotFound
+from ..errors import InvalidLora, LoraHubUnreachable, LoraNotAllowed, LoraNotFound
 
 SUFFIX = ".safetensors"
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+\.safetensors)?$")
 
 
 @dataclass(frozen=True)
@@ -24,8 +28,14 @@ class LoraSpec:
         return {"name": self.name, "weight": self.weight}
 
 
-def resolve_lora_path(lora_dir: Path, name: str) -> Path:
-    """The file a LoRA name points to, inside `lora_dir`. Raises InvalidLora or LoraNotFound."""
+@dataclass(frozen=True)
+class LoraFile:
+    name: str
+    path: Path
+    source: str  # "folder" | "hub"
+
+
+def _check_name(name: str) -> PurePosixPath:
     if not name or not name.strip() or "\x00" in name:
         raise InvalidLora("LoRA name is empty")
     rel = PurePosixPath(name.replace("\\", "/"))
@@ -33,9 +43,15 @@ def resolve_lora_path(lora_dir: Path, name: str) -> Path:
         raise InvalidLora(f"LoRA name {name!r} is an absolute path; give a name inside the LoRA folder")
     if ".." in rel.parts:
         raise InvalidLora(f"LoRA name {name!r} points outside the LoRA folder")
-    if rel.suffix and rel.suffix != SUFFIX:
+    if rel.suffix in (".pt", ".pth", ".bin", ".ckpt", ".pkl"):
         raise InvalidLora(f"LoRA {name!r} is not a .safetensors file; pickle formats (.pt, .bin, .ckpt) are never read")
-    if not rel.suffix:
+    return rel
+
+
+def resolve_lora_path(lora_dir: Path, name: str) -> Path:
+    """The file a LoRA name points to inside `lora_dir`. Raises InvalidLora or LoraNotFound."""
+    rel = _check_name(name)
+    if rel.suffix != SUFFIX:
         rel = rel.with_name(rel.name + SUFFIX)
     root = Path(lora_dir).resolve()
     path = (root / rel).resolve()
@@ -44,6 +60,91 @@ def resolve_lora_path(lora_dir: Path, name: str) -> Path:
     if not path.is_file():
         raise LoraNotFound(f"LoRA {name!r} was not found in the LoRA folder {root}")
     return path
+
+
+class LoraResolver:
+    """Turns a LoRA name into a local .safetensors file: the folder first, then the Hub."""
+
+    def __init__(self, lora_dir: Path, hub: bool = True, owners: list[str] | None = None,
+                 max_bytes: int = 2 * 2**30, token: str | None = None, endpoint: str | None = None):
+        self.lora_dir, self.hub, self.owners = Path(lora_dir), hub, list(owners or [])
+        self.max_bytes, self.token, self.endpoint = max_bytes, token, endpoint
+
+    @classmethod
+    def from_settings(cls, s) -> "LoraResolver":
+        return cls(s.lora_dir, s.lora_hub, s.lora_hub_owners, s.lora_max_mb * 2**20, s.token, s.hub_endpoint)
+
+    def resolve(self, name: str) -> LoraFile:
+        try:
+            return LoraFile(name, resolve_lora_path(self.lora_dir, name), "folder")
+        except LoraNotFound:
+            if not _HUB_NAME.match(name):
+                raise
+            if not self.hub:
+                raise LoraNotFound(f"LoRA {name!r} is not in the LoRA folder, and Hub LoRAs are switched off (lora_hub)") from None
+            return LoraFile(name, self._from_hub(name), "hub")
+
+    # ------------------------------------------------------------------ the Hub
+
+    def _from_hub(self, name: str) -> Path:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            HfHubHTTPError,
+            LocalEntryNotFoundError,
+            OfflineModeIsEnabled,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        parts = name.split("/")
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+        if self.owners and parts[0] not in self.owners:
+            raise LoraNotAllowed(f"Hub LoRAs are limited to the owners {', '.join(self.owners)}; {parts[0]!r} is not one")
+        try:
+            if filename is None:
+                filename = self._only_safetensors(repo)
+            path = Path(hf_hub_download(repo, filename, token=self.token or False, endpoint=self.endpoint))
+        except GatedRepoError as e:
+            raise LoraNotAllowed(f"Hub LoRA {repo} is gated: accept its terms on the Hub and set HF_TOKEN") from e
+        except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+            raise LoraNotFound(f"Hub LoRA repo {repo} was not found") from e
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
+            raise LoraHubUnreachable(f"the Hugging Face Hub could not be reached and {name} is not in the local cache") from e
+        except EntryNotFoundError as e:
+            raise LoraNotFound(f"Hub LoRA repo {repo} has no file {filename}") from e
+        except HfHubHTTPError as e:
+            raise LoraHubUnreachable(f"the Hugging Face Hub failed for {name}: {e}") from e
+        self._check_size(name, path.stat().st_size)
+        return path
+
+    def _check_size(self, name: str, size: int | None) -> None:
+        if size is not None and size > self.max_bytes:
+            raise InvalidLora(f"LoRA {name} is {size / 2**20:.0f} MiB, over the {self.max_bytes / 2**20:.0f} MiB cap (lora_max_mb)")
+
+    def _only_safetensors(self, repo: str) -> str:
+        """The repo's one .safetensors file; with several, the client must say which."""
+        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            info = HfApi(endpoint=self.endpoint).model_info(repo, files_metadata=True, token=self.token or False)
+            files = {s.rfilename: s.size for s in info.siblings or [] if s.rfilename.endswith(SUFFIX)}
+        except HfHubHTTPError:
+            raise  # the Hub answered: not found, gated...
+        except Exception:
+            # Offline mode or no network: what the local cache holds of the repo is all we can know.
+            snap = Path(snapshot_download(repo, local_files_only=True, token=self.token or False))
+            files = {p.relative_to(snap).as_posix(): None for p in snap.rglob(f"*{SUFFIX}")}
+        if not files:
+            raise LoraNotFound(f"Hub repo {repo} holds no .safetensors file")
+        if len(files) > 1:
+            raise InvalidLora(f"Hub repo {repo} holds several .safetensors files ({', '.join(sorted(files))}); "
+                              f"name one as {repo}/<file>")
+        (filename, size), = files.items()
+        self._check_size(f"{repo}/{filename}", size)
+        return filename
 
 
 def _target_name(module: str) -> str:
@@ -72,6 +173,40 @@ def inspect_lora(path: Path) -> dict:
     if not ranks:
         raise InvalidLora(f"LoRA file {path.name} holds no LoRA tensors (no lora_A / lora_down weights)")
     return {"rank": max(ranks), "target_modules": sorted(targets), "tensors": len(keys)}
+
+
+def check_lora_fits(pipe, path: Path, name: str) -> None:
+    """Refuse a LoRA whose tensors do not fit this model, before diffusers touches the model.
+
+    diffusers' FLUX loader does not refuse a mismatch: it widens the base layer to fit the LoRA
+    (meant for FLUX Control LoRAs), and unloading does not undo it. So shapes are checked here, on
+    the state dict diffusers would load (kohya and other formats already converted).
+    """
+    try:
+        state_dict, _ = pipe.lora_state_dict(str(path), return_alphas=True)
+    except Exception as e:
+        raise InvalidLora(f"LoRA {name!r} is not in a LoRA format diffusers can read for FLUX: {e}") from e
+    components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
+    problems = []
+    for key, tensor in state_dict.items():
+        kind = "A" if ".lora_A." in key else "B" if ".lora_B." in key else None
+        if kind is None:
+            continue
+        prefix, _, rest = key.partition(".")
+        module_path = rest.split(f".lora_{kind}.")[0]
+        try:
+            module = components[prefix].get_submodule(module_path)
+        except (KeyError, AttributeError):
+            problems.append(f"{prefix}.{module_path} does not exist in this model")
+            continue
+        want = getattr(module, "in_features" if kind == "A" else "out_features", None)
+        got = tensor.shape[1] if kind == "A" else tensor.shape[0]
+        if want is not None and got != want:
+            side = "in" if kind == "A" else "out"
+            problems.append(f"{prefix}.{module_path} has {side}_features {want}, the LoRA has {got}")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
 
 
 def list_lora_folder(lora_dir: Path) -> list[dict]:
