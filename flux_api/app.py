@@ -20,6 +20,7 @@ from .engine.bf16 import BF16FluxModelManager
 from .engine.fp4 import FP4FluxModelManager
 from .errors import FluxAPIError
 from .logs import request_id
+from .metrics import Metrics
 from .settings import ServiceSettings
 
 log = logging.getLogger("flux_api")
@@ -33,10 +34,11 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 class RequestIdMiddleware:
-    """Give every request an id (the client's X-Request-ID if sane), echo it, and log the request."""
+    """Give every request an id (the client's X-Request-ID if sane), echo it, log and count the request."""
 
-    def __init__(self, app):
+    def __init__(self, app, metrics: Metrics):
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -56,6 +58,8 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             log.info("%s %s -> %d in %.1f ms", scope["method"], scope["path"], status[0], (time.perf_counter() - t0) * 1e3)
+            route = getattr(scope.get("route"), "path", "unmatched")  # the template: /jobs/{job_id}
+            self.metrics.observe_request(scope["method"], route, status[0])
             request_id.reset(token)
 
 
@@ -76,7 +80,9 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         # The model loads in the background so the process answers (/health/live, /health 503) at once.
         manager.start_background_load()
         yield
-        await asyncio.to_thread(manager.unload)
+        # SIGTERM lands here after uvicorn stopped taking requests: queued work is cancelled, running
+        # work finishes (or is stopped after the grace), then the memory is freed.
+        await asyncio.to_thread(manager.unload, 30.0)
 
     app = FastAPI(
         title=f"FLUX {settings.service.upper()} service",
@@ -84,9 +90,10 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         version=__version__,
         lifespan=lifespan,
     )
+    metrics = Metrics(manager)
     app.state.manager = manager
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(create_router(manager, settings))
-    app.add_middleware(RequestIdMiddleware)
+    app.include_router(create_router(manager, settings, metrics))
+    app.add_middleware(RequestIdMiddleware, metrics=metrics)
     return app

@@ -86,6 +86,22 @@ class QueueFull(FluxAPIError):
         self.retry_after_s = retry_after_s
 
 
+class JobNotFound(FluxAPIError):
+    type = "job_not_found"
+
+
+class JobCancelled(FluxAPIError):
+    """The work was cancelled (DELETE /jobs/{id}, the client went away, or shutdown)."""
+
+    type = "cancelled"
+
+
+class GenerationTimeout(FluxAPIError):
+    """Queue wait plus generation took longer than the request timeout; the run was stopped."""
+
+    type = "timeout"
+
+
 class GPUOutOfMemory(FluxAPIError):
     type = "out_of_memory"
 

@@ -18,7 +18,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("FLUX_API_CONFIG_DIR", PROJECT_ROOT / "config"))
 
 OutputFormat = Literal["png", "jpeg", "webp"]
-Placement = Literal["auto", "single", "balanced"]
+Placement = Literal["auto", "single", "balanced", "replicas"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 FP4Backend = Literal["auto", "nunchaku", "bnb-fp4", "bnb-nf4", "torchao-fp8", "torchao-int8"]
 
@@ -54,9 +54,11 @@ class ServiceSettings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when available, else CPU.")
     placement: Placement = Field(
         "auto",
-        description="single: one device. balanced: device_map='balanced' over the visible GPUs. "
-        "auto: balanced with several visible GPUs, else single.",
+        description="single: one device. balanced: one pipeline over the visible GPUs (device_map='balanced'). "
+        "replicas: one pipeline per GPU, requests go to an idle one. auto: replicas when a copy fits one GPU, "
+        "else balanced; single with one GPU.",
     )
+    replicas: int | None = Field(None, ge=1, le=64, description="Pipelines in replicas mode (default: one per GPU).")
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
 
     # --- generation defaults and limits
@@ -71,6 +73,9 @@ class ServiceSettings(BaseSettings):
     png_compress_level: int = Field(1, ge=0, le=9)
     jpeg_quality: int = Field(90, ge=1, le=100)
     queue_size: int = Field(16, ge=1, le=10_000, description="Requests waiting for the GPU before 429.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Queue wait plus generation, per request, before 504.")
+    jobs_keep: int = Field(256, ge=1, description="Finished jobs kept for GET /jobs/{id}.")
+    jobs_keep_s: float = Field(3600.0, gt=0, description="How long a finished job is kept.")
 
     # --- LoRA
     lora_dir: Path = Field(Path("loras"), description="Folder of .safetensors LoRA files.")

@@ -59,7 +59,8 @@ def test_model_status_reports_backend_precision_placement_memory(bf16, fp4):
     assert b["state"] == "ready" and b["loaded"] is True
     assert b["backend"] == "diffusers" and b["precision"]["transformer"] == "float32"
     assert b["model"]["kind"] == "tiny"
-    assert b["placement"]["mode"] == "single" and b["placement"]["components"]["transformer"] == "cpu"
+    assert b["placement"]["mode"] == "single" and b["placement"]["devices"] == ["cpu"]
+    assert b["placement"]["replica_status"][0]["components"]["transformer"] == "cpu"
     assert b["devices"][0]["device"] == "cpu" and b["devices"][0]["process_peak_rss_mib"] > 0
     f = fp4.client.get("/model-status").json()
     assert f["backend"] == "torchao-int8"  # auto on the CPU
@@ -245,7 +246,7 @@ def test_health_answers_while_an_image_renders(bf16):
     t = threading.Thread(target=long_job)
     t.start()
     deadline = time.time() + 10
-    while bf16.app.state.manager.worker.depth == 0 and time.time() < deadline:
+    while bf16.app.state.manager.scheduler.running == 0 and time.time() < deadline:
         time.sleep(0.01)
     answered = 0
     while not done.is_set() and answered < 5:

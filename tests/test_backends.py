@@ -135,13 +135,33 @@ def test_fp4_manager_refuses_nunchaku_on_a_stand_in_h100(tmp_path):
 
 
 def test_placement_plan():
-    two = Hardware((GPU(0, "a", (9, 0), GiB), GPU(1, "b", (9, 0), GiB)))
-    assert plan_placement("auto", "auto", CPU).device == "cpu"
-    assert plan_placement("auto", "auto", H100).as_dict() == {"mode": "single", "device": "cuda:0"}
-    assert plan_placement("auto", "auto", two).device_map == "balanced"
-    assert plan_placement("auto", "single", two).device == "cuda:0"
-    assert plan_placement("cpu", "auto", two).device == "cpu"
+    two = Hardware((GPU(0, "H100 (stand-in)", (9, 0), 80 * GiB), GPU(1, "H100 (stand-in)", (9, 0), 80 * GiB)))
+    assert plan_placement("auto", "auto", CPU).devices == ("cpu",)
+    assert plan_placement("auto", "auto", H100).devices == ("cuda:0",)
+    # several GPUs: one replica each when a copy fits one GPU, else one balanced pipeline
+    fits = plan_placement("auto", "auto", two, pipeline_bytes=34 * GiB)
+    assert fits.mode == "replicas" and fits.devices == ("cuda:0", "cuda:1") and "fits one GPU" in fits.reason
+    big = plan_placement("auto", "auto", two, pipeline_bytes=70 * GiB)
+    assert big.mode == "balanced" and big.devices == ("balanced",) and "does not fit" in big.reason
+    assert plan_placement("auto", "auto", two).mode == "balanced"  # size unknown: the safe choice
+    assert plan_placement("auto", "single", two).devices == ("cuda:0",)
+    assert plan_placement("auto", "replicas", two, replicas=1).devices == ("cuda:0",)
+    assert plan_placement("cpu", "auto", two).devices == ("cpu",)
+    assert plan_placement("auto", "replicas", CPU, replicas=2).devices == ("cpu", "cpu")
     with pytest.raises(ValueError, match="no CUDA GPU is visible"):
         plan_placement("cuda", "auto", CPU)
     with pytest.raises(ValueError, match="needs CUDA GPUs"):
         plan_placement("auto", "balanced", CPU)
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        plan_placement("auto", "replicas", two, replicas=3)
+
+
+def test_fp4_backend_shrinks_the_size_estimate(tiny_dir):
+    from flux_api.engine.sources import ModelSource, estimate_pipeline_bytes
+
+    src = ModelSource("local", str(tiny_dir), str(tiny_dir))
+    full, quarter = estimate_pipeline_bytes(src), estimate_pipeline_bytes(src, 0.25)
+    transformer = sum(f.stat().st_size for f in (tiny_dir / "transformer").glob("*.safetensors"))
+    assert full - quarter == pytest.approx(transformer * 0.75, abs=2)
+    hub = ModelSource("hub", "black-forest-labs/FLUX.1-dev", "black-forest-labs/FLUX.1-dev")
+    assert estimate_pipeline_bytes(hub) > 33 * 10**9  # offline: FLUX.1-dev's known sizes

@@ -29,6 +29,9 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.LoraNotAllowed: 403,
     E.LoraHubUnreachable: 503,
     E.GenerationFailed: 500,
+    E.JobNotFound: 404,
+    E.JobCancelled: 409,
+    E.GenerationTimeout: 504,
 }
 
 

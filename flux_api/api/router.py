@@ -3,77 +3,35 @@
 (No `from __future__ import annotations` here: FastAPI must see the per-settings GenerateRequest
 class itself, not a string naming it.)
 
-Routes are thin: they turn the request into engine calls, queue GPU work on the manager's worker,
+Routes are thin: they turn the request into engine calls, queue GPU work on the manager's scheduler,
 and turn the result into a response. They know nothing of torch.
 """
 
-
 import asyncio
-import base64
-import secrets
 import time
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..engine.base import LOADING, WARMING_UP, FluxModelManager, GenerationParams, GenerationResult
-from ..engine.lora import LoraSpec
-from ..imaging import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES, encode_image
+from ..engine.base import LOADING, WARMING_UP, FluxModelManager
+from ..imaging import MEDIA_TYPES
 from ..logs import request_id
-from ..schemas import ApplyLoraRequest, ErrorBody, GenerateResponse, LoraRef, RemoveLoraRequest, build_generate_request
+from ..metrics import Metrics
+from ..schemas import ApplyLoraRequest, ErrorBody, GenerateResponse, RemoveLoraRequest, build_generate_request
 from ..settings import ServiceSettings
+from .generation import build_response, output_format, to_params, wait_for, wants_raw
+from .jobs import create_jobs_router
 
-ERRORS = {code: {"model": ErrorBody} for code in (404, 422, 429, 500, 503)}
-
-
-async def run_on_gpu(manager: FluxModelManager, fn, *args):
-    """Queue `fn` on the manager's GPU worker and await it without blocking the event loop.
-
-    If the client goes away while the job is still queued, awaiting is cancelled and the job is
-    dropped unrun (asyncio propagates the cancel to the concurrent future).
-    """
-    return await asyncio.wrap_future(manager.submit(fn, *args))
+ERRORS = {code: {"model": ErrorBody} for code in (404, 422, 429, 500, 503, 504)}
 
 
-def _specs(refs: list[LoraRef] | None) -> tuple[LoraSpec, ...] | None:
-    return None if refs is None else tuple(LoraSpec(r.name, r.weight) for r in refs)
+def _specs(refs):
+    from ..engine.lora import LoraSpec
+
+    return tuple(LoraSpec(r.name, r.weight) for r in refs)
 
 
-def _wants_raw(accept: str | None) -> str | None:
-    """The raw image media type the Accept header asks for, if it asks for one over JSON."""
-    if not accept:
-        return None
-    types = [t.split(";")[0].strip().lower() for t in accept.split(",")]
-    if "application/json" in types:
-        return None
-    for t in types:
-        if t in FORMAT_OF_MEDIA_TYPE or t == "image/*":
-            return t
-    return None
-
-
-def _metadata(result: GenerationResult, service: str) -> dict:
-    """What goes into the PNG text chunk: the deterministic parameters only, never timings."""
-    p = result.params
-    return {
-        "service": service, "model": result.model, "backend": result.backend,
-        "prompt": p.prompt, "negative_prompt": p.negative_prompt, "true_cfg_scale": p.true_cfg_scale,
-        "seed": p.seed, "width": p.width, "height": p.height,
-        "num_inference_steps": p.num_inference_steps, "guidance_scale": p.guidance_scale,
-        "loras": [s.as_dict() for s in result.loras],
-    }
-
-
-def _warnings(truncation: dict) -> list[str]:
-    out = []
-    for enc, name in (("clip", "CLIP"), ("t5", "T5")):
-        t = truncation[enc]
-        if t["truncated"]:
-            out.append(f"prompt is {t['tokens']} {name} tokens; {name} saw only the first {t['limit']}")
-    return out
-
-
-def create_router(manager: FluxModelManager, settings: ServiceSettings) -> APIRouter:
+def create_router(manager: FluxModelManager, settings: ServiceSettings, metrics: Metrics) -> APIRouter:
     GenerateRequest = build_generate_request(settings)
     router = APIRouter()
 
@@ -133,60 +91,24 @@ def create_router(manager: FluxModelManager, settings: ServiceSettings) -> APIRo
     )
     async def generate(body: GenerateRequest, request: Request):  # type: ignore[valid-type]
         """Generate one image. JSON with a base64 image by default; send `Accept: image/png` (or jpeg,
-        webp) for the raw bytes, with the seed and timings in X-* headers."""
+        webp) for the raw bytes, with the seed and timings in X-* headers. The request timeout covers
+        the queue wait and the generation (504); a client that disconnects cancels its work."""
         arrived = time.perf_counter()
-        raw = _wants_raw(request.headers.get("accept"))
-        fmt = body.output_format
-        if raw and raw != "image/*" and "output_format" not in body.model_fields_set:
-            fmt = FORMAT_OF_MEDIA_TYPE[raw]
-        params = GenerationParams(
-            prompt=body.prompt, seed=body.seed if body.seed is not None else secrets.randbelow(2**32),
-            width=body.width, height=body.height, num_inference_steps=body.num_inference_steps,
-            guidance_scale=body.guidance_scale, negative_prompt=body.negative_prompt,
-            true_cfg_scale=body.true_cfg_scale, loras=_specs(body.lora_refs()),
-        )
-        result: GenerationResult = await run_on_gpu(manager, manager.generate, params, time.perf_counter())
-
-        t_enc = time.perf_counter()
-
-        def _encode() -> tuple[bytes, str | None]:
-            data = encode_image(result.image, fmt, _metadata(result, settings.service),
-                                settings.png_compress_level, settings.jpeg_quality)
-            return data, (None if raw else base64.b64encode(data).decode("ascii"))
-
-        data, b64 = await asyncio.to_thread(_encode)  # encoding is CPU work: keep it off the event loop
-        done = time.perf_counter()
-        timings = {
-            "queue_ms": result.queue_ms, "lora_ms": result.lora_ms, "inference_ms": result.inference_ms,
-            "encode_ms": round((done - t_enc) * 1e3, 2), "total_ms": round((done - arrived) * 1e3, 2),
-        }
-        warnings = _warnings(result.truncation)
-        if raw:
-            headers = {
-                "X-Seed": str(params.seed), "X-Width": str(params.width), "X-Height": str(params.height),
-                "X-Backend": result.backend, "X-Prompt-Truncated": ",".join(
-                    k for k in ("clip", "t5") if result.truncation[k]["truncated"]) or "none",
-                **{f"X-Timing-{k.removesuffix('_ms').title()}-Ms": str(v) for k, v in timings.items()},
-            }
-            return Response(content=data, media_type=MEDIA_TYPES[fmt], headers=headers)
-        return GenerateResponse(
-            image=b64, format=fmt, seed=params.seed, width=params.width, height=params.height,
-            num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-            negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale,
-            model=result.model, backend=result.backend,
-            loras=[LoraRef(name=s.name, weight=s.weight) for s in result.loras],
-            prompt_truncation=result.truncation, warnings=warnings, timings=timings, request_id=request_id.get(),
-        )
+        raw = wants_raw(request.headers.get("accept"))
+        job = manager.submit_generation(to_params(body), deadline=time.monotonic() + settings.request_timeout_s,
+                                        request_id=request_id.get())
+        result = await wait_for(manager, job, request)
+        return await build_response(result, output_format(body, raw), bool(raw), settings, arrived, request_id.get())
 
     @router.post("/apply-lora", summary="Pin LoRAs for requests that name none", responses=ERRORS)
     async def apply_lora(body: ApplyLoraRequest) -> dict:
         """Replace the pinned LoRA set. It loads completely or nothing changes. Runs between generations."""
-        return await run_on_gpu(manager, manager.apply_loras, _specs(body.lora_refs()))
+        return await asyncio.to_thread(manager.apply_loras, _specs(body.lora_refs()))
 
     @router.post("/remove-lora", summary="Unpin one LoRA, or all", responses=ERRORS)
     async def remove_lora(body: RemoveLoraRequest | None = Body(None)) -> dict:
         """With no body, unpin everything; with lora_name, that one. The base model comes back exactly."""
-        return await run_on_gpu(manager, manager.remove_loras, body.lora_name if body else None)
+        return await asyncio.to_thread(manager.remove_loras, body.lora_name if body else None)
 
     @router.get("/lora-status", summary="Pinned and loaded LoRAs")
     async def lora_status() -> dict:
@@ -198,4 +120,10 @@ def create_router(manager: FluxModelManager, settings: ServiceSettings) -> APIRo
         """Each .safetensors file in the LoRA folder with its size, rank and target modules."""
         return await asyncio.to_thread(manager.list_loras)
 
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        """Requests by route and status, queue depth, wait and inference histograms, images, GPU memory."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    router.include_router(create_jobs_router(manager, settings, GenerateRequest))
     return router

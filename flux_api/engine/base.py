@@ -1,8 +1,9 @@
-"""FluxModelManager: the one place that owns a FLUX pipeline.
+"""FluxModelManager: the one place that owns the FLUX pipelines of a service.
 
-Load and unload, generation, LoRA state, status and placement live here, once, for both services.
-Subclasses only say how the transformer is stored (bf16, or one of the 4-bit/8-bit backends).
-Nothing here knows about HTTP; errors leave as the domain errors of flux_api.errors.
+Load and unload, placement (one device, balanced, or one replica per GPU), generation, LoRA state
+and status live here, once, for both services. Subclasses only say how the transformer is stored
+(bf16, or one of the 4-bit/8-bit backends). Nothing here knows about HTTP; errors leave as the
+domain errors of flux_api.errors.
 """
 
 from __future__ import annotations
@@ -12,18 +13,18 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, ModelNotReady
 from ..settings import ServiceSettings
+from .adapters import AdapterSet
 from .devices import Hardware, PlacementPlan, detect_hardware, memory_report, plan_placement
-from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora, list_lora_folder
-from .sources import ModelSource, check_source, resolve_source
+from .lora import LoraResolver, LoraSpec, list_lora_folder
+from .scheduler import Job, Scheduler
+from .sources import ModelSource, check_source, estimate_pipeline_bytes, resolve_source
 from .tiny import ensure_tiny_model
-from .worker import GPUWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,59 +55,82 @@ class GenerationResult:
     inference_ms: float
     backend: str
     model: str
+    replica: int
 
 
 @dataclass
-class _LoraState:
-    adapters: OrderedDict = field(default_factory=OrderedDict)  # LoRA name -> adapter name, LRU order
-    sources: dict = field(default_factory=dict)  # LoRA name -> "folder" | "hub"
-    pinned: tuple[LoraSpec, ...] = ()
-    active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to now; None: unknown
-    counter: int = 0
+class Replica:
+    """One pipeline on one device (or one balanced pipeline over several), with its own adapters."""
+
+    index: int
+    device: str
+    pipe: Any
+    adapters: AdapterSet
+    stats: dict = field(default_factory=lambda: {"images": 0})
+
+    def on_thread_start(self) -> None:
+        if self.device.startswith("cuda:"):
+            import torch
+
+            torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
 
 
 class FluxModelManager:
-    """Base manager. Subclasses override `backend`, `_pipeline_kwargs`, `precision` (and may
-    override `_load_pipeline` / `_set_active_loras` where a backend does things its own way)."""
+    """Base manager. Subclasses override `backend`, `_pipeline_kwargs`, `precision`, and may override
+    `_load_pipeline` / `adapter_class` where a backend does things its own way."""
 
     backend = "diffusers"
+    adapter_class = AdapterSet
+    transformer_size_factor = 1.0  # bytes of the stored transformer over its bf16 bytes
 
     def __init__(self, settings: ServiceSettings, hardware: Hardware | None = None):
         self.settings = settings
         self.hardware = hardware if hardware is not None else detect_hardware()
-        self.pipe = None
+        self.replicas: list[Replica] = []
+        self.scheduler: Scheduler | None = None
         self.source: ModelSource | None = None
         self.plan: PlacementPlan | None = None
         self.phase = NOT_LOADED
         self.error: str | None = None
         self.load_seconds: float | None = None
+        self.pinned: tuple[LoraSpec, ...] = ()
+        self.lora_files = LoraResolver.from_settings(settings)
+        self.job_hooks: list = []  # called with each finished Job (metrics)
         self._load_lock = threading.Lock()  # held for a whole load: one copy, ever
         self._state_lock = threading.Lock()  # held briefly: never blocks the event loop
         self._loading = False
-        self._lora = _LoraState()
-        self.lora_files = LoraResolver.from_settings(settings)
-        self.worker = GPUWorker(settings.queue_size, name=f"flux-{settings.service}")
 
-    # ------------------------------------------------------------------ lifecycle
+    @property
+    def pipe(self):
+        """The first replica's pipeline (the only one outside replicas mode)."""
+        return self.replicas[0].pipe if self.replicas else None
 
     @property
     def ready(self) -> bool:
         return self.phase == READY
 
+    # ------------------------------------------------------------------ lifecycle
+
     def preflight(self) -> None:
         """Cheap checks that must pass before the service starts (raise = start-up stops)."""
-        self.plan = plan_placement(self.settings.device, self.settings.placement, self.hardware)
         self.source = resolve_source(self.settings.model, self.settings.cache_dir, self.settings.model_revision)
         check_source(self.source, self.settings.token)
         self._preflight_backend()
+        size = estimate_pipeline_bytes(self.source, self.transformer_size_factor) if self.uses_cuda else None
+        self.plan = plan_placement(self.settings.device, self.settings.placement, self.hardware, size,
+                                   self.settings.replicas)
 
     def _preflight_backend(self) -> None:
         """Subclass hook: refuse a backend that cannot run here, before any weights are read."""
 
+    @property
+    def uses_cuda(self) -> bool:
+        return self.hardware.cuda if self.settings.device == "auto" else self.settings.device == "cuda"
+
     def start_background_load(self) -> bool:
         """Start loading in a thread unless loaded or loading. Returns whether a load was started."""
         with self._state_lock:
-            if self.pipe is not None or self._loading:
+            if self.replicas or self._loading:
                 return False
             self._loading = True
             self.phase, self.error = LOADING, None
@@ -122,11 +146,12 @@ class FluxModelManager:
             self._loading = False
 
     def load(self) -> None:
-        """Load the pipeline (blocking). Idempotent: never loads a second copy."""
+        """Load the pipeline(s) (blocking). Idempotent: never loads a second copy."""
         with self._load_lock:
-            if self.pipe is not None:
+            if self.replicas:
                 return
             t0 = time.perf_counter()
+            replicas = []
             try:
                 self.phase, self.error = LOADING, None
                 if self.source is None or self.plan is None:
@@ -134,30 +159,39 @@ class FluxModelManager:
                 location = self.source.location
                 if self.source.kind == "tiny":
                     location = str(ensure_tiny_model(self.settings.cache_dir))
-                pipe = self._load_pipeline(location, self._torch_dtype(), self.plan)
-                pipe.set_progress_bar_config(disable=True)
-                self.pipe = pipe
+                for i, device in enumerate(self.plan.devices):
+                    pipe = self._load_pipeline(location, self._torch_dtype(), device)
+                    pipe.set_progress_bar_config(disable=True)
+                    adapters = self.adapter_class(pipe, self.lora_files, self.settings.lora_cache_size, self.backend)
+                    replicas.append(Replica(i, device, pipe, adapters))
                 if self.settings.warmup:
                     self.phase = WARMING_UP
-                    self._warmup()
+                    for r in replicas:
+                        r.on_thread_start()
+                        self._warmup(r)
+                self.replicas = replicas
+                self.scheduler = Scheduler(replicas, self.settings.queue_size, self.settings.jobs_keep,
+                                           self.settings.jobs_keep_s, on_finish=self._job_finished)
                 self.load_seconds = round(time.perf_counter() - t0, 2)
                 self.phase = READY
                 log.info("model ready in %.1f s: %s, backend %s, %s", self.load_seconds, self.source.spec,
                          self.backend, self.plan.as_dict())
             except Exception as e:
-                self.pipe = None
+                replicas.clear()
+                self.replicas = []
                 self._free_memory()
                 self.phase = FAILED
                 self.error = e.message if isinstance(e, FluxAPIError) else f"{type(e).__name__}: {e}"
                 log.error("model load failed: %s", self.error)
                 raise
 
-    def unload(self) -> None:
-        """Free the pipeline and its memory. Queued work is finished first."""
-        self.worker.shutdown(timeout=60)
+    def unload(self, timeout: float = 60.0) -> None:
+        """Cancel queued work, let running work finish (or cancel it after `timeout`), free the memory."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout)
         with self._load_lock:
-            self.pipe = None
-            self._lora = _LoraState()
+            self.scheduler = None
+            self.replicas = []
             self._free_memory()
             if self.phase != FAILED:
                 self.phase = NOT_LOADED
@@ -169,11 +203,15 @@ class FluxModelManager:
 
             torch.cuda.empty_cache()
 
-    def _warmup(self) -> None:
+    def _warmup(self, replica: Replica) -> None:
         # One small run pays the first-call costs (kernel selection, allocator growth, tokenizer
         # caches) before /health says ready, instead of on the first user's request.
-        self._run_pipeline(GenerationParams(prompt="warm-up", seed=0, width=256, height=256,
-                                            num_inference_steps=2, guidance_scale=3.5))
+        self._run_pipeline(replica, GenerationParams(prompt="warm-up", seed=0, width=256, height=256,
+                                                     num_inference_steps=2, guidance_scale=3.5))
+
+    def _job_finished(self, job: Job) -> None:
+        for hook in self.job_hooks:
+            hook(job)
 
     # ------------------------------------------------------------------ subclass hooks
 
@@ -189,29 +227,34 @@ class FluxModelManager:
         """Extra from_pretrained arguments (a quantization config, for instance)."""
         return {}
 
-    def _load_pipeline(self, location: str, dtype, plan: PlacementPlan):
+    def _hub_kwargs(self) -> dict:
+        if self.source.kind != "hub":
+            return {}
+        return {"revision": self.source.revision, "token": self.settings.token}
+
+    def _load_pipeline(self, location: str, dtype, device: str):
+        """One pipeline on `device`: "cpu", "cuda:N", or "balanced" (spread over the visible GPUs)."""
+        import torch
         from diffusers import FluxPipeline
 
-        kwargs = dict(dtype=dtype, **self._pipeline_kwargs())
-        if plan.device_map:
-            kwargs["device_map"] = plan.device_map
-        if self.source.kind == "hub":
-            kwargs.update(revision=self.source.revision, token=self.settings.token)
+        kwargs = dict(dtype=dtype, **self._pipeline_kwargs(), **self._hub_kwargs())
+        if device == "balanced":
+            return FluxPipeline.from_pretrained(location, device_map="balanced", **kwargs)
+        if device.startswith("cuda"):
+            # diffusers takes device_map="cuda" (not "cuda:N"): it means the current device, so the
+            # weights load straight onto this replica's GPU.
+            with torch.cuda.device(device):
+                return FluxPipeline.from_pretrained(location, device_map="cuda", **kwargs)
         return FluxPipeline.from_pretrained(location, **kwargs)
 
     def precision(self) -> dict:
         dtype = str(self._torch_dtype()).removeprefix("torch.") if self.plan else None
         return {"transformer": dtype, "text_encoders": dtype, "vae": dtype}
 
-    # ------------------------------------------------------------------ the queue
-
-    def submit(self, fn: Callable, *args) -> Future:
-        """Queue work that needs the loaded pipeline. Raises ModelNotReady or QueueFull at once."""
-        self.require_ready()
-        return self.worker.submit(fn, *args)
+    # ------------------------------------------------------------------ submitting work
 
     def require_ready(self) -> None:
-        if not self.ready:
+        if not self.ready or self.scheduler is None:
             raise ModelNotReady(self.phase, self._not_ready_message())
 
     def _not_ready_message(self) -> str:
@@ -221,26 +264,39 @@ class FluxModelManager:
             return "the model is not loaded: POST /load-model"
         return f"the model is still loading (phase: {self.phase}); retry when /health answers 200"
 
+    def submit_generation(self, params: GenerationParams, deadline: float | None = None,
+                          request_id: str | None = None) -> Job:
+        """Queue a generation. Raises ModelNotReady or QueueFull at once; never blocks."""
+        self.require_ready()
+        return self.scheduler.submit(lambda replica, job: self.generate(replica, job, params),
+                                     total_steps=params.num_inference_steps, deadline=deadline,
+                                     request_id=request_id)
+
+    def on_every_replica(self, fn) -> list:
+        """Run fn(replica) on each replica between generations; block until all are done."""
+        self.require_ready()
+        futures = self.scheduler.broadcast(fn)
+        wait_futures(futures)
+        return [f.result() for f in futures]  # re-raises the first failure
+
     # ------------------------------------------------------------------ generation (worker thread)
 
-    def generate(self, params: GenerationParams, enqueued_at: float) -> GenerationResult:
+    def generate(self, replica: Replica, job: Job, params: GenerationParams) -> GenerationResult:
         started = time.perf_counter()
-        pipe = self.pipe
-        if pipe is None:
-            raise ModelNotReady(self.phase, self._not_ready_message())
-        loras = self._lora.pinned if params.loras is None else params.loras
-        self._set_active_loras(loras)
+        loras = self.pinned if params.loras is None else params.loras
+        replica.adapters.activate(loras, {s.name for s in self.pinned})
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
-        truncation = self._truncation(params.prompt)
-        image = self._run_pipeline(params)
+        truncation = self._truncation(replica.pipe, params.prompt)
+        image = self._run_pipeline(replica, params, job)
+        replica.stats["images"] += 1
         return GenerationResult(
             image=image, params=params, loras=loras, truncation=truncation,
-            queue_ms=round((started - enqueued_at) * 1e3, 2), lora_ms=lora_ms,
+            queue_ms=round((job.started - job.created) * 1e3, 2), lora_ms=lora_ms,
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
-            backend=self.backend, model=self.source.spec,
+            backend=self.backend, model=self.source.spec, replica=replica.index,
         )
 
-    def _run_pipeline(self, params: GenerationParams):
+    def _run_pipeline(self, replica: Replica, params: GenerationParams, job: Job | None = None):
         import torch
 
         # A per-request CPU generator: the same seed gives the same noise whatever the device, and
@@ -249,19 +305,26 @@ class FluxModelManager:
         kwargs = {}
         if params.negative_prompt:
             kwargs.update(negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale)
+        if job is not None:
+            def on_step(pipe, i, t, callback_kwargs):
+                job.on_step(i + 1)  # raises to stop at this step when cancelled or timed out
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = on_step
         try:
-            out = self.pipe(
+            out = replica.pipe(
                 prompt=params.prompt, width=params.width, height=params.height,
                 num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
                 generator=generator, max_sequence_length=self.settings.max_sequence_length,
                 output_type="pil", **kwargs,
             )
         except torch.cuda.OutOfMemoryError as e:
+            del e  # drop the traceback's references to the step's tensors before freeing
             self._free_memory()
             raise GPUOutOfMemory(
                 f"the GPU ran out of memory at {params.width}x{params.height}; the memory was freed, "
                 "retry smaller or later"
-            ) from e
+            ) from None
         except FluxAPIError:
             raise
         except Exception as e:
@@ -269,125 +332,41 @@ class FluxModelManager:
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
         return out.images[0]
 
-    def _truncation(self, prompt: str) -> dict:
+    def _truncation(self, pipe, prompt: str) -> dict:
         """Token counts of the prompt against CLIP's 77 and T5's budget: what the model really sees."""
-        clip_limit = self.pipe.tokenizer.model_max_length
+        clip_limit = pipe.tokenizer.model_max_length
         t5_limit = self.settings.max_sequence_length
-        clip_n = len(self.pipe.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
-        t5_n = len(self.pipe.tokenizer_2(prompt, truncation=False, verbose=False)["input_ids"])
+        clip_n = len(pipe.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+        t5_n = len(pipe.tokenizer_2(prompt, truncation=False, verbose=False)["input_ids"])
         return {
             "clip": {"tokens": clip_n, "limit": clip_limit, "truncated": clip_n > clip_limit},
             "t5": {"tokens": t5_n, "limit": t5_limit, "truncated": t5_n > t5_limit},
         }
 
-    # ------------------------------------------------------------------ LoRA (worker thread)
-
-    def _adapter_for(self, file: LoraFile, keep: set[str]) -> str:
-        """Load a LoRA once (LRU-cached); a failure leaves the pipeline as it was."""
-        st = self._lora
-        if file.name in st.adapters:
-            st.adapters.move_to_end(file.name)
-            return st.adapters[file.name]
-        check_lora_fits(self.pipe, file.path, file.name)
-        st.counter += 1
-        adapter = f"lora_{st.counter}"
-        try:
-            self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
-        except Exception as e:
-            self._delete_adapter(adapter)
-            st.active = None
-            raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
-        st.adapters[file.name] = adapter
-        st.sources[file.name] = file.source
-        st.active = None  # loading an adapter changes which adapters are active
-        self._evict_adapters(keep | {file.name})
-        return adapter
-
-    def _evict_adapters(self, keep: set[str]) -> None:
-        st = self._lora
-        keep = keep | {s.name for s in st.pinned}
-        for name in list(st.adapters):
-            if len(st.adapters) <= self.settings.lora_cache_size:
-                break
-            if name not in keep:
-                self._drop(name)
-
-    def _drop(self, name: str) -> None:
-        self._lora.sources.pop(name, None)
-        self._delete_adapter(self._lora.adapters.pop(name))
-
-    def _delete_adapter(self, adapter: str) -> None:
-        try:
-            self.pipe.delete_adapters(adapter)
-        except Exception:  # it was never (fully) created
-            pass
-        if not self._lora.adapters:
-            # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
-            self.pipe.unload_lora_weights()
-            self._lora.active = ()
-
-    def _resolve_new(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
-        """Find and check every LoRA not loaded yet, before any is loaded: one bad name changes nothing."""
-        files = {}
-        for s in loras:
-            if s.name not in self._lora.adapters:
-                files[s.name] = self.lora_files.resolve(s.name)
-                inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
-        return files
-
-    def _set_active_loras(self, loras: tuple[LoraSpec, ...]) -> None:
-        st = self._lora
-        if st.active is not None and st.active == loras:
-            return
-        if not loras:
-            if st.adapters:
-                self.pipe.disable_lora()
-        else:
-            files = self._resolve_new(loras)
-            keep = {s.name for s in loras}
-            try:
-                names = [st.adapters[s.name] if s.name in st.adapters else self._adapter_for(files[s.name], keep)
-                         for s in loras]
-            except Exception:
-                for n in files:
-                    if n in st.adapters:
-                        self._drop(n)
-                st.active = None
-                raise
-            self.pipe.enable_lora()
-            self.pipe.set_adapters(names, [s.weight for s in loras])
-            for s in loras:
-                st.adapters.move_to_end(s.name)
-        st.active = loras
+    # ------------------------------------------------------------------ LoRA (blocking; call off the event loop)
 
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
-        """Pin a LoRA set for requests that name none. All of it loads, or nothing changes."""
-        before = self._lora.pinned
-        try:
-            self._set_active_loras(loras)
-        except Exception:
-            self._lora.active = None
-            self._lora.pinned = before
-            raise
-        self._lora.pinned = loras
+        """Pin a LoRA set for requests that name none, on every replica. All of it loads, or nothing
+        changes (each replica rolls back what it loaded)."""
+        pinned_names = {s.name for s in self.pinned} | {s.name for s in loras}
+        self.on_every_replica(lambda r: r.adapters.activate(loras, pinned_names))
+        self.pinned = loras
         return self.lora_status()
 
     def remove_loras(self, name: str | None = None) -> dict:
-        """Unpin one LoRA, or all; unpinned adapters are deleted from the model."""
-        st = self._lora
-        if name is not None and name not in {s.name for s in st.pinned} and name not in st.adapters:
+        """Unpin one LoRA, or all; their adapters are deleted from every replica."""
+        loaded = {e["name"] for e in self.replicas[0].adapters.loaded()} if self.replicas else set()
+        if name is not None and name not in {s.name for s in self.pinned} and name not in loaded:
             raise InvalidLora(f"LoRA {name!r} is neither pinned nor loaded")
-        st.pinned = tuple(s for s in st.pinned if name is not None and s.name != name)
-        pinned_names = {s.name for s in st.pinned}
-        for n in [n for n in st.adapters if n not in pinned_names and (name is None or n == name)]:
-            self._drop(n)
-        st.active = None
+        self.pinned = tuple(s for s in self.pinned if name is not None and s.name != name)
+        keep = {s.name for s in self.pinned}
+        self.on_every_replica(lambda r: r.adapters.drop_all_but(keep, only=name))
         return self.lora_status()
 
     def lora_status(self) -> dict:
         return {
-            "pinned": [s.as_dict() for s in self._lora.pinned],
-            "loaded": [{"name": n, "source": self._lora.sources.get(n)} for n in self._lora.adapters],
+            "pinned": [s.as_dict() for s in self.pinned],
+            "loaded": self.replicas[0].adapters.loaded() if self.replicas else [],
             "cache_size": self.settings.lora_cache_size,
             "lora_dir": str(self.settings.lora_dir),
         }
@@ -398,24 +377,28 @@ class FluxModelManager:
     # ------------------------------------------------------------------ status
 
     def status(self) -> dict:
-        components = {}
-        if self.pipe is not None:
-            for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
-                module = getattr(self.pipe, name, None)
-                if module is not None:
-                    components[name] = str(getattr(module, "device", "?"))
+        replicas = []
+        for r in self.replicas:
+            hf_map = getattr(r.pipe, "hf_device_map", None)
+            components = {name: str(getattr(getattr(r.pipe, name, None), "device", "?"))
+                          for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+            if isinstance(hf_map, dict):
+                components = {k: str(v) for k, v in hf_map.items()}
+            replicas.append({"index": r.index, "device": r.device, "components": components, **r.stats})
+        sched = self.scheduler
         return {
             "service": self.settings.service,
             "state": self.phase,
-            "loaded": self.pipe is not None,
+            "loaded": bool(self.replicas),
             "error": self.error,
             "load_seconds": self.load_seconds,
             "model": self.source.as_dict() if self.source else {"spec": self.settings.model},
             "backend": self.backend,
             "precision": self.precision() if self.plan else None,
-            "placement": {**self.plan.as_dict(), "components": components,
+            "placement": {**self.plan.as_dict(), "replica_status": replicas,
                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if self.plan else None,
             "devices": memory_report(self.hardware),
-            "queue": {"depth": self.worker.depth, "max": self.worker.max_pending},
+            "queue": {"queued": sched.queued if sched else 0, "running": sched.running if sched else 0,
+                      "max_queued": self.settings.queue_size},
             "lora": self.lora_status(),
         }

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackendUnavailable
+from .adapters import AdapterSet
 from .base import FluxModelManager
-from .devices import Hardware, PlacementPlan
+from .devices import Hardware
 from .lora import LoraSpec
 
 NUNCHAKU_RELEASES = "https://github.com/nunchaku-tech/nunchaku/releases"
@@ -166,6 +167,41 @@ _PRECISION = {
 }
 
 
+# Stored transformer bytes over bf16 bytes (4-bit packs plus scales; 8-bit plus scales).
+_SIZE_FACTOR = {"bnb-fp4": 0.27, "bnb-nf4": 0.27, "nunchaku": 0.3, "torchao-fp8": 0.52, "torchao-int8": 0.52}
+
+
+class NunchakuAdapters(AdapterSet):
+    """Nunchaku has one LoRA slot: update_lora_params replaces (it does not stack), so several LoRAs
+    are merged with compose_lora first; reset_lora removes it (a strength of 0 would not)."""
+
+    def activate(self, loras: tuple[LoraSpec, ...], pinned=frozenset()) -> None:
+        if self.active is not None and self.active == loras:
+            return
+        transformer = self.pipe.transformer
+        if not loras:
+            transformer.reset_lora()
+        else:
+            paths = [str(self.resolver.resolve(s.name).path) for s in loras]
+            if len(loras) == 1:
+                transformer.update_lora_params(paths[0])
+                transformer.set_lora_strength(loras[0].weight)
+            else:
+                from nunchaku.lora.flux.compose import compose_lora
+
+                transformer.update_lora_params(compose_lora([(p, s.weight) for p, s in zip(paths, loras)]))
+                transformer.set_lora_strength(1.0)
+        self.active = loras
+
+    def loaded(self) -> list[dict]:
+        return [{"name": s.name, "source": "nunchaku"} for s in self.active or ()]
+
+    def drop_all_but(self, keep: set[str], only: str | None = None) -> None:
+        if self.active and any(s.name not in keep for s in self.active):
+            self.pipe.transformer.reset_lora()
+            self.active = ()
+
+
 class FP4FluxModelManager(FluxModelManager):
     def __init__(self, settings, hardware: Hardware | None = None, packages: Packages | None = None):
         super().__init__(settings, hardware)
@@ -177,8 +213,16 @@ class FP4FluxModelManager(FluxModelManager):
         return self.choice.name if self.choice else f"{self.settings.backend} (not selected yet)"
 
     def _preflight_backend(self) -> None:
-        in_use = self.hardware if self.plan.device != "cpu" else Hardware()
+        in_use = self.hardware if self.uses_cuda else Hardware()
         self.choice = select_backend(self.settings.backend, in_use, self.packages)
+
+    @property
+    def transformer_size_factor(self) -> float:  # type: ignore[override]
+        return _SIZE_FACTOR.get(self.choice.name, 1.0) if self.choice else 1.0
+
+    @property
+    def adapter_class(self):  # type: ignore[override]
+        return NunchakuAdapters if self.choice and self.choice.name == "nunchaku" else AdapterSet
 
     def precision(self) -> dict:
         out = super().precision()
@@ -208,9 +252,9 @@ class FP4FluxModelManager(FluxModelManager):
             cfg = TorchAoConfig(ao)
         return {"quantization_config": PipelineQuantizationConfig(quant_mapping={"transformer": cfg})}
 
-    def _load_pipeline(self, location: str, dtype, plan: PlacementPlan):
+    def _load_pipeline(self, location: str, dtype, device: str):
         if self.choice.name != "nunchaku":
-            return super()._load_pipeline(location, dtype, plan)
+            return super()._load_pipeline(location, dtype, device)
         from diffusers import FluxPipeline
         from nunchaku import NunchakuFluxTransformer2dModel
 
@@ -219,29 +263,6 @@ class FP4FluxModelManager(FluxModelManager):
         ckpt = str(Path(repo) / filename) if Path(repo).is_dir() else f"{repo}/{filename}"
         # Nunchaku has no device_map: its transformer lives on one GPU, the other parts may be balanced.
         transformer = NunchakuFluxTransformer2dModel.from_pretrained(ckpt, offload=False)
-        kwargs = {"device_map": "balanced"} if plan.mode == "balanced" else {}
-        if self.source.kind == "hub":
-            kwargs.update(revision=self.source.revision, token=self.settings.token)
-        pipe = FluxPipeline.from_pretrained(location, transformer=transformer, dtype=dtype, **kwargs)
-        return pipe if plan.mode == "balanced" else pipe.to(plan.device)
-
-    def _set_active_loras(self, loras: tuple[LoraSpec, ...]) -> None:
-        if self.choice is None or self.choice.name != "nunchaku":
-            return super()._set_active_loras(loras)
-        st = self._lora
-        if st.active is not None and st.active == loras:
-            return
-        transformer = self.pipe.transformer
-        if not loras:
-            transformer.reset_lora()  # a strength of 0 would leave the LoRA in; reset removes it
-        else:
-            paths = [str(self.lora_files.resolve(s.name).path) for s in loras]
-            if len(loras) == 1:
-                transformer.update_lora_params(paths[0])
-                transformer.set_lora_strength(loras[0].weight)
-            else:  # update_lora_params replaces, it does not stack: compose first
-                from nunchaku.lora.flux.compose import compose_lora
-
-                transformer.update_lora_params(compose_lora([(p, s.weight) for p, s in zip(paths, loras)]))
-                transformer.set_lora_strength(1.0)
-        st.active = loras
+        kwargs = {"device_map": "balanced"} if device == "balanced" else {}
+        pipe = FluxPipeline.from_pretrained(location, transformer=transformer, dtype=dtype, **kwargs, **self._hub_kwargs())
+        return pipe if device == "balanced" else pipe.to(device)

@@ -91,3 +91,32 @@ def check_source(source: ModelSource, token: str | None, endpoint: str | None = 
         if status == 401:
             raise HubAuthError(f"the Hugging Face Hub rejected the token (401) for {repo}: check HF_TOKEN") from e
         raise HubUnreachable(f"the Hugging Face Hub answered {status} for {repo}: {e}") from e
+
+
+# FLUX.1-dev's bf16 component sizes, for when a Hub model's files cannot be listed.
+_FLUX_DEV_BYTES = {"transformer": 23_802_932_552, "text_encoder_2": 9_524_621_424,
+                   "text_encoder": 246_144_352, "vae": 167_666_902}
+
+
+def estimate_pipeline_bytes(source: ModelSource, transformer_factor: float = 1.0) -> int | None:
+    """Bytes of weights one pipeline holds, from the files (the transformer scaled by its storage
+    factor: ~0.28 for 4-bit). None when they cannot be known."""
+    sizes: dict[str, int] = {}
+    if source.kind in ("tiny", "local"):
+        root = Path(source.location)
+        for f in root.glob("*/*.safetensors"):
+            sizes[f.parent.name] = sizes.get(f.parent.name, 0) + f.stat().st_size
+    else:
+        try:
+            from huggingface_hub import HfApi
+
+            info = HfApi().model_info(source.location, revision=source.revision, files_metadata=True)
+            for s in info.siblings or []:
+                if s.rfilename.endswith(".safetensors") and "/" in s.rfilename and s.size:
+                    comp = s.rfilename.split("/")[0]
+                    sizes[comp] = sizes.get(comp, 0) + s.size
+        except Exception:  # offline, or the Hub would not say
+            sizes = dict(_FLUX_DEV_BYTES) if source.location == "black-forest-labs/FLUX.1-dev" else {}
+    if not sizes:
+        return None
+    return int(sum(v * (transformer_factor if k == "transformer" else 1.0) for k, v in sizes.items()))

@@ -1,0 +1,105 @@
+"""Async jobs: POST /jobs (202 + id), GET /jobs/{id} (state, step i/N, ETA, result), DELETE /jobs/{id}
+(cancel), GET /jobs/{id}/events (Server-Sent Events: one per step, then the result or the error).
+
+The SSE stream uses FastAPI's own support (EventSourceResponse + ServerSentEvent)."""
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from ..engine.base import FluxModelManager
+from ..engine.scheduler import DONE, FINAL, QUEUED, Job
+from ..errors import FluxAPIError, JobCancelled, JobNotFound
+from ..logs import request_id
+from ..settings import ServiceSettings
+from .generation import build_response, to_params
+
+ERRORS = {code: {"description": "see the error body"} for code in (404, 409, 422, 429, 503)}
+
+
+def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, GenerateRequest) -> APIRouter:
+    router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+    def find(job_id: str) -> Job:
+        job = manager.scheduler.get(job_id) if manager.scheduler else None
+        if job is None:
+            raise JobNotFound(f"no job {job_id} (finished jobs are kept for {settings.jobs_keep_s:.0f} s, "
+                              f"the last {settings.jobs_keep})")
+        return job
+
+    def error_of(job: Job) -> dict | None:
+        if job.state in (QUEUED, "running", DONE):
+            return None
+        e = job.error
+        if isinstance(e, FluxAPIError):
+            return {"type": e.type, "message": e.message}
+        return {"type": "internal_error", "message": f"{type(e).__name__}; see the log for request {job.request_id}"}
+
+    def snapshot(job: Job) -> dict:
+        now = time.monotonic()
+        return {
+            "id": job.id, "state": job.state, "position": manager.scheduler.position(job) if job.state == QUEUED else None,
+            "step": job.step, "total_steps": job.total_steps, "eta_s": job.eta_s(), "replica": job.replica,
+            "queue_ms": round(((job.started or now) - job.created) * 1e3, 2),
+            "cancel_requested": job.cancel_reason is not None, "error": error_of(job), "request_id": job.request_id,
+        }
+
+    async def result_of(job: Job) -> dict | None:
+        if job.state != DONE:
+            return None
+        if "response" not in job.extra:  # encode once, on first ask, off the event loop
+            resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
+                                        job.request_id)
+            job.extra["response"] = resp.model_dump()
+            job.result.image = None  # the encoded bytes are kept; the PIL image is not needed again
+        return job.extra["response"]
+
+    @router.post("", status_code=202, summary="Queue a generation; returns its id at once", responses=ERRORS)
+    async def create(body: GenerateRequest) -> JSONResponse:  # type: ignore[valid-type]
+        """The same body as /generate. 202 with the job id; follow it with GET /jobs/{id} or its events."""
+        job = manager.submit_generation(to_params(body), deadline=time.monotonic() + settings.request_timeout_s,
+                                        request_id=request_id.get())
+        job.extra.update(format=body.output_format, arrived=time.perf_counter())
+        links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
+        return JSONResponse({**snapshot(job), "links": links}, status_code=202, headers={"Location": links["self"]})
+
+    @router.get("/{job_id}", summary="A job's state, progress and result", responses=ERRORS)
+    async def get(job_id: str) -> dict:
+        """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
+        ETA, and the result (as /generate returns it) once done."""
+        job = find(job_id)
+        return {**snapshot(job), "result": await result_of(job)}
+
+    @router.delete("/{job_id}", summary="Cancel a job", responses=ERRORS)
+    async def cancel(job_id: str) -> dict:
+        """A queued job is cancelled at once; a running one stops at its next denoising step, and its
+        image is discarded. 409 if it has already ended."""
+        job = find(job_id)
+        if not manager.scheduler.cancel(job, "cancelled by DELETE /jobs"):
+            raise JobCancelled(f"job {job_id} has already ended ({job.state})")
+        return snapshot(job)
+
+    @router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events")
+    async def events(job_id: str, request: Request):
+        """`state` first, then one `progress` event per step ({step, total_steps, eta_s}), then `result`
+        (the /generate body) or `error` ({state, type, message})."""
+        job = find(job_id)
+        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+        job.listen(loop, queue)
+        try:
+            yield ServerSentEvent(event="state", data=snapshot(job))
+            while job.state not in FINAL:
+                ev = await queue.get()
+                if ev["event"] == "progress":
+                    yield ServerSentEvent(event="progress", id=str(ev["step"]), data=ev)
+            if job.state == DONE:
+                yield ServerSentEvent(event="result", data=await result_of(job))
+            else:
+                yield ServerSentEvent(event="error", data={"state": job.state, **(error_of(job) or {})})
+        finally:
+            job.unlisten(loop, queue)
+
+    return router

@@ -1,0 +1,95 @@
+"""The LoRA adapters of one pipeline: which are loaded (an LRU cache), which are active, and changing
+that atomically. Each replica has its own set and changes it only on its own worker thread."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from ..errors import InvalidLora
+from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora
+
+
+class AdapterSet:
+    """diffusers/peft adapters: load_lora_weights, set_adapters, delete_adapters."""
+
+    def __init__(self, pipe, resolver: LoraResolver, cache_size: int, backend: str):
+        self.pipe, self.resolver, self.cache_size, self.backend = pipe, resolver, cache_size, backend
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # LoRA name -> adapter name, LRU order
+        self.sources: dict[str, str] = {}  # LoRA name -> "folder" | "hub"
+        self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
+        self._counter = 0
+
+    def loaded(self) -> list[dict]:
+        return [{"name": n, "source": self.sources.get(n)} for n in self.adapters]
+
+    def resolve_new(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
+        """Find and check every LoRA not loaded yet, before any is loaded: one bad name changes nothing."""
+        files = {}
+        for s in loras:
+            if s.name not in self.adapters:
+                files[s.name] = self.resolver.resolve(s.name)
+                inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
+        return files
+
+    def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset()) -> None:
+        """Make exactly `loras` active (none: the base model). All of it, or nothing changes."""
+        if self.active is not None and self.active == loras:
+            return
+        if not loras:
+            if self.adapters:
+                self.pipe.disable_lora()
+        else:
+            files = self.resolve_new(loras)
+            keep = {s.name for s in loras} | set(pinned)
+            try:
+                names = [self.adapters[s.name] if s.name in self.adapters else self._load(files[s.name], keep)
+                         for s in loras]
+            except Exception:
+                for n in files:
+                    if n in self.adapters:
+                        self.drop(n)
+                self.active = None
+                raise
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, [s.weight for s in loras])
+            for s in loras:
+                self.adapters.move_to_end(s.name)
+        self.active = loras
+
+    def _load(self, file: LoraFile, keep: set[str]) -> str:
+        check_lora_fits(self.pipe, file.path, file.name)
+        self._counter += 1
+        adapter = f"lora_{self._counter}"
+        try:
+            self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
+        except Exception as e:
+            self._delete(adapter)
+            raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
+        self.adapters[file.name] = adapter
+        self.sources[file.name] = file.source
+        self.active = None  # loading an adapter changes which adapters are active
+        for name in list(self.adapters):  # evict least recently used, never what is needed now
+            if len(self.adapters) <= self.cache_size:
+                break
+            if name not in keep and name != file.name:
+                self.drop(name)
+        return adapter
+
+    def drop(self, name: str) -> None:
+        self.sources.pop(name, None)
+        self._delete(self.adapters.pop(name))
+        self.active = None
+
+    def drop_all_but(self, keep: set[str], only: str | None = None) -> None:
+        for n in [n for n in self.adapters if n not in keep and (only is None or n == only)]:
+            self.drop(n)
+
+    def _delete(self, adapter: str) -> None:
+        try:
+            self.pipe.delete_adapters(adapter)
+        except Exception:  # it was never (fully) created
+            pass
+        if not self.adapters:
+            # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
+            self.pipe.unload_lora_weights()
+            self.active = ()
