@@ -62,23 +62,23 @@ def main():
                         "--out", model, "--lora-out", loras], cwd=ROOT, check=True)
         R["build_s"] = round(time.perf_counter() - t, 1)
     env = {"FLUX_BF16_LORA_DIR": loras}
-    runs = [("one replica (GPU 0)", {"CUDA_VISIBLE_DEVICES": "0"}),
-            ("two replicas (auto)", {"CUDA_VISIBLE_DEVICES": "0,1"}),
-            ("balanced", {"CUDA_VISIBLE_DEVICES": "0,1", "FLUX_BF16_PLACEMENT": "balanced"})]
-    for i, (name, extra) in enumerate(runs):
+    runs = [("one replica (GPU 0)", "bf16", None, {"CUDA_VISIBLE_DEVICES": "0"}),
+            ("two replicas (auto)", "bf16", None, {"CUDA_VISIBLE_DEVICES": "0,1"}),
+            ("balanced", "bf16", None, {"CUDA_VISIBLE_DEVICES": "0,1", "FLUX_BF16_PLACEMENT": "balanced"}),
+            ("fp4 bnb-fp4, two replicas", "fp4", "bnb-fp4", {"CUDA_VISIBLE_DEVICES": "0,1", "FLUX_FP4_PLACEMENT": "replicas"})]
+    for i, (name, kind, backend, extra) in enumerate(runs):
         log(name)
         res = R[name] = {}
         try:
-            with running_service("bf16", model, 8201 + i, env={**env, **extra}, log_path=f"/tmp/svc-serving-{i}.log") as (c, ready_s):
+            with running_service(kind, model, 8201 + i, backend=backend, env={**env, **extra},
+                                 log_path=f"/tmp/svc-serving-{i}.log") as (c, ready_s):
                 st = c.get("/model-status").json()
                 res.update(ready_s=ready_s, placement={k: st["placement"][k] for k in ("mode", "devices", "reason")},
                            components=[r["components"] for r in st["placement"]["replica_status"]],
                            memory=[{k: d.get(k) for k in ("device", "allocated_mib", "peak_allocated_mib")} for d in st["devices"]])
-                if name == "balanced":
-                    res["single"] = throughput(c, 1, 1)
-                else:
-                    res["single"] = throughput(c, 1, 1)
-                    res["throughput"] = throughput(c, args.n, args.n)
+                res["single"] = throughput(c, 1, 1)
+                if name != "balanced":
+                    res["throughput"] = throughput(c, args.n if kind == "bf16" else 2, args.n)
                 if i == 0:  # LoRA switching between two cached full-size adapters
                     names = sorted(p.stem for p in Path(loras).glob("*.safetensors"))[:2]
                     ms = []
@@ -96,13 +96,13 @@ def main():
     print("\n| run | placement | ready s | 1 image s | images/min (n concurrent) | vs one replica |")
     print("|---|---|---|---|---|---|")
     base = one.get("throughput", {}).get("images_per_min")
-    for name, _ in runs:
+    for name, *_ in runs:
         r = R[name]
         if "error" in r:
             print(f"| {name} | ERROR {r['error'][:200]} |")
             continue
         tp = r.get("throughput", {}).get("images_per_min", "-")
-        ratio = round(tp / base, 2) if base and tp != "-" else "-"
+        ratio = round(tp / base, 2) if base and tp != "-" and name.startswith("two") else "-"
         print(f"| {name} | {r['placement']['mode']} {r['placement']['devices']} | {r['ready_s']} | "
               f"{r['single']['latency_s'][0]} | {tp} | {ratio} |")
     if "lora_ms_first_loads_then_switches" in one:

@@ -75,6 +75,25 @@ class Replica:
             torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
 
 
+def _all_on(pipe, device):
+    """Move every component of `pipe` onto `device`; refuse with the list if one cannot be moved."""
+    wrong = []
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(pipe, name, None)
+        if module is None or next(module.parameters()).device == device:
+            continue
+        try:
+            module.to(device)
+        except Exception as e:  # e.g. a bitsandbytes 4-bit model cannot move between GPUs
+            log.warning("cannot move %s to %s: %s", name, device, e)
+        if next(module.parameters()).device != device:
+            wrong.append(f"{name} on {next(module.parameters()).device}")
+    if wrong:
+        raise ValueError(f"the replica for {device} has components elsewhere ({', '.join(wrong)}); "
+                         "use placement=single per process (one service per GPU with -g) for this backend")
+    return pipe
+
+
 class FluxModelManager:
     """Base manager. Subclasses override `backend`, `_pipeline_kwargs`, `precision`, and may override
     `_load_pipeline` / `adapter_class` where a backend does things its own way."""
@@ -241,10 +260,11 @@ class FluxModelManager:
         if device == "balanced":
             return FluxPipeline.from_pretrained(location, device_map="balanced", **kwargs)
         if device.startswith("cuda"):
-            # diffusers takes device_map="cuda" (not "cuda:N"): it means the current device, so the
-            # weights load straight onto this replica's GPU.
+            # diffusers takes device_map="cuda" but not "cuda:N". Under this replica's device context most
+            # weights load straight onto its GPU; components that a loader pinned to cuda:0 are moved.
             with torch.cuda.device(device):
-                return FluxPipeline.from_pretrained(location, device_map="cuda", **kwargs)
+                pipe = FluxPipeline.from_pretrained(location, device_map="cuda", **kwargs)
+                return _all_on(pipe, torch.device(device))
         return FluxPipeline.from_pretrained(location, **kwargs)
 
     def precision(self) -> dict:
@@ -382,8 +402,8 @@ class FluxModelManager:
             hf_map = getattr(r.pipe, "hf_device_map", None)
             components = {name: str(getattr(getattr(r.pipe, name, None), "device", "?"))
                           for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
-            if isinstance(hf_map, dict):
-                components = {k: str(v) for k, v in hf_map.items()}
+            if isinstance(hf_map, dict):  # balanced: accelerate's map gives GPU indices
+                components = {k: f"cuda:{v}" if isinstance(v, int) else str(v) for k, v in hf_map.items()}
             replicas.append({"index": r.index, "device": r.device, "components": components, **r.stats})
         sched = self.scheduler
         return {
