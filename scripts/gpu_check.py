@@ -13,16 +13,14 @@ import argparse
 import base64
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _service import ROOT, running_service  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
 REQ = {"prompt": PROMPT, "width": 1024, "height": 1024, "num_inference_steps": 28, "guidance_scale": 3.5, "seed": 7}
@@ -65,35 +63,13 @@ def stock(model: str, out_png: Path) -> dict:
 
 
 def service(kind: str, backend: str | None, model: str, port: int, timeout_s: float = 300) -> dict:
-    import httpx
     from PIL import Image
 
-    cmd = [sys.executable, "-m", "flux_api", kind, "--model", model, "--port", str(port)]
-    if backend:
-        cmd += ["--backend", backend]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    logf = open(f"/tmp/svc-{backend or kind}.log", "w")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
     res: dict = {}
     try:
-        with httpx.Client(base_url=base, timeout=600) as c:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"service exited with {proc.returncode}")
-                if time.perf_counter() - t0 > timeout_s:
-                    raise RuntimeError("not ready in time")
-                try:
-                    r = c.get("/health")
-                    if r.status_code == 200:
-                        break
-                    if r.json().get("status") == "failed":
-                        raise RuntimeError(f"load failed: {r.json().get('error')}")
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            res["ready_s"] = round(time.perf_counter() - t0, 1)
+        with running_service(kind, model, port, backend=backend, log_path=f"/tmp/svc-{backend or kind}.log",
+                             timeout_s=timeout_s) as (c, ready_s):
+            res["ready_s"] = ready_s
             times, server = [], []
             for _ in range(2):
                 t = time.perf_counter()
@@ -114,16 +90,7 @@ def service(kind: str, backend: str | None, model: str, port: int, timeout_s: fl
             res["allocated_gib"] = round(st["devices"][0]["allocated_mib"] / 1024, 2)
             res["image_size"] = list(img.size)
     except Exception as e:  # noqa: BLE001 - record and move on to the next target
-        res["error"] = f"{type(e).__name__}: {e}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        logf.close()
-        if "error" in res:
-            res["log_tail"] = Path(logf.name).read_text()[-3000:]
+        res["error"] = f"{type(e).__name__}: {e}"[-3000:]
     return res
 
 
