@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..errors import InvalidLora, LoraHubUnreachable, LoraNotAllowed, LoraNotFound
+from .hub import hub_failure
 
 SUFFIX = ".safetensors"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+\.safetensors)?$")
@@ -88,15 +89,6 @@ class LoraResolver:
 
     def _from_hub(self, name: str) -> Path:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            GatedRepoError,
-            HfHubHTTPError,
-            LocalEntryNotFoundError,
-            OfflineModeIsEnabled,
-            RepositoryNotFoundError,
-            RevisionNotFoundError,
-        )
 
         parts = name.split("/")
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
@@ -106,15 +98,18 @@ class LoraResolver:
             if filename is None:
                 filename = self._only_safetensors(repo)
             path = Path(hf_hub_download(repo, filename, token=self.token or False, endpoint=self.endpoint))
-        except GatedRepoError as e:
-            raise LoraNotAllowed(f"Hub LoRA {repo} is gated: accept its terms on the Hub and set HF_TOKEN") from e
-        except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-            raise LoraNotFound(f"Hub LoRA repo {repo} was not found") from e
-        except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-            raise LoraHubUnreachable(f"the Hugging Face Hub could not be reached and {name} is not in the local cache") from e
-        except EntryNotFoundError as e:
-            raise LoraNotFound(f"Hub LoRA repo {repo} has no file {filename}") from e
-        except HfHubHTTPError as e:
+        except Exception as e:
+            kind = hub_failure(e)
+            if kind is None:
+                raise
+            if kind == "gated":
+                raise LoraNotAllowed(f"Hub LoRA {repo} is gated: accept its terms on the Hub and set HF_TOKEN") from e
+            if kind in ("not_found", "no_revision"):
+                raise LoraNotFound(f"Hub LoRA repo {repo} was not found") from e
+            if kind == "no_file":
+                raise LoraNotFound(f"Hub LoRA repo {repo} has no file {filename}") from e
+            if kind == "unreachable":
+                raise LoraHubUnreachable(f"the Hugging Face Hub could not be reached and {name} is not in the local cache") from e
             raise LoraHubUnreachable(f"the Hugging Face Hub failed for {name}: {e}") from e
         self._check_size(name, path.stat().st_size)
         return path

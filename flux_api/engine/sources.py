@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HubAuthError, HubUnreachable, ModelSourceError
+from .hub import hub_failure
 from .tiny import tiny_model_dir
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -50,47 +51,34 @@ def check_source(source: ModelSource, token: str | None, endpoint: str | None = 
     if source.kind != "hub":
         return
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     repo = source.location
     page = f"https://huggingface.co/{repo}"
     try:
         hf_hub_download(repo, "model_index.json", revision=source.revision, token=token or False, endpoint=endpoint)
-    except GatedRepoError as e:
-        if not token:
-            raise HubAuthError(
-                f"{repo} is a gated model and no Hugging Face token is set: accept its licence at {page}, "
-                "then set HF_TOKEN to a token of that account"
-            ) from e
-        raise HubAuthError(
-            f"{repo} is gated and the HF_TOKEN given has no access to it: accept the licence at {page} "
-            "with the account that owns the token"
-        ) from e
-    except RepositoryNotFoundError as e:
-        hint = "" if token else " (if it is private, set HF_TOKEN)"
-        raise ModelSourceError(f"model repo {repo} was not found on the Hugging Face Hub{hint}") from e
-    except RevisionNotFoundError as e:
-        raise ModelSourceError(f"revision {source.revision!r} of {repo} was not found") from e
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as e:
-        raise HubUnreachable(
-            f"the Hugging Face Hub could not be reached and {repo} is not in the local cache "
-            "(with HF_HUB_OFFLINE=1 only cached models load; check the network or HF_HOME)"
-        ) from e
-    except EntryNotFoundError as e:
-        raise ModelSourceError(f"{repo} has no model_index.json: it is not a diffusers pipeline repo") from e
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status == 401:
+    except Exception as e:
+        kind = hub_failure(e)
+        if kind is None:
+            raise
+        if kind == "gated" and not token:
+            raise HubAuthError(f"{repo} is a gated model and no Hugging Face token is set: accept its licence at "
+                               f"{page}, then set HF_TOKEN to a token of that account") from e
+        if kind == "gated":
+            raise HubAuthError(f"{repo} is gated and the HF_TOKEN given has no access to it: accept the licence at "
+                               f"{page} with the account that owns the token") from e
+        if kind == "not_found":
+            hint = "" if token else " (if it is private, set HF_TOKEN)"
+            raise ModelSourceError(f"model repo {repo} was not found on the Hugging Face Hub{hint}") from e
+        if kind == "no_revision":
+            raise ModelSourceError(f"revision {source.revision!r} of {repo} was not found") from e
+        if kind == "no_file":
+            raise ModelSourceError(f"{repo} has no model_index.json: it is not a diffusers pipeline repo") from e
+        if kind == "bad_token":
             raise HubAuthError(f"the Hugging Face Hub rejected the token (401) for {repo}: check HF_TOKEN") from e
-        raise HubUnreachable(f"the Hugging Face Hub answered {status} for {repo}: {e}") from e
+        if kind == "unreachable":
+            raise HubUnreachable(f"the Hugging Face Hub could not be reached and {repo} is not in the local cache "
+                                 "(with HF_HUB_OFFLINE=1 only cached models load; check the network or HF_HOME)") from e
+        raise HubUnreachable(f"the Hugging Face Hub failed for {repo}: {e}") from e
 
 
 # FLUX.1-dev's bf16 component sizes, for when a Hub model's files cannot be listed.
