@@ -184,9 +184,22 @@ class FakeOOM:
 @pytest.mark.parametrize("exc,code,kind", [(torch.cuda.OutOfMemoryError("CUDA out of memory (fake)"), 503, "out_of_memory"),
                                            (RuntimeError("boom (fake)"), 500, "generation_failed")])
 def test_failures_map_to_http_and_the_service_recovers(bf16, exc, code, kind):
+    import logging
+
+    from flux_api.logs import RequestIdFilter
+
+    records = []
+    handler = logging.Handler()
+    handler.addFilter(RequestIdFilter())
+    handler.emit = records.append
+    logging.getLogger("flux_api").addHandler(handler)
     replica = bf16.app.state.manager.replicas[0]
     replica.pipe.transformer.forward = FakeOOM(replica, exc)
-    r = bf16.client.post("/generate", json=job_body(), headers={"X-Request-ID": f"fail-{code}"})
+    try:
+        r = bf16.client.post("/generate", json=job_body(), headers={"X-Request-ID": f"fail-{code}"})
+    finally:
+        logging.getLogger("flux_api").removeHandler(handler)
+    assert any(rec.request_id == f"fail-{code}" and rec.levelno >= logging.ERROR for rec in records)
     assert r.status_code == code and r.json()["error"]["type"] == kind
     assert r.json()["error"]["request_id"] == f"fail-{code}" == r.headers["x-request-id"]
     assert bf16.client.get("/health").status_code == 200
@@ -252,3 +265,18 @@ def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cac
     assert "Traceback" not in out
     assert "shutdown: cancelled 2 queued job(s)" in out
     assert "Application shutdown complete" in out
+
+
+def test_pinned_lora_applies_on_every_replica(two):
+    try:
+        assert two.client.post("/apply-lora", json={"lora_name": "style", "lora_weight": 0.7}).status_code == 200
+        ids = [two.client.post("/jobs", json=job_body(**{**SLOW, "num_inference_steps": 4}, seed=5)).json()["id"]
+               for _ in range(2)]
+        done = [wait_state(two, i, {"done"}) for i in ids]
+        assert {d["replica"] for d in done} == {0, 1}
+        assert all(d["result"]["loras"] == [{"name": "style", "weight": 0.7}] for d in done)
+        assert done[0]["result"]["image"] == done[1]["result"]["image"]  # same seed, same bytes, either replica
+    finally:
+        two.client.post("/remove-lora")
+    for replica in two.app.state.manager.replicas:
+        assert replica.adapters.loaded() == []  # removal reached every replica

@@ -50,11 +50,12 @@ def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, Gen
     async def result_of(job: Job) -> dict | None:
         if job.state != DONE:
             return None
-        if "response" not in job.extra:  # encode once, on first ask, off the event loop
-            resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
-                                        job.request_id)
-            job.extra["response"] = resp.model_dump()
-            job.result.image = None  # the encoded bytes are kept; the PIL image is not needed again
+        async with job.extra.setdefault("encode_lock", asyncio.Lock()):  # encode once, on first ask
+            if "response" not in job.extra:
+                resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
+                                            job.request_id)
+                job.extra["response"] = resp.model_dump()
+                job.result.image = None  # the encoded bytes are kept; the PIL image is not needed again
         return job.extra["response"]
 
     @router.post("", status_code=202, summary="Queue a generation; returns its id at once", responses=ERRORS)
