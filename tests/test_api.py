@@ -224,6 +224,10 @@ def test_request_id_is_echoed_and_in_the_log_lines(svc):
     try:
         r = gen(svc, prompt="a fox", **{})  # a fresh id
         given = svc.client.get("/health", headers={"X-Request-ID": "my-trace-42"})
+        # the access line is written just after the response is sent: give the server a moment
+        deadline = time.time() + 5
+        while not any(rec.request_id == "my-trace-42" for rec in records) and time.time() < deadline:
+            time.sleep(0.01)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)

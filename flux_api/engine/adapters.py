@@ -3,10 +3,18 @@ that atomically. Each replica has its own set and changes it only on its own wor
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 from ..errors import InvalidLora
 from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora
+
+
+# Loading a LoRA is not thread-safe across pipelines: diffusers/peft create the adapter layers under
+# accelerate's init_empty_weights(), which patches nn.Module globally, so two replicas loading at once
+# leave one of them with adapter weights on the meta device (seen on two CPU replicas). Loads and
+# deletions therefore take one process-wide lock; switching with set_adapters does not need it.
+_STRUCTURE_LOCK = threading.Lock()
 
 
 class AdapterSet:
@@ -61,7 +69,8 @@ class AdapterSet:
         self._counter += 1
         adapter = f"lora_{self._counter}"
         try:
-            self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
+            with _STRUCTURE_LOCK:
+                self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
         except Exception as e:
             self._delete(adapter)
             raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
@@ -85,11 +94,12 @@ class AdapterSet:
             self.drop(n)
 
     def _delete(self, adapter: str) -> None:
-        try:
-            self.pipe.delete_adapters(adapter)
-        except Exception:  # it was never (fully) created
-            pass
-        if not self.adapters:
-            # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
-            self.pipe.unload_lora_weights()
-            self.active = ()
+        with _STRUCTURE_LOCK:
+            try:
+                self.pipe.delete_adapters(adapter)
+            except Exception:  # it was never (fully) created
+                pass
+            if not self.adapters:
+                # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
+                self.pipe.unload_lora_weights()
+                self.active = ()
