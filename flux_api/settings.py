@@ -85,8 +85,26 @@ class ServiceSettings(BaseSettings):
     lora_cache_size: int = Field(4, ge=1, le=64, description="Adapters kept loaded (LRU) for fast switching.")
     hub_endpoint: str | None = Field(None, description="Hugging Face Hub URL (a mirror); default: HF_ENDPOINT or huggingface.co.")
 
+    # --- speed
+    compile: Literal["none", "regional"] = Field(
+        "none", description="regional: torch.compile the repeated transformer blocks at load (compile time counts "
+        "in time to ready; LoRA is refused while compiled)."
+    )
+    warmup_sizes: list[int] = Field(
+        default_factory=lambda: [1024, 512],
+        description="Square sizes run once at load when compiling, so live requests do not compile.",
+    )
+
     # --- start-up
     warmup: bool = Field(True, description="Run one small generation before /health reports ready.")
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        for px in v:
+            if not 256 <= px <= 1024 or px % 16:
+                raise ValueError(f"warmup size {px} must be 256-1024 and a multiple of 16")
+        return v
 
     @classmethod
     def settings_customise_sources(

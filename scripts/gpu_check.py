@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _service import ROOT, running_service  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from flux_api.bench import ROOT, running_service  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
 REQ = {"prompt": PROMPT, "width": 1024, "height": 1024, "num_inference_steps": 28, "guidance_scale": 3.5, "seed": 7}

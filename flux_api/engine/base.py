@@ -17,7 +17,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, ModelNotReady
+from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, InvalidRequest, ModelNotReady
 from ..settings import ServiceSettings
 from .adapters import AdapterSet
 from .devices import Hardware, PlacementPlan, detect_hardware, memory_report, plan_placement
@@ -181,6 +181,8 @@ class FluxModelManager:
                 for i, device in enumerate(self.plan.devices):
                     pipe = self._load_pipeline(location, self._torch_dtype(), device)
                     pipe.set_progress_bar_config(disable=True)
+                    if self.settings.compile == "regional":
+                        self._compile(pipe)
                     adapters = self.adapter_class(pipe, self.lora_files, self.settings.lora_cache_size, self.backend)
                     replicas.append(Replica(i, device, pipe, adapters))
                 if self.settings.warmup:
@@ -222,11 +224,20 @@ class FluxModelManager:
 
             torch.cuda.empty_cache()
 
+    def _compile(self, pipe) -> None:
+        """Regional compile: the 57 transformer blocks share two graphs, so compiling them takes
+        seconds instead of minutes. Inductor's cache lives beside the tiny model, across restarts."""
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.settings.cache_dir / "inductor"))
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+
     def _warmup(self, replica: Replica) -> None:
         # One small run pays the first-call costs (kernel selection, allocator growth, tokenizer
-        # caches) before /health says ready, instead of on the first user's request.
-        self._run_pipeline(replica, GenerationParams(prompt="warm-up", seed=0, width=256, height=256,
-                                                     num_inference_steps=2, guidance_scale=3.5))
+        # caches) before /health says ready, instead of on the first user's request. Compiled, each
+        # warm-up size compiles here; after two sizes torch marks the shapes dynamic.
+        sizes = self.settings.warmup_sizes if self.settings.compile != "none" else [256]
+        for px in sizes:
+            self._run_pipeline(replica, GenerationParams(prompt="warm-up", seed=0, width=px, height=px,
+                                                         num_inference_steps=2, guidance_scale=3.5))
 
     def _job_finished(self, job: Job) -> None:
         for hook in self.job_hooks:
@@ -304,6 +315,9 @@ class FluxModelManager:
     def generate(self, replica: Replica, job: Job, params: GenerationParams) -> GenerationResult:
         started = time.perf_counter()
         loras = self.pinned if params.loras is None else params.loras
+        if loras and self.settings.compile != "none":
+            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional): "
+                                 "loading one would recompile it; run with compile=none for LoRA")
         replica.adapters.activate(loras, {s.name for s in self.pinned})
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         truncation = self._truncation(replica.pipe, params.prompt)
@@ -368,6 +382,8 @@ class FluxModelManager:
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
         """Pin a LoRA set for requests that name none, on every replica. All of it loads, or nothing
         changes (each replica rolls back what it loaded)."""
+        if self.settings.compile != "none":
+            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional)")
         pinned_names = {s.name for s in self.pinned} | {s.name for s in loras}
         self.on_every_replica(lambda r: r.adapters.activate(loras, pinned_names))
         self.pinned = loras
@@ -415,6 +431,7 @@ class FluxModelManager:
             "model": self.source.as_dict() if self.source else {"spec": self.settings.model},
             "backend": self.backend,
             "precision": self.precision() if self.plan else None,
+            "compile": self.settings.compile,
             "placement": {**self.plan.as_dict(), "replica_status": replicas,
                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if self.plan else None,
             "devices": memory_report(self.hardware),

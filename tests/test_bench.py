@@ -1,0 +1,48 @@
+"""The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), and compiling is
+a real setting: regional compile loads, generates, and refuses LoRA (which would recompile)."""
+
+import json
+
+from conftest import Served, gen
+from flux_api.app import create_app
+from flux_api.bench import main, natural_image
+from flux_api.settings import BF16Settings
+
+
+def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch, capsys):
+    monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("FLUX_FP4_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "bench.json"
+    main(["--model", str(tiny_dir), "--targets", "stock,bf16,fp4:torchao-int8", "--sizes", "256", "--steps", "2",
+          "--concurrency", "1", "2", "--unseen", "288", "--port", "8391", "--out", str(out)])
+    R = json.loads(out.read_text())
+    assert set(R["targets"]) == {"stock", "bf16", "fp4:torchao-int8"}
+    for name in ("bf16", "fp4:torchao-int8"):
+        t = R["targets"][name]
+        assert "error" not in t, t
+        s = t["sizes"]["256"]
+        assert s["latency_s"] > 0 and s["inference_ms"] > 0 and s["s_per_step"] > 0 and "overhead_pct" in s
+        assert t["ready_s"] > 0 and set(t["images_per_min"]) == {"1", "2"}
+        assert t["unseen_size"]["px"] == 288
+    assert R["targets"]["fp4:torchao-int8"]["backend"] == "torchao-int8"
+    assert R["targets"]["stock"]["sizes"]["256"]["latency_s"] > 0
+    assert {"png1", "png6", "jpeg", "webp"} <= set(R["encoding_ms"]["natural"])
+    printed = capsys.readouterr().out
+    assert "| bf16 | diffusers | 256 |" in printed and "inf |" in printed  # the BF16 service matches stock exactly
+
+
+def test_natural_image_is_not_noise():
+    img = natural_image(256)
+    assert img.size == (256, 256)
+
+
+def test_compiled_service_refuses_lora(cache_dir, lora_dir):
+    # warmup off: torch.compile is lazy, so nothing compiles unless a generation runs
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, compile="regional", warmup=False)
+    with Served(create_app(settings)) as s:
+        s.wait_ready()
+        assert s.client.get("/model-status").json()["compile"] == "regional"
+        r = gen(s, lora_name="style")
+        assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
+        r = s.client.post("/apply-lora", json={"lora_name": "style"})
+        assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
