@@ -233,6 +233,7 @@ def run(args) -> dict:
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
             R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
         print(json.dumps({k: v for k, v in R["targets"][target].items() if k != "last_image_b64"}, default=str)[:1500], flush=True)
+        Path(args.out).write_text(json.dumps(R, indent=1, default=str))  # what is done survives a kill
     from PIL import Image
 
     model_out = None
