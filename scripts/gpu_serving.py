@@ -9,7 +9,6 @@ Prints a table at the end.
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -92,7 +91,7 @@ def main():
         log(json.dumps(res)[:1500])
         save()
 
-    one, two = R["one replica (GPU 0)"], R["two replicas (auto)"]
+    one = R["one replica (GPU 0)"]
     print("\n| run | placement | ready s | 1 image s | images/min (n concurrent) | vs one replica |")
     print("|---|---|---|---|---|---|")
     base = one.get("throughput", {}).get("images_per_min")

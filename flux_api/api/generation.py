@@ -22,14 +22,17 @@ from ..settings import ServiceSettings
 STOP_GRACE_S = 10.0
 
 
+def lora_specs(refs: list[LoraRef] | None) -> tuple[LoraSpec, ...] | None:
+    return None if refs is None else tuple(LoraSpec(r.name, r.weight) for r in refs)
+
+
 def to_params(body) -> GenerationParams:
-    refs = body.lora_refs()
     return GenerationParams(
         prompt=body.prompt, seed=body.seed if body.seed is not None else secrets.randbelow(2**32),
         width=body.width, height=body.height, num_inference_steps=body.num_inference_steps,
         guidance_scale=body.guidance_scale, negative_prompt=body.negative_prompt,
         true_cfg_scale=body.true_cfg_scale,
-        loras=None if refs is None else tuple(LoraSpec(r.name, r.weight) for r in refs),
+        loras=lora_specs(body.lora_refs()),
     )
 
 

@@ -19,16 +19,10 @@ from ..logs import request_id
 from ..metrics import Metrics
 from ..schemas import ApplyLoraRequest, ErrorBody, GenerateResponse, RemoveLoraRequest, build_generate_request
 from ..settings import ServiceSettings
-from .generation import build_response, output_format, to_params, wait_for, wants_raw
+from .generation import build_response, lora_specs, output_format, to_params, wait_for, wants_raw
 from .jobs import create_jobs_router
 
 ERRORS = {code: {"model": ErrorBody} for code in (404, 422, 429, 500, 503, 504)}
-
-
-def _specs(refs):
-    from ..engine.lora import LoraSpec
-
-    return tuple(LoraSpec(r.name, r.weight) for r in refs)
 
 
 def create_router(manager: FluxModelManager, settings: ServiceSettings, metrics: Metrics) -> APIRouter:
@@ -103,7 +97,7 @@ def create_router(manager: FluxModelManager, settings: ServiceSettings, metrics:
     @router.post("/apply-lora", summary="Pin LoRAs for requests that name none", responses=ERRORS)
     async def apply_lora(body: ApplyLoraRequest) -> dict:
         """Replace the pinned LoRA set. It loads completely or nothing changes. Runs between generations."""
-        return await asyncio.to_thread(manager.apply_loras, _specs(body.lora_refs()))
+        return await asyncio.to_thread(manager.apply_loras, lora_specs(body.lora_refs()))
 
     @router.post("/remove-lora", summary="Unpin one LoRA, or all", responses=ERRORS)
     async def remove_lora(body: RemoveLoraRequest | None = Body(None)) -> dict:
