@@ -105,6 +105,7 @@ async def build_response(result: GenerationResult, fmt: str, raw: bool, settings
         return data, (None if raw else base64.b64encode(data).decode("ascii"))
 
     data, b64 = await asyncio.to_thread(_encode)
+    result.image = None  # finished jobs are kept for a while: keep them light (the bytes go out now)
     done = time.perf_counter()
     timings = {"queue_ms": result.queue_ms, "lora_ms": result.lora_ms, "inference_ms": result.inference_ms,
                "encode_ms": round((done - t_enc) * 1e3, 2), "total_ms": round((done - arrived) * 1e3, 2)}

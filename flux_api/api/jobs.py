@@ -54,8 +54,7 @@ def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, Gen
             if "response" not in job.extra:
                 resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
                                             job.request_id)
-                job.extra["response"] = resp.model_dump()
-                job.result.image = None  # the encoded bytes are kept; the PIL image is not needed again
+                job.extra["response"] = resp.model_dump()  # build_response dropped the PIL image
         return job.extra["response"]
 
     @router.post("", status_code=202, summary="Queue a generation; returns its id at once", responses=ERRORS)
