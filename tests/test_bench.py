@@ -31,9 +31,17 @@ def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch
     assert "| bf16 | diffusers | 256 |" in printed and "inf |" in printed  # the BF16 service matches stock exactly
 
 
-def test_natural_image_is_not_noise():
-    img = natural_image(256)
-    assert img.size == (256, 256)
+def test_natural_image_is_png_s_typical_case_not_its_worst():
+    import numpy as np
+    from PIL import Image
+
+    from flux_api.imaging import encode_image
+
+    natural = natural_image(256)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8))
+    assert natural.size == (256, 256)
+    png = lambda im: len(encode_image(im, "png", {}))  # noqa: E731
+    assert png(natural) < 0.8 * png(noise)  # it compresses, as real images do
 
 
 def test_compiled_service_refuses_lora(cache_dir, lora_dir):

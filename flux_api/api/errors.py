@@ -35,6 +35,13 @@ STATUS: dict[type[E.FluxAPIError], int] = {
 }
 
 
+def error_responses(*codes: int) -> dict:
+    """OpenAPI `responses=` for routes: the one error body, for each code the route can answer."""
+    from ..schemas import ErrorBody
+
+    return {code: {"model": ErrorBody} for code in codes}
+
+
 def status_of(exc: E.FluxAPIError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:

@@ -11,13 +11,14 @@ from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ..engine.base import FluxModelManager
-from ..engine.scheduler import DONE, FINAL, QUEUED, Job
+from ..engine.scheduler import DONE, FINAL, QUEUED, RUNNING, Job
 from ..errors import FluxAPIError, JobCancelled, JobNotFound
 from ..logs import request_id
 from ..settings import ServiceSettings
+from .errors import error_responses
 from .generation import build_response, to_params
 
-ERRORS = {code: {"description": "see the error body"} for code in (404, 409, 422, 429, 503)}
+ERRORS = error_responses(404, 409, 422, 429, 503)
 
 
 def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, GenerateRequest) -> APIRouter:
@@ -31,7 +32,7 @@ def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, Gen
         return job
 
     def error_of(job: Job) -> dict | None:
-        if job.state in (QUEUED, "running", DONE):
+        if job.state in (QUEUED, RUNNING, DONE):
             return None
         e = job.error
         if isinstance(e, FluxAPIError):
@@ -43,7 +44,7 @@ def create_jobs_router(manager: FluxModelManager, settings: ServiceSettings, Gen
         return {
             "id": job.id, "state": job.state, "position": manager.scheduler.position(job) if job.state == QUEUED else None,
             "step": job.step, "total_steps": job.total_steps, "eta_s": job.eta_s(), "replica": job.replica,
-            "queue_ms": round(((job.started or now) - job.created) * 1e3, 2),
+            "queue_ms": round(((job.started or job.finished or now) - job.created) * 1e3, 2),
             "cancel_requested": job.cancel_reason is not None, "error": error_of(job), "request_id": job.request_id,
         }
 

@@ -17,12 +17,13 @@ from ..engine.base import LOADING, WARMING_UP, FluxModelManager
 from ..imaging import MEDIA_TYPES
 from ..logs import request_id
 from ..metrics import Metrics
-from ..schemas import ApplyLoraRequest, ErrorBody, GenerateResponse, RemoveLoraRequest, build_generate_request
+from ..schemas import ApplyLoraRequest, GenerateResponse, RemoveLoraRequest, build_generate_request
 from ..settings import ServiceSettings
+from .errors import error_responses
 from .generation import build_response, lora_specs, output_format, to_params, wait_for, wants_raw
 from .jobs import create_jobs_router
 
-ERRORS = {code: {"model": ErrorBody} for code in (404, 422, 429, 500, 503, 504)}
+ERRORS = error_responses(404, 422, 429, 500, 503, 504)
 
 
 def create_router(manager: FluxModelManager, settings: ServiceSettings, metrics: Metrics) -> APIRouter:

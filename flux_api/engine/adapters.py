@@ -80,7 +80,7 @@ class AdapterSet:
         for name in list(self.adapters):  # evict least recently used, never what is needed now
             if len(self.adapters) <= self.cache_size:
                 break
-            if name not in keep and name != file.name:
+            if name not in keep:
                 self.drop(name)
         return adapter
 

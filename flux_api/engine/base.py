@@ -55,7 +55,6 @@ class GenerationResult:
     inference_ms: float
     backend: str
     model: str
-    replica: int
 
 
 @dataclass
@@ -315,9 +314,7 @@ class FluxModelManager:
     def generate(self, replica: Replica, job: Job, params: GenerationParams) -> GenerationResult:
         started = time.perf_counter()
         loras = self.pinned if params.loras is None else params.loras
-        if loras and self.settings.compile != "none":
-            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional): "
-                                 "loading one would recompile it; run with compile=none for LoRA")
+        self._refuse_lora_if_compiled(loras)
         replica.adapters.activate(loras, {s.name for s in self.pinned})
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         truncation = self._truncation(replica.pipe, params.prompt)
@@ -327,7 +324,7 @@ class FluxModelManager:
             image=image, params=params, loras=loras, truncation=truncation,
             queue_ms=round((job.started - job.created) * 1e3, 2), lora_ms=lora_ms,
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
-            backend=self.backend, model=self.source.spec, replica=replica.index,
+            backend=self.backend, model=self.source.spec,
         )
 
     def _run_pipeline(self, replica: Replica, params: GenerationParams, job: Job | None = None):
@@ -379,11 +376,16 @@ class FluxModelManager:
 
     # ------------------------------------------------------------------ LoRA (blocking; call off the event loop)
 
+    def _refuse_lora_if_compiled(self, loras: tuple[LoraSpec, ...]) -> None:
+        # Loading an adapter into a compiled transformer recompiles it; hotswap is not built yet.
+        if loras and self.settings.compile != "none":
+            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional): "
+                                 "loading one would recompile it; run with compile=none for LoRA")
+
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
         """Pin a LoRA set for requests that name none, on every replica. All of it loads, or nothing
         changes (each replica rolls back what it loaded)."""
-        if self.settings.compile != "none":
-            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional)")
+        self._refuse_lora_if_compiled(loras)
         pinned_names = {s.name for s in self.pinned} | {s.name for s in loras}
         self.on_every_replica(lambda r: r.adapters.activate(loras, pinned_names))
         self.pinned = loras

@@ -194,7 +194,6 @@ class Scheduler:
             job.cancel_reason = reason
             if job.state == QUEUED:
                 self._queue.remove(job)
-                job.started = job.started or time.monotonic()
         if job.state == QUEUED:
             job._finish(CANCELLED, error=JobCancelled(f"job cancelled: {reason}"), reason=reason)
             self._finished(job)
