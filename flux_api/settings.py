@@ -86,13 +86,25 @@ class ServiceSettings(BaseSettings):
     hub_endpoint: str | None = Field(None, description="Hugging Face Hub URL (a mirror); default: HF_ENDPOINT or huggingface.co.")
 
     # --- speed
-    compile: Literal["none", "regional"] = Field(
-        "none", description="regional: torch.compile the repeated transformer blocks at load (compile time counts "
-        "in time to ready; LoRA is refused while compiled)."
+    compile: Literal["auto", "none", "regional"] = Field(
+        "auto", description="regional: torch.compile the repeated transformer blocks at load (about 35 s, counted in "
+        "time to ready; LoRA is refused while compiled). auto: regional where the backend needs it to be fast "
+        "(torchao-fp8), none otherwise, so that LoRA works by default."
+    )
+    cuda_graphs: bool = Field(
+        True, description="Replay the transformer step as a CUDA graph (one per image size) for requests without "
+        "a LoRA: removes the CPU launch overhead that bounds small sizes. Output is bitwise the same. CUDA only; "
+        "off in memory_mode=low."
+    )
+    memory_mode: Literal["default", "low"] = Field(
+        "default", description="low: the BF16 service keeps the text encoders on the CPU (fits a 24 GiB card, about "
+        "2 s slower per image); the FP4 service stores T5 in 4-bit nf4 and auto picks a 4-bit backend (fits 12 GiB). "
+        "Both tile the VAE decode and turn CUDA graphs off."
     )
     warmup_sizes: list[int] = Field(
         default_factory=lambda: [1024, 512],
-        description="Square sizes run once at load when compiling, so live requests do not compile.",
+        description="Square sizes run once at load on a GPU (compiling, capturing CUDA graphs), so live requests "
+        "do not pay for it.",
     )
 
     # --- start-up

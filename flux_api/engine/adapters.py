@@ -25,6 +25,7 @@ class AdapterSet:
         self.adapters: OrderedDict[str, str] = OrderedDict()  # LoRA name -> adapter name, LRU order
         self.sources: dict[str, str] = {}  # LoRA name -> "folder" | "hub"
         self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
+        self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
         self._counter = 0
 
     def loaded(self) -> list[dict]:
@@ -70,6 +71,7 @@ class AdapterSet:
         adapter = f"lora_{self._counter}"
         try:
             with _STRUCTURE_LOCK:
+                self._changed()
                 self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
         except Exception as e:
             self._delete(adapter)
@@ -93,8 +95,13 @@ class AdapterSet:
         for n in [n for n in self.adapters if n not in keep and (only is None or n == only)]:
             self.drop(n)
 
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
     def _delete(self, adapter: str) -> None:
         with _STRUCTURE_LOCK:
+            self._changed()
             try:
                 self.pipe.delete_adapters(adapter)
             except Exception:  # it was never (fully) created

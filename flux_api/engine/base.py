@@ -65,6 +65,7 @@ class Replica:
     device: str
     pipe: Any
     adapters: AdapterSet
+    graphs: Any = None  # GraphedForward, where CUDA graphs are on
     stats: dict = field(default_factory=lambda: {"images": 0})
 
     def on_thread_start(self) -> None:
@@ -180,10 +181,18 @@ class FluxModelManager:
                 for i, device in enumerate(self.plan.devices):
                     pipe = self._load_pipeline(location, self._torch_dtype(), device)
                     pipe.set_progress_bar_config(disable=True)
-                    if self.settings.compile == "regional":
+                    if self.settings.memory_mode == "low":
+                        self._low_memory(pipe)
+                    if self.compile_mode == "regional":
                         self._compile(pipe)
                     adapters = self.adapter_class(pipe, self.lora_files, self.settings.lora_cache_size, self.backend)
-                    replicas.append(Replica(i, device, pipe, adapters))
+                    graphs = None
+                    if self.graphs_off_reason is None:
+                        from .graphs import GraphedForward
+
+                        graphs = GraphedForward(pipe.transformer).install()
+                        adapters.on_change = graphs.clear  # a new or deleted adapter changes what a graph replays
+                    replicas.append(Replica(i, device, pipe, adapters, graphs))
                 if self.settings.warmup:
                     self.phase = WARMING_UP
                     for r in replicas:
@@ -223,17 +232,75 @@ class FluxModelManager:
 
             torch.cuda.empty_cache()
 
+    # ------------------------------------------------------------------ speed and memory
+
+    def _auto_compile(self) -> str:
+        """What compile=auto means for this backend on a GPU (subclass hook)."""
+        return "none"
+
+    @property
+    def compile_mode(self) -> str:
+        if self.settings.compile != "auto":
+            return self.settings.compile
+        return self._auto_compile() if self.plan is not None and self.plan.device != "cpu" else "none"
+
+    @property
+    def graphs_off_reason(self) -> str | None:
+        """Why CUDA graphs are off, or None when they are on."""
+        if not self.settings.cuda_graphs:
+            return "cuda_graphs=false"
+        if self.plan is None or self.plan.device == "cpu":
+            return "no CUDA device"
+        if self.plan.mode == "balanced":
+            return "placement balanced (one model over several GPUs)"
+        if self.settings.memory_mode == "low":
+            return "memory_mode=low (a graph keeps its own activation memory)"
+        return None
+
+    # Where memory_mode=low puts the text encoders: "cpu" (run there) or "nf4" (4-bit on the GPU).
+    low_memory_text_encoders = "cpu"
+
+    def _low_memory(self, pipe) -> None:
+        """memory_mode=low after loading: text encoders on the CPU (unless a subclass quantized them at
+        load), and a tiled VAE decode, whose peak no longer grows with the image."""
+        if self.low_memory_text_encoders == "cpu":
+            pipe.text_encoder.to("cpu")
+            pipe.text_encoder_2.to("cpu")
+        self._tile_vae(pipe.vae)
+        self._free_memory()
+
+    def _tile_vae(self, vae) -> None:
+        vae.enable_tiling()
+        if getattr(vae, "tile_sample_min_size", 0) > 512:  # FLUX's VAE tiles only above 1024 px by default
+            vae.tile_sample_min_size = 512
+            vae.tile_latent_min_size = 512 // 2 ** (len(vae.config.block_out_channels) - 1)
+
+    def _text_on_cpu(self, pipe=None) -> bool:
+        return self.settings.memory_mode == "low" and self.low_memory_text_encoders == "cpu"
+
+    def memory_status(self) -> dict:
+        out = {"mode": self.settings.memory_mode}
+        if self.settings.memory_mode == "low":
+            out["text_encoders"] = {"cpu": "on the CPU, run there (about 2 s per prompt on 16 cores)",
+                                    "nf4": "T5 in bitsandbytes nf4 on the GPU, CLIP in bf16"}[self.low_memory_text_encoders]
+            out["vae"] = "tiled decode"
+        return out
+
     def _compile(self, pipe) -> None:
         """Regional compile: the 57 transformer blocks share two graphs, so compiling them takes
         seconds instead of minutes. Inductor's cache lives beside the tiny model, across restarts."""
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.settings.cache_dir / "inductor"))
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+        pipe.transformer.compile_repeated_blocks(fullgraph=self.fullgraph)
+
+    fullgraph = True  # bitsandbytes' 4-bit layers break the graph: its subclass says False
 
     def _warmup(self, replica: Replica) -> None:
-        # One small run pays the first-call costs (kernel selection, allocator growth, tokenizer
-        # caches) before /health says ready, instead of on the first user's request. Compiled, each
-        # warm-up size compiles here; after two sizes torch marks the shapes dynamic.
-        sizes = self.settings.warmup_sizes if self.settings.compile != "none" else [256]
+        # Runs at each warm-up size pay the first-call costs (kernel selection, allocator growth,
+        # tokenizer caches, compiling, capturing a CUDA graph) before /health says ready, instead of
+        # on a user's request. Compiled, after two sizes torch marks the shapes dynamic: later sizes
+        # need no long recompile.
+        gpu = self.plan.device != "cpu"
+        sizes = self.settings.warmup_sizes if gpu and (self.compile_mode != "none" or replica.graphs) else [256]
         for px in sizes:
             self._run_pipeline(replica, GenerationParams(prompt="warm-up", seed=0, width=px, height=px,
                                                          num_inference_steps=2, guidance_scale=3.5))
@@ -269,6 +336,13 @@ class FluxModelManager:
         kwargs = dict(dtype=dtype, **self._pipeline_kwargs(), **self._hub_kwargs())
         if device == "balanced":
             return FluxPipeline.from_pretrained(location, device_map="balanced", **kwargs)
+        if device.startswith("cuda") and self._text_on_cpu():
+            # memory_mode=low: the text encoders never touch the GPU, not even while loading, since the
+            # peak is what must fit the card. Load on the CPU, then move the transformer and the VAE.
+            pipe = FluxPipeline.from_pretrained(location, **kwargs)
+            pipe.transformer.to(device)
+            pipe.vae.to(device)
+            return pipe
         if device.startswith("cuda"):
             # diffusers takes device_map="cuda" but not "cuda:N". Under this replica's device context most
             # weights load straight onto its GPU; components that a loader pinned to cuda:0 are moved.
@@ -316,6 +390,8 @@ class FluxModelManager:
         loras = self.pinned if params.loras is None else params.loras
         self._refuse_lora_if_compiled(loras)
         replica.adapters.activate(loras, {s.name for s in self.pinned})
+        if replica.graphs is not None:
+            replica.graphs.bypass = bool(loras)  # a graph replays the base model only
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         truncation = self._truncation(replica.pipe, params.prompt)
         image = self._run_pipeline(replica, params, job)
@@ -333,7 +409,7 @@ class FluxModelManager:
         # A per-request CPU generator: the same seed gives the same noise whatever the device, and
         # no request ever touches the global RNG.
         generator = torch.Generator(device="cpu").manual_seed(params.seed)
-        kwargs = {}
+        kwargs = {"prompt": params.prompt}
         if params.negative_prompt:
             kwargs.update(negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale)
         if job is not None:
@@ -343,8 +419,10 @@ class FluxModelManager:
 
             kwargs["callback_on_step_end"] = on_step
         try:
+            if self._text_on_cpu(replica.pipe):
+                kwargs = self._encode_on_cpu(replica.pipe, kwargs)
             out = replica.pipe(
-                prompt=params.prompt, width=params.width, height=params.height,
+                width=params.width, height=params.height,
                 num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
                 generator=generator, max_sequence_length=self.settings.max_sequence_length,
                 output_type="pil", **kwargs,
@@ -363,6 +441,20 @@ class FluxModelManager:
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
         return out.images[0]
 
+    def _encode_on_cpu(self, pipe, kwargs: dict) -> dict:
+        """Text encoders on the CPU: encode there, hand the pipeline embeddings on its own device."""
+        import torch
+
+        device, n = pipe._execution_device, self.settings.max_sequence_length
+        out = {k: v for k, v in kwargs.items() if k not in ("prompt", "negative_prompt")}
+        with torch.no_grad():
+            for prefix, key in (("", "prompt"), ("negative_", "negative_prompt")):
+                if kwargs.get(key):
+                    embeds, pooled, _ = pipe.encode_prompt(kwargs[key], None, device="cpu", max_sequence_length=n)
+                    out[f"{prefix}prompt_embeds"] = embeds.to(device)
+                    out[f"{prefix}pooled_prompt_embeds"] = pooled.to(device)
+        return out
+
     def _truncation(self, pipe, prompt: str) -> dict:
         """Token counts of the prompt against CLIP's 77 and T5's budget: what the model really sees."""
         clip_limit = pipe.tokenizer.model_max_length
@@ -378,7 +470,7 @@ class FluxModelManager:
 
     def _refuse_lora_if_compiled(self, loras: tuple[LoraSpec, ...]) -> None:
         # Loading an adapter into a compiled transformer recompiles it; hotswap is not built yet.
-        if loras and self.settings.compile != "none":
+        if loras and self.compile_mode != "none":
             raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional): "
                                  "loading one would recompile it; run with compile=none for LoRA")
 
@@ -433,7 +525,10 @@ class FluxModelManager:
             "model": self.source.as_dict() if self.source else {"spec": self.settings.model},
             "backend": self.backend,
             "precision": self.precision() if self.plan else None,
-            "compile": self.settings.compile,
+            "compile": self.compile_mode if self.plan else self.settings.compile,
+            "cuda_graphs": ({"on": True, **self.replicas[0].graphs.status()} if self.replicas and self.replicas[0].graphs
+                            else {"on": False, "why": self.graphs_off_reason or "not loaded"}),
+            "memory": self.memory_status(),
             "placement": {**self.plan.as_dict(), "replica_status": replicas,
                           "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if self.plan else None,
             "devices": memory_report(self.hardware),

@@ -120,6 +120,7 @@ def memory_report(hw: Hardware) -> list[dict]:
                 "free_mib": round(free / MiB, 1),
                 "allocated_mib": round(torch.cuda.memory_allocated(g.index) / MiB, 1),
                 "peak_allocated_mib": round(torch.cuda.max_memory_allocated(g.index) / MiB, 1),
+                "peak_reserved_mib": round(torch.cuda.max_memory_reserved(g.index) / MiB, 1),
             }
         )
     return out

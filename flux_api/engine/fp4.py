@@ -111,8 +111,10 @@ def nunchaku_problem(hw: Hardware, pkgs: Packages) -> str | None:
     return None
 
 
-def select_backend(requested: str, hw: Hardware, pkgs: Packages) -> BackendChoice:
-    """The backend to load, or BackendUnavailable saying what to install or choose instead."""
+def select_backend(requested: str, hw: Hardware, pkgs: Packages, low_memory: bool = False) -> BackendChoice:
+    """The backend to load, or BackendUnavailable saying what to install or choose instead.
+    low_memory (memory_mode=low): auto prefers a 4-bit backend over fp8, whose 11 GiB transformer
+    does not fit the 12 GiB budget."""
     alt = "choose backend torchao-fp8 (sm_89+) or bnb-fp4 (any CUDA GPU), or auto"
     if requested == "nunchaku":
         problem = nunchaku_problem(hw, pkgs)
@@ -148,6 +150,8 @@ def select_backend(requested: str, hw: Hardware, pkgs: Packages) -> BackendChoic
         prec = nunchaku_precision(hw.gpus[0].capability)
         return BackendChoice("nunchaku", f"Nunchaku runs on {hw.gpus[0].sm} ({prec})", prec)
     why_not = f"not nunchaku: {problem}"
+    if low_memory and hw.cuda and pkgs.bitsandbytes:
+        return BackendChoice("bnb-fp4", f"memory_mode=low: a 4-bit transformer (fp8 takes 11 GiB); {why_not}")
     if hw.cuda and hw.gpus[0].capability >= (8, 9) and pkgs.torchao:
         return BackendChoice("torchao-fp8", f"{hw.gpus[0].sm} has fp8 tensor cores; {why_not}")
     if hw.cuda and pkgs.bitsandbytes:
@@ -214,7 +218,7 @@ class FP4FluxModelManager(FluxModelManager):
 
     def _preflight_backend(self) -> None:
         in_use = self.hardware if self.uses_cuda else Hardware()
-        self.choice = select_backend(self.settings.backend, in_use, self.packages)
+        self.choice = select_backend(self.settings.backend, in_use, self.packages, self.settings.memory_mode == "low")
 
     @property
     def transformer_size_factor(self) -> float:  # type: ignore[override]
@@ -224,8 +228,27 @@ class FP4FluxModelManager(FluxModelManager):
     def adapter_class(self):  # type: ignore[override]
         return NunchakuAdapters if self.choice and self.choice.name == "nunchaku" else AdapterSet
 
+    def _auto_compile(self) -> str:
+        # fp8 runs its activation quantization as separate kernels unless compiled: 434 ms a step at
+        # 1024 eager against 110 ms compiled (H100, docs/PERFORMANCE.md).
+        return "regional" if self.choice and self.choice.name == "torchao-fp8" else "none"
+
+    @property
+    def fullgraph(self) -> bool:  # type: ignore[override]
+        return not (self.choice and self.choice.name.startswith("bnb-"))
+
+    @property
+    def low_memory_text_encoders(self) -> str:  # type: ignore[override]
+        return "nf4" if self._t5_nf4 else "cpu"
+
+    @property
+    def _t5_nf4(self) -> bool:
+        return self.settings.memory_mode == "low" and self.uses_cuda and self.packages.bitsandbytes
+
     def precision(self) -> dict:
         out = super().precision()
+        if self._t5_nf4:
+            out["text_encoders"] = "CLIP bf16; T5 bitsandbytes nf4"
         if self.choice:
             out["transformer"] = _PRECISION[self.choice.name].format(
                 dtype=out["transformer"], prec=self.choice.nunchaku_precision, rank=self.settings.nunchaku_rank
@@ -248,9 +271,21 @@ class FP4FluxModelManager(FluxModelManager):
             from diffusers import TorchAoConfig
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, PerRow
 
-            ao = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()) if name == "torchao-fp8" else Int8WeightOnlyConfig()
+            # set_inductor_config=False: torchao otherwise switches on inductor's coordinate-descent
+            # tuning, which took the first fp8 compile past four minutes (H100); without it, 30 s.
+            ao = (Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+                  if name == "torchao-fp8" else Int8WeightOnlyConfig(set_inductor_config=False))
             cfg = TorchAoConfig(ao)
-        return {"quantization_config": PipelineQuantizationConfig(quant_mapping={"transformer": cfg})}
+        return {"quantization_config": PipelineQuantizationConfig(quant_mapping={"transformer": cfg, **self._t5_mapping()})}
+
+    def _t5_mapping(self) -> dict:
+        """memory_mode=low: T5-XXL in 4-bit nf4, 2.4 GiB instead of 8.9 (73 ms per prompt on an H100)."""
+        if not self._t5_nf4:
+            return {}
+        from transformers import BitsAndBytesConfig as TransformersBnbConfig
+
+        return {"text_encoder_2": TransformersBnbConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                        bnb_4bit_compute_dtype=self._torch_dtype())}
 
     def _load_pipeline(self, location: str, dtype, device: str):
         if self.choice.name != "nunchaku":
@@ -264,5 +299,9 @@ class FP4FluxModelManager(FluxModelManager):
         # Nunchaku has no device_map: its transformer lives on one GPU, the other parts may be balanced.
         transformer = NunchakuFluxTransformer2dModel.from_pretrained(ckpt, offload=False)
         kwargs = {"device_map": "balanced"} if device == "balanced" else {}
+        if self._t5_nf4:
+            from diffusers import PipelineQuantizationConfig
+
+            kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=self._t5_mapping())
         pipe = FluxPipeline.from_pretrained(location, transformer=transformer, dtype=dtype, **kwargs, **self._hub_kwargs())
         return pipe if device == "balanced" else pipe.to(device)

@@ -102,7 +102,7 @@ SIZES = {
         t5=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, relative_attention_num_buckets=32),
         transformer=dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
                          joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56)),
-        vae=dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32),
+        vae=dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=1024),
     ),
 }
 

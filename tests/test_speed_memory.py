@@ -1,0 +1,90 @@
+"""The speed and memory settings (issue 5): compile=auto, cuda_graphs, memory_mode=low.
+
+CUDA graphs and the 4-bit T5 need a GPU: here their selection and the status they report are checked
+with stand-in GPUs (named as such); the GPU runs (scripts/gpu_speed.py) check the rest. memory_mode=low
+runs for real on the CPU: the text encoders' separate path must give the same image every time and
+the same image as the default path (the tiny VAE's tiling is switched off to compare them bit for bit).
+"""
+
+import pytest
+
+from flux_api.app import create_app
+from flux_api.bench import parse_target
+from flux_api.engine.bf16 import BF16FluxModelManager
+from flux_api.engine.devices import GPU, Hardware
+from flux_api.engine.fp4 import FP4FluxModelManager, Packages, select_backend
+from flux_api.settings import BF16Settings, FP4Settings
+from conftest import Served, gen
+from test_backends import NONE, pk
+
+GiB = 2**30
+H100 = Hardware((GPU(0, "H100 (stand-in)", (9, 0), 80 * GiB),))
+
+
+def _planned(manager):
+    manager.preflight()
+    return manager
+
+
+def test_compile_auto_compiles_fp8_only_and_never_on_the_cpu(cache_dir):
+    fp8 = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir), H100, pk(NONE)))
+    assert fp8.choice.name == "torchao-fp8" and fp8.compile_mode == "regional"
+    bnb = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, backend="bnb-fp4"), H100, pk(NONE)))
+    assert bnb.compile_mode == "none" and bnb.fullgraph is False  # LoRA keeps working by default
+    bf16 = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir), H100))
+    assert bf16.compile_mode == "none" and bf16.graphs_off_reason is None
+    cpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, pk(NONE)))
+    assert cpu.compile_mode == "none" and cpu.graphs_off_reason == "no CUDA device"
+    forced = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, compile="regional"), H100))
+    assert forced.compile_mode == "regional"
+
+
+def test_cuda_graphs_off_reasons(cache_dir):
+    def reason(**kw):
+        return _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, **kw), H100)).graphs_off_reason
+
+    assert reason(cuda_graphs=False) == "cuda_graphs=false"
+    assert "memory_mode=low" in reason(memory_mode="low")
+
+
+def test_low_memory_picks_a_4bit_backend_and_4bit_t5_on_a_gpu(cache_dir):
+    assert select_backend("auto", H100, pk(NONE)).name == "torchao-fp8"
+    low = select_backend("auto", H100, pk(NONE), low_memory=True)
+    assert low.name == "bnb-fp4" and "memory_mode=low" in low.reason
+    m = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, memory_mode="low"), H100, pk(NONE)))
+    assert m.low_memory_text_encoders == "nf4" and "nf4" in m.precision()["text_encoders"]
+    # (the quantization config itself needs bitsandbytes installed, which this machine has not)
+    no_bnb = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, memory_mode="low",
+                                                      backend="torchao-fp8"), H100, Packages(NONE, False, True)))
+    assert no_bnb.low_memory_text_encoders == "cpu"  # no bitsandbytes: the text encoders go to the CPU instead
+
+
+def test_bench_target_options():
+    assert parse_target("fp4:bnb-fp4+compile+low") == ("fp4", "bnb-fp4", {"COMPILE": "regional", "MEMORY_MODE": "low"})
+    assert parse_target("bf16") == ("bf16", None, {})
+    with pytest.raises(ValueError, match="unknown target option"):
+        parse_target("bf16+turbo")
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp4"])
+def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir, monkeypatch):
+    cls = BF16Settings if kind == "bf16" else FP4Settings
+    # The tiny VAE (sample_size 32) would tile every image; FLUX's own tiles only above 512 px in
+    # this mode. Switching tiling off here isolates what is compared: the CPU text-encoder path.
+    monkeypatch.setattr("flux_api.engine.base.FluxModelManager._tile_vae", lambda self, vae: None)
+    body = dict(prompt="a red fox in the snow", seed=11, width=256, height=256, num_inference_steps=3)
+    images = {}
+    for mode in ("default", "low"):
+        with Served(create_app(cls(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, memory_mode=mode))) as s:
+            s.wait_ready()
+            st = s.client.get("/model-status").json()
+            assert st["memory"]["mode"] == mode and st["cuda_graphs"]["on"] is False
+            if mode == "low":
+                assert "CPU" in st["memory"]["text_encoders"]
+            first, again = gen(s, **body), gen(s, **body)
+            assert first.status_code == 200, first.text
+            assert first.json()["image"] == again.json()["image"]
+            neg = gen(s, **body, negative_prompt="blurry")
+            assert neg.status_code == 200 and neg.json()["image"] != first.json()["image"]
+            images[mode] = (first.json()["image"], neg.json()["image"])
+    assert images["low"] == images["default"]
