@@ -5,7 +5,9 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
     python -m flux_api.bench --model full --targets stock,bf16,bf16+compile --out bench.json   # a GPU
 
 `--model full` builds the full-size random-weight FLUX.1-dev first (into /dev/shm when it fits).
-Targets: `stock`, `bf16`, `fp4:<backend>`, each optionally `+compile`.
+Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`, each with any of `+compile` (compile=regional),
+`+eager` (compile=none), `+low` (memory_mode=low), `+nographs` (cuda_graphs=false); without them a
+service runs with its defaults.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def encoding_costs(images: dict) -> dict:
     return out
 
 
-def measure_service(client, sizes: list[int], steps: int, concurrency: list[int], unseen: int) -> dict:
+def measure_service(client, sizes: list[int], steps: int, concurrency: list[int], unseen: int,
+                    concurrency_px: int, lora: str | None = None, repeats: int = 3) -> dict:
     def once(px, seed=1, **kw):
         t = time.perf_counter()
         r = client.post("/generate", json={"prompt": PROMPT, "width": px, "height": px, "num_inference_steps": steps,
@@ -116,7 +119,7 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
 
     res: dict = {"sizes": {}}
     for px in sizes:
-        runs = [once(px) for _ in range(3)]
+        runs = [once(px) for _ in range(repeats)]
         best = min(runs, key=lambda r: r["latency_s"])
         res["sizes"][px] = {k: v for k, v in best.items() if k != "body"}
         res["sizes"][px]["all_latency_s"] = [r["latency_s"] for r in runs]
@@ -125,17 +128,32 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
         res.setdefault("last_image_b64", {})[px] = best["body"]["image"]
     first = once(unseen, seed=2)
     res["unseen_size"] = {"px": unseen, "first_latency_s": first["latency_s"], "second_latency_s": once(unseen, seed=3)["latency_s"]}
-    px = max(sizes)
-    for c in concurrency:
+    for c in concurrency:  # the service's default format: throughput pays for its encoding, if it shows
         n = max(2 * c, 2)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(c) as pool:
-            list(pool.map(lambda i: once(px, seed=10 + i, output_format="jpeg"), range(n)))
+            list(pool.map(lambda i: once(concurrency_px, seed=10 + i), range(n)))
         res.setdefault("images_per_min", {})[c] = round(n * 60 / (time.perf_counter() - t0), 2)
+    res["images_per_min_px"] = concurrency_px
+    if lora:  # CUDA graphs replay the base model only: a LoRA must change the image, and leave no trace
+        px = min(sizes)
+        before, with_lora = once(px, seed=5), client.post("/generate", json={
+            "prompt": PROMPT, "width": px, "height": px, "num_inference_steps": steps, "seed": 5, "lora_name": lora})
+        after = once(px, seed=5)
+        check = {"status": with_lora.status_code, "base_latency_s": before["latency_s"]}
+        if with_lora.status_code == 200:
+            check.update(lora_changes_image=with_lora.json()["image"] != before["body"]["image"],
+                         base_after_lora_identical=after["body"]["image"] == before["body"]["image"],
+                         lora_inference_ms=with_lora.json()["timings"]["inference_ms"])
+        else:
+            check["error"] = with_lora.json().get("error", {}).get("message")
+        res["lora_check"] = check
     st = client.get("/model-status").json()
     res["backend"], res["precision"], res["compile"] = st["backend"], st["precision"]["transformer"], st.get("compile")
+    res["cuda_graphs"], res["memory"] = st.get("cuda_graphs"), st.get("memory")
     dev = st["devices"][0]
     res["peak_mib"] = dev.get("peak_allocated_mib", dev.get("process_peak_rss_mib"))
+    res["peak_reserved_mib"] = dev.get("peak_reserved_mib")
     return res
 
 
@@ -182,19 +200,29 @@ def psnr(a_b64: str, b_b64: str) -> float | None:
     return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
 
 
-def parse_target(t: str) -> tuple[str, str | None, bool]:
-    base, _, opt = t.partition("+")
+_OPTIONS = {"compile": ("COMPILE", "regional"), "eager": ("COMPILE", "none"), "low": ("MEMORY_MODE", "low"),
+            "nographs": ("CUDA_GRAPHS", "false")}
+
+
+def parse_target(t: str) -> tuple[str, str | None, dict]:
+    """`fp4:bnb-fp4+compile+low` -> ("fp4", "bnb-fp4", {"COMPILE": "regional", "MEMORY_MODE": "low"})."""
+    base, *opts = t.split("+")
     kind, _, backend = base.partition(":")
-    return kind, backend or None, opt == "compile"
+    unknown = [o for o in opts if o not in _OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown target option(s) {unknown} in {t!r}; known: {sorted(_OPTIONS)}")
+    return kind, backend or None, dict(_OPTIONS[o] for o in opts)
 
 
-def build_full_model() -> str:
+def build_full_model() -> tuple[str, str]:
+    """The full-size random model and two random rank-16 LoRAs for it: (model folder, LoRA folder)."""
     shm_free = shutil.disk_usage("/dev/shm").free if Path("/dev/shm").exists() else 0
-    path = "/dev/shm/flux-full" if shm_free > 40 * 2**30 else "/tmp/flux-full"
+    root = "/dev/shm" if shm_free > 40 * 2**30 else "/tmp"
+    path, loras = f"{root}/flux-full", f"{root}/flux-loras"
     if not (Path(path) / "model_index.json").exists():
         subprocess.run([sys.executable, "scripts/build_random_model.py", "--size", "full", "--device", "cuda",
-                        "--out", path], cwd=ROOT, check=True)
-    return path
+                        "--out", path, "--lora-out", loras], cwd=ROOT, check=True)
+    return path, loras
 
 
 def run(args) -> dict:
@@ -204,7 +232,11 @@ def run(args) -> dict:
     R = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
          "diffusers": diffusers.__version__, "command": "python -m flux_api.bench " + " ".join(args.argv),
          "sizes": args.sizes, "steps": args.steps, "targets": {}}
-    model = build_full_model() if args.model == "full" else args.model
+    lora_dir = None
+    model = args.model
+    if model == "full":
+        model, lora_dir = build_full_model()
+        args.lora = args.lora or "random-r16-0"
     if model == "tiny":
         from .engine.tiny import ensure_tiny_model
         from .settings import BF16Settings
@@ -212,7 +244,7 @@ def run(args) -> dict:
         model = str(ensure_tiny_model(BF16Settings(model="tiny").cache_dir))
     for i, target in enumerate(args.targets):
         print(f"[{time.strftime('%H:%M:%S')}] {target}", flush=True)
-        kind, backend, compiled = parse_target(target)
+        kind, backend, options = parse_target(target)
         try:
             if kind == "stock":
                 p = subprocess.run([sys.executable, "-m", "flux_api.bench", "--stock-child", model, "--sizes",
@@ -223,11 +255,15 @@ def run(args) -> dict:
                     R["targets"][target]["sizes"] = {int(k): v for k, v in R["targets"][target]["sizes"].items()}
                 continue
             prefix = f"FLUX_{kind.upper()}_"
-            env = {prefix + "COMPILE": "regional" if compiled else "none",
-                   prefix + "WARMUP_SIZES": json.dumps(sorted(set(args.sizes), reverse=True))}
+            env = {prefix + "WARMUP_SIZES": json.dumps(sorted(set(args.sizes), reverse=True)),
+                   **({prefix + "LORA_DIR": lora_dir} if lora_dir else {}),
+                   **{prefix + k: v for k, v in options.items()}}
             with running_service(kind, model, args.port + i, backend=backend, env=env,
                                  log_path=f"/tmp/bench-{i}.log") as (client, ready_s):
-                res = measure_service(client, args.sizes, args.steps, args.concurrency, args.unseen)
+                wanted = args.concurrency_for is None or target in args.concurrency_for
+                res = measure_service(client, args.sizes, args.steps, args.concurrency if wanted else [],
+                                      args.unseen, args.concurrency_px or min(args.sizes),
+                                      args.lora if "COMPILE" not in options else None, args.repeats)
                 res["ready_s"] = ready_s
                 R["targets"][target] = res
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
@@ -246,9 +282,15 @@ def run(args) -> dict:
     return R
 
 
+def _without_images(obj):
+    if isinstance(obj, dict):
+        return {k: _without_images(v) for k, v in obj.items() if k not in ("last_image_b64", "png_b64")}
+    return obj
+
+
 def table(R: dict) -> str:
     stock = R["targets"].get("stock", {})
-    rows = ["| target | backend | size | latency s | vs stock | s/step | overhead % | encode ms | ready s | unseen size 1st/2nd s | images/min by concurrency | peak MiB | PSNR vs stock |",
+    rows = ["| target | backend | size | latency s | vs stock | s/step | overhead % | encode ms | ready s | unseen size 1st/2nd s | images/min by concurrency | peak MiB alloc / reserved | PSNR vs stock |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in R["targets"].items():
         if "error" in t:
@@ -264,7 +306,12 @@ def table(R: dict) -> str:
             u = t["unseen_size"]
             rows.append(f"| {name} | {t['backend']} | {px} | {s['latency_s']} | {ratio} | {s['s_per_step']} | {s['overhead_pct']} | "
                         f"{s['encode_ms']} | {t['ready_s']} | {u['first_latency_s']}/{u['second_latency_s']} ({u['px']}px) | "
-                        f"{t.get('images_per_min')} | {t['peak_mib']} | {ps} |")
+                        f"{t.get('images_per_min')} @{t.get('images_per_min_px')}px | {t['peak_mib']} / "
+                        f"{t.get('peak_reserved_mib')} | {ps} |")
+    for name, t in R["targets"].items():
+        if t.get("lora_check") or t.get("memory"):
+            rows.append(f"\n{name}: compile {t.get('compile')}; CUDA graphs {t.get('cuda_graphs')}; memory {t.get('memory')}; "
+                        f"LoRA check {t.get('lora_check')}")
     enc = "; ".join(f"{label}: " + ", ".join(f"{k} {v['ms']} ms/{v['kib']} KiB" for k, v in d.items())
                     for label, d in R.get("encoding_ms", {}).items())
     return "\n".join(rows) + f"\n\nImage encoding at {max(R['sizes'])}px (host CPU): {enc}\n" + \
@@ -279,7 +326,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--targets", type=lambda s: s.split(","), default=["stock", "bf16", "fp4"])
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--steps", type=int, default=28)
-    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 4])
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 8])
+    ap.add_argument("--concurrency-px", type=int, help="size of the images/min runs (default: the smallest size)")
+    ap.add_argument("--concurrency-for", type=lambda s: s.split(","),
+                    help="targets that get the images/min runs (default: all; GPU time is scarce)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per size (the best is reported, all are kept)")
+    ap.add_argument("--lora", help="a LoRA name to check against CUDA graphs (--model full makes random ones)")
     ap.add_argument("--unseen", type=int, default=768, help="a size no warm-up ran, for the first-request cost")
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--out", default="bench.json")
@@ -291,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     R = run(args)
     Path(args.out).write_text(json.dumps(R, indent=1, default=str))
+    Path(args.out).with_suffix(".summary.json").write_text(json.dumps(_without_images(R), indent=1, default=str))
     print("\n" + table(R))
 
 
