@@ -471,8 +471,9 @@ class FluxModelManager:
     def _refuse_lora_if_compiled(self, loras: tuple[LoraSpec, ...]) -> None:
         # Loading an adapter into a compiled transformer recompiles it; hotswap is not built yet.
         if loras and self.compile_mode != "none":
-            raise InvalidRequest("LoRA is not available while the transformer is compiled (compile=regional): "
-                                 "loading one would recompile it; run with compile=none for LoRA")
+            raise InvalidRequest(
+                f"LoRA is not available while the transformer is compiled (compile={self.settings.compile} -> regional): "
+                f"loading one would recompile it; set FLUX_{self.settings.service.upper()}_COMPILE=none for LoRA")
 
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
         """Pin a LoRA set for requests that name none, on every replica. All of it loads, or nothing
