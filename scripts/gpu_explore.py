@@ -134,6 +134,18 @@ def pipe_run(pipe, px, n=2, steps=28, seed=7, **kw):
     return round(times[len(times) // 2], 3), img
 
 
+def pipeline_figures(pipe, refs, n, s_key, psnr_key):
+    """Latency, peak memory and PSNR against the reference image, at 1024 and 512."""
+    out = {}
+    for px in (1024, 512):
+        torch.cuda.reset_peak_memory_stats()
+        s, img = pipe_run(pipe, px, n=n)
+        out[s_key.format(px=px)] = s
+        out[f"peak_gib_{px}"] = gib(torch.cuda.max_memory_allocated())
+        out[psnr_key.format(px=px)] = psnr(img[0], refs[px])
+    return out
+
+
 def psnr(a, b):
     import numpy as np
 
@@ -257,13 +269,7 @@ def part_bf16():
     stage("cuda_graphs_on_compiled", graphs)
 
     def fast_pipe():
-        out = {}
-        for px in (1024, 512):
-            torch.cuda.reset_peak_memory_stats()
-            s, img = pipe_run(pipe, px, n=3)
-            out[f"s_{px}"] = s
-            out[f"peak_gib_{px}"] = gib(torch.cuda.max_memory_allocated())
-            out[f"psnr_vs_eager_{px}"] = psnr(img[0], refs[px])
+        out = pipeline_figures(pipe, refs, 3, "s_{px}", "psnr_vs_eager_{px}")
         t = time.perf_counter()
         pipe_run(pipe, 768, n=1)
         out["unseen_768_first_call_incl_2step_warm_s"] = round(time.perf_counter() - t, 2)
@@ -380,12 +386,7 @@ def part_quant():
             g = GraphedForward(tr).install()
             out.update({f"graphed_step_ms_{px}": step_ms(tr, px) for px in (1024, 512)})
             out["graphs"] = g.status()
-            for px in (1024, 512):
-                torch.cuda.reset_peak_memory_stats()
-                s, img = pipe_run(pipe, px, n=2)
-                out[f"pipeline_s_{px}"] = s
-                out[f"peak_gib_{px}"] = gib(torch.cuda.max_memory_allocated())
-                out[f"psnr_vs_bf16_{px}"] = psnr(img[0], refs[px])
+            out.update(pipeline_figures(pipe, refs, 2, "pipeline_s_{px}", "psnr_vs_bf16_{px}"))
             return out
 
         return run
