@@ -269,13 +269,18 @@ class FluxModelManager:
         self._tile_vae(pipe.vae)
         self._free_memory()
 
-    def _tile_vae(self, vae) -> None:
+    @staticmethod
+    def _tile_vae(vae) -> None:
+        # Tiles of 512 px: images up to 512 decode in one piece as before; larger ones in overlapping
+        # tiles. (diffusers' own tile size is the config's sample_size: 1024 for FLUX, which would
+        # never tile an allowed size.)
         vae.enable_tiling()
-        if getattr(vae, "tile_sample_min_size", 0) > 512:  # FLUX's VAE tiles only above 1024 px by default
-            vae.tile_sample_min_size = 512
-            vae.tile_latent_min_size = 512 // 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size = 512
+        vae.tile_latent_min_size = 512 // 2 ** (len(vae.config.block_out_channels) - 1)
 
-    def _text_on_cpu(self, pipe=None) -> bool:
+    @property
+    def text_on_cpu(self) -> bool:
+        """memory_mode=low with the text encoders on the CPU: prompts are encoded there."""
         return self.settings.memory_mode == "low" and self.low_memory_text_encoders == "cpu"
 
     def memory_status(self) -> dict:
@@ -336,7 +341,7 @@ class FluxModelManager:
         kwargs = dict(dtype=dtype, **self._pipeline_kwargs(), **self._hub_kwargs())
         if device == "balanced":
             return FluxPipeline.from_pretrained(location, device_map="balanced", **kwargs)
-        if device.startswith("cuda") and self._text_on_cpu():
+        if device.startswith("cuda") and self.text_on_cpu:
             # memory_mode=low: the text encoders never touch the GPU, not even while loading, since the
             # peak is what must fit the card. Load on the CPU, then move the transformer and the VAE.
             pipe = FluxPipeline.from_pretrained(location, **kwargs)
@@ -419,7 +424,7 @@ class FluxModelManager:
 
             kwargs["callback_on_step_end"] = on_step
         try:
-            if self._text_on_cpu(replica.pipe):
+            if self.text_on_cpu:
                 kwargs = self._encode_on_cpu(replica.pipe, kwargs)
             out = replica.pipe(
                 width=params.width, height=params.height,
