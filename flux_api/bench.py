@@ -188,16 +188,22 @@ def stock_child(model: str, sizes: list[int], steps: int) -> dict:
     return out
 
 
-def psnr(a_b64: str, b_b64: str) -> float | None:
+def image_psnr(a, b) -> float | None:
+    """PSNR in dB between two RGB images (PIL or arrays); inf when identical, None when sizes differ."""
     import numpy as np
-    from PIL import Image
 
-    a = np.asarray(Image.open(io.BytesIO(base64.b64decode(a_b64))).convert("RGB"), dtype=np.float64)
-    b = np.asarray(Image.open(io.BytesIO(base64.b64decode(b_b64))).convert("RGB"), dtype=np.float64)
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         return None
     mse = float(((a - b) ** 2).mean())
     return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+def psnr(a_b64: str, b_b64: str) -> float | None:
+    from PIL import Image
+
+    a, b = (Image.open(io.BytesIO(base64.b64decode(x))).convert("RGB") for x in (a_b64, b_b64))
+    return image_psnr(a, b)
 
 
 _OPTIONS = {"compile": ("COMPILE", "regional"), "eager": ("COMPILE", "none"), "low": ("MEMORY_MODE", "low"),

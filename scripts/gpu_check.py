@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from flux_api.bench import ROOT, running_service  # noqa: E402
+from flux_api.bench import image_psnr as psnr  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
 REQ = {"prompt": PROMPT, "width": 1024, "height": 1024, "num_inference_steps": 28, "guidance_scale": 3.5, "seed": 7}
@@ -28,14 +29,6 @@ REQ = {"prompt": PROMPT, "width": 1024, "height": 1024, "num_inference_steps": 2
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def psnr(a, b) -> float:
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
 
 
 def stock(model: str, out_png: Path) -> dict:

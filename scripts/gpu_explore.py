@@ -21,6 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from flux_api.bench import image_psnr as psnr  # noqa: E402
+
 T0 = time.perf_counter()
 R: dict = {}
 OUT = Path(".")
@@ -146,16 +148,22 @@ def pipeline_figures(pipe, refs, n, s_key, psnr_key):
     return out
 
 
-def psnr(a, b):
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
-
-
 def gib(x):
     return round(x / 2**30, 2)
+
+
+def linears_to_4bit(root, quant_type):
+    """Swap every nn.Linear under `root` for a bitsandbytes 4-bit one, quantized as it moves to the GPU."""
+    import bitsandbytes as bnb
+
+    for name, lin in [(n, c) for n, c in root.named_modules() if isinstance(c, torch.nn.Linear)]:
+        new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
+                                compute_dtype=torch.bfloat16, quant_type=quant_type, device="meta")
+        new.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type=quant_type)
+        if lin.bias is not None:
+            new.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
+        parent, _, attr = name.rpartition(".")
+        setattr(root.get_submodule(parent) if parent else root, attr, new.to("cuda"))
 
 
 # ---------------------------------------------------------------------------------------------- bf16
@@ -368,7 +376,7 @@ def part_quant():
         tr = tr.to("cuda", torch.bfloat16).eval()
         return tr, base
 
-    def backend(name, quantize, fullgraph=True):
+    def backend(quantize, fullgraph=True):
         def run():
             tr, base = fresh()
             quantize(tr)
@@ -398,26 +406,10 @@ def part_quant():
         # the first compile take over four minutes.
         quantize_(tr, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
 
-    def block_linears(tr):
-        return [(m, n, c) for m in list(tr.transformer_blocks) + list(tr.single_transformer_blocks)
-                for n, c in list(m.named_modules()) if isinstance(c, torch.nn.Linear)]
-
-    def set_sub(root, dotted, new):
-        parent = root.get_submodule(dotted.rsplit(".", 1)[0]) if "." in dotted else root
-        setattr(parent, dotted.rsplit(".", 1)[-1], new)
-
     def bnb4(quant_type):
-        def q(tr):
-            import bitsandbytes as bnb
-
-            for block, name, lin in block_linears(tr):
-                new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                        compute_dtype=torch.bfloat16, quant_type=quant_type, device="meta")
-                new.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type=quant_type)
-                if lin.bias is not None:
-                    new.bias = torch.nn.Parameter(lin.bias.data, requires_grad=False)
-                new = new.to("cuda")
-                set_sub(block, name, new)
+        def q(tr):  # the 494 linears of the blocks, as FACTS measured
+            for block in list(tr.transformer_blocks) + list(tr.single_transformer_blocks):
+                linears_to_4bit(block, quant_type)
         return q
 
     def int4(tr):
@@ -426,20 +418,14 @@ def part_quant():
         quantize_(tr, Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d", set_inductor_config=False),
                   filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "blocks" in fqn)
 
-    stage("bnb_fp4", backend("bnb-fp4", bnb4("fp4"), fullgraph=False), limit_s=170)
-    stage("torchao_fp8", backend("fp8", fp8), limit_s=200)
-    stage("torchao_int4_tinygemm", backend("int4", int4), limit_s=150, budget_s=420)
+    stage("bnb_fp4", backend(bnb4("fp4"), fullgraph=False), limit_s=170)
+    stage("torchao_fp8", backend(fp8), limit_s=200)
+    stage("torchao_int4_tinygemm", backend(int4), limit_s=150, budget_s=420)
 
     def t5_nf4():
-        import bitsandbytes as bnb
-
         t5 = pipe.text_encoder_2
         before = torch.cuda.memory_allocated()
-        for name, lin in [(n, c) for n, c in t5.named_modules() if isinstance(c, torch.nn.Linear)]:
-            new = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                                    compute_dtype=torch.bfloat16, quant_type="nf4", device="meta")
-            new.weight = bnb.nn.Params4bit(lin.weight.data, requires_grad=False, quant_type="nf4")
-            set_sub(t5, name, new.to("cuda"))
+        linears_to_4bit(t5, "nf4")
         torch.cuda.empty_cache()
         with torch.inference_mode():
             ms = time_ms(lambda: pipe.encode_prompt(PROMPT, None, device="cuda", max_sequence_length=512), n=5)
