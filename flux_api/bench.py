@@ -14,59 +14,17 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .service_process import ROOT, running_service
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
-
-
-@contextlib.contextmanager
-def running_service(kind: str, model: str, port: int, backend: str | None = None, env: dict | None = None,
-                    log_path: str | None = None, timeout_s: float = 600):
-    """Start `python -m flux_api KIND` as its own process; yield (client, seconds to ready)."""
-    import httpx
-
-    cmd = [sys.executable, "-m", "flux_api", kind, "--model", model, "--port", str(port)]
-    if backend:
-        cmd += ["--backend", backend]
-    logf = open(log_path or f"/tmp/svc-{backend or kind}-{port}.log", "w")
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=900) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"service exited with {proc.returncode}: {Path(logf.name).read_text()[-2000:]}")
-                if time.perf_counter() - t0 > timeout_s:
-                    raise RuntimeError("not ready in time")
-                try:
-                    r = client.get("/health")
-                    if r.status_code == 200:
-                        break
-                    if r.json().get("status") == "failed":
-                        raise RuntimeError(f"load failed: {r.json().get('error')}")
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
-            yield client, round(time.perf_counter() - t0, 2)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        logf.close()
 
 
 def natural_image(px: int):
