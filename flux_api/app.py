@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -14,18 +13,18 @@ from starlette.datastructures import MutableHeaders
 
 from . import __version__
 from .api.errors import install_error_handlers
-from .api.router import create_router
-from .engine.base import FluxModelManager
-from .engine.bf16 import BF16FluxModelManager
-from .engine.fp4 import FP4FluxModelManager
+from .api.openapi import install_body_schema
+from .api.routes import api_router
+from .engine.client import EngineClient, LocalEngine
+from .engine.manager import FluxModelManager
+from .engine.services import MANAGERS
 from .errors import FluxAPIError
 from .logs import request_id
 from .metrics import Metrics
+from .schemas import build_generate_request
 from .settings import ServiceSettings
 
 log = logging.getLogger("flux_api")
-
-MANAGERS: dict[str, type[FluxModelManager]] = {"bf16": BF16FluxModelManager, "fp4": FP4FluxModelManager}
 DESCRIPTIONS = {
     "fp4": "FLUX.1-dev text-to-image with a 4-bit (or fp8/int8) quantized transformer.",
     "bf16": "FLUX.1-dev text-to-image at full precision (bf16).",
@@ -67,22 +66,22 @@ def build_manager(settings: ServiceSettings) -> FluxModelManager:
     return MANAGERS[settings.service](settings)
 
 
-def create_app(settings: ServiceSettings, manager: FluxModelManager | None = None) -> FastAPI:
-    manager = manager if manager is not None else build_manager(settings)
+def create_app(settings: ServiceSettings, manager: FluxModelManager | None = None,
+               engine: EngineClient | None = None) -> FastAPI:
+    """The app of one service. The engine defaults to a LocalEngine over `manager` (or a new one)."""
+    engine = engine if engine is not None else LocalEngine(manager if manager is not None else build_manager(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         try:
-            await asyncio.to_thread(manager.preflight)
+            await engine.start()
         except (FluxAPIError, ValueError) as e:
             log.error("start-up stopped: %s", getattr(e, "message", e))
             raise
-        # The model loads in the background so the process answers (/health/live, /health 503) at once.
-        manager.start_background_load()
         yield
         # SIGTERM lands here after uvicorn stopped taking requests: queued work is cancelled, running
         # work finishes (or is stopped after the grace), then the memory is freed.
-        await asyncio.to_thread(manager.unload, 30.0)
+        await engine.stop()
 
     app = FastAPI(
         title=f"FLUX {settings.service.upper()} service",
@@ -90,10 +89,14 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         version=__version__,
         lifespan=lifespan,
     )
-    metrics = Metrics(manager)
-    app.state.manager = manager
+    metrics = Metrics(engine)
+    app.state.engine = engine
+    app.state.manager = getattr(engine, "manager", None)  # the local engine's manager, for tests and tools
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.generate_request = build_generate_request(settings)
     install_error_handlers(app)
-    app.include_router(create_router(manager, settings, metrics))
+    app.include_router(api_router)
+    install_body_schema(app, app.state.generate_request)
     app.add_middleware(RequestIdMiddleware, metrics=metrics)
     return app

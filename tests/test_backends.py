@@ -5,8 +5,9 @@ import importlib
 
 import pytest
 
+from flux_api.engine.backends import NunchakuProbe, Packages, probe_nunchaku
 from flux_api.engine.devices import GPU, Hardware, plan_placement
-from flux_api.engine.fp4 import FP4FluxModelManager, Packages, probe_nunchaku, select_backend
+from flux_api.engine.services import FP4FluxModelManager
 from flux_api.errors import BackendUnavailable
 from flux_api.settings import FP4Settings
 
@@ -21,8 +22,6 @@ H100, A100, RTX4090, RTX5090 = gpu("H100 (stand-in)", (9, 0)), gpu("A100 (stand-
     gpu("RTX 4090 (stand-in)", (8, 9)), gpu("RTX 5090 (stand-in)", (12, 0))
 T4, V100, B200, CPU = gpu("T4 (stand-in)", (7, 5)), gpu("V100 (stand-in)", (7, 0)), gpu("B200 (stand-in)", (10, 0)), Hardware()
 
-from flux_api.engine.fp4 import NunchakuProbe  # noqa: E402
-
 REAL = NunchakuProbe(installed=True, real=True, version="1.0.0+torch2.9", location="/stand-in")
 NAMESAKE = NunchakuProbe(installed=True, real=False, version="0.0.3", location="/stand-in")
 NONE = NunchakuProbe(installed=False)
@@ -30,6 +29,9 @@ NONE = NunchakuProbe(installed=False)
 
 def pk(nunchaku=NONE, bnb=True, ao=True):
     return Packages(nunchaku=nunchaku, bitsandbytes=bnb, torchao=ao)
+
+
+select_backend = FP4FluxModelManager.select_backend  # the FP4 service's choice: its backends, its auto order
 
 
 @pytest.mark.parametrize(
@@ -52,7 +54,7 @@ def pk(nunchaku=NONE, bnb=True, ao=True):
 )
 def test_auto_selection(hw, pkgs, backend, prec):
     choice = select_backend("auto", hw, pkgs)
-    assert choice.name == backend and choice.nunchaku_precision == prec
+    assert choice.name == backend and getattr(choice, "kind", None) == prec
 
 
 def test_auto_says_why_not_nunchaku_on_hopper():
@@ -85,7 +87,7 @@ def test_refusals_say_what_to_do(requested, hw, pkgs, says):
 
 
 def test_explicit_backends_where_they_run():
-    assert select_backend("nunchaku", RTX5090, pk(REAL)).nunchaku_precision == "fp4"
+    assert select_backend("nunchaku", RTX5090, pk(REAL)).kind == "fp4"
     assert select_backend("bnb-nf4", H100, pk()).name == "bnb-nf4"
     assert select_backend("torchao-fp8", H100, pk()).name == "torchao-fp8"
     assert select_backend("torchao-int8", CPU, pk()).name == "torchao-int8"

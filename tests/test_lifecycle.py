@@ -12,7 +12,7 @@ import pytest
 
 from conftest import Served, gen, lay_out_hub_cache
 from flux_api.app import create_app
-from flux_api.engine.bf16 import BF16FluxModelManager
+from flux_api.engine.services import BF16FluxModelManager
 from flux_api.settings import BF16Settings, FP4Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,10 +27,10 @@ class GatedLoadManager(BF16FluxModelManager):
         self.gate = threading.Event()
         self.loads = 0
 
-    def _load_pipeline(self, *a, **kw):
+    def _build_replica(self, *a, **kw):
         self.loads += 1
         assert self.gate.wait(60)
-        return super()._load_pipeline(*a, **kw)
+        return super()._build_replica(*a, **kw)
 
 
 def test_health_is_503_loading_until_ready_and_load_model_is_idempotent(cache_dir):

@@ -16,12 +16,13 @@ import pytest
 
 from flux_api.app import create_app
 from flux_api.bench import parse_target
-from flux_api.engine.bf16 import BF16FluxModelManager
+from flux_api.engine.backends import Packages
 from flux_api.engine.devices import GPU, Hardware
-from flux_api.engine.fp4 import FP4FluxModelManager, Packages, select_backend
+from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+from flux_api.engine.status import precision
 from flux_api.settings import BF16Settings, FP4Settings
 from conftest import Served, gen
-from test_backends import NONE, pk
+from test_backends import NONE, pk, select_backend
 
 GiB = 2**30
 H100 = Hardware((GPU(0, "H100 (stand-in)", (9, 0), 80 * GiB),))
@@ -34,20 +35,20 @@ def _planned(manager):
 
 def test_compile_auto_compiles_fp8_only_and_never_on_the_cpu(cache_dir):
     fp8 = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir), H100, pk(NONE)))
-    assert fp8.choice.name == "torchao-fp8" and fp8.compile_mode == "regional"
+    assert fp8.backend.name == "torchao-fp8" and fp8.speed.compile_mode == "regional"
     bnb = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, backend="bnb-fp4"), H100, pk(NONE)))
-    assert bnb.compile_mode == "none" and bnb.fullgraph is False  # LoRA keeps working by default
+    assert bnb.speed.compile_mode == "none" and bnb.backend.fullgraph is False  # LoRA keeps working by default
     bf16 = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir), H100))
-    assert bf16.compile_mode == "none" and bf16.graphs_off_reason is None
+    assert bf16.speed.compile_mode == "none" and bf16.speed.graphs_off_reason is None
     cpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, pk(NONE)))
-    assert cpu.compile_mode == "none" and cpu.graphs_off_reason == "no CUDA device"
+    assert cpu.speed.compile_mode == "none" and cpu.speed.graphs_off_reason == "no CUDA device"
     forced = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, compile="regional"), H100))
-    assert forced.compile_mode == "regional"
+    assert forced.speed.compile_mode == "regional"
 
 
 def test_cuda_graphs_off_reasons(cache_dir):
     def reason(**kw):
-        return _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, **kw), H100)).graphs_off_reason
+        return _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, **kw), H100)).speed.graphs_off_reason
 
     assert reason(cuda_graphs=False) == "cuda_graphs=false"
     assert "memory_mode=low" in reason(memory_mode="low")
@@ -58,11 +59,11 @@ def test_low_memory_picks_a_4bit_backend_and_4bit_t5_on_a_gpu(cache_dir):
     low = select_backend("auto", H100, pk(NONE), low_memory=True)
     assert low.name == "bnb-fp4" and "memory_mode=low" in low.reason
     m = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, memory_mode="low"), H100, pk(NONE)))
-    assert m.low_memory_text_encoders == "nf4" and "nf4" in m.precision()["text_encoders"]
+    assert m.speed.text_encoders == "nf4" and "nf4" in precision(m)["text_encoders"]
     # (the quantization config itself needs bitsandbytes installed, which this machine has not)
     no_bnb = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, memory_mode="low",
                                                       backend="torchao-fp8"), H100, Packages(NONE, False, True)))
-    assert no_bnb.low_memory_text_encoders == "cpu"  # no bitsandbytes: the text encoders go to the CPU instead
+    assert no_bnb.speed.text_encoders == "cpu"  # no bitsandbytes: the text encoders go to the CPU instead
 
 
 def test_bench_target_options():

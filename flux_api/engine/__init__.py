@@ -1,1 +1,1 @@
-"""The engine: everything that touches torch and diffusers. It imports nothing from FastAPI."""
+"""Everything that touches torch; imports nothing from FastAPI. See docs/ARCHITECTURE.md for the map."""

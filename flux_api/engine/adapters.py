@@ -31,16 +31,23 @@ class AdapterSet:
     def loaded(self) -> list[dict]:
         return [{"name": n, "source": self.sources.get(n)} for n in self.adapters]
 
-    def resolve_new(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
-        """Find and check every LoRA not loaded yet, before any is loaded: one bad name changes nothing."""
+    def files_to_load(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> dict[str, LoraFile]:
+        """The file of every LoRA not loaded yet, before any is loaded: one bad name changes nothing.
+        A file checked in the request's path is re-checked by its hash (it may have changed while the
+        request waited); one that was not (a pinned set) is found and inspected here."""
         files = {}
         for s in loras:
-            if s.name not in self.adapters:
+            if s.name in self.adapters:
+                continue
+            if checked and s.name in checked:
+                files[s.name] = checked[s.name].verified()
+            else:
                 files[s.name] = self.resolver.resolve(s.name)
                 inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
         return files
 
-    def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset()) -> None:
+    def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset(),
+                 checked: dict[str, LoraFile] | None = None) -> None:
         """Make exactly `loras` active (none: the base model). All of it, or nothing changes."""
         if self.active is not None and self.active == loras:
             return
@@ -48,7 +55,7 @@ class AdapterSet:
             if self.adapters:
                 self.pipe.disable_lora()
         else:
-            files = self.resolve_new(loras)
+            files = self.files_to_load(loras, checked)
             keep = {s.name for s in loras} | set(pinned)
             try:
                 names = [self.adapters[s.name] if s.name in self.adapters else self._load(files[s.name], keep)
@@ -66,7 +73,8 @@ class AdapterSet:
         self.active = loras
 
     def _load(self, file: LoraFile, keep: set[str]) -> str:
-        check_lora_fits(self.pipe, file.path, file.name)
+        if not file.fit_checked:
+            check_lora_fits(self.pipe, file.path, file.name)
         self._counter += 1
         adapter = f"lora_{self._counter}"
         try:

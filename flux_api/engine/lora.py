@@ -9,8 +9,10 @@ off or limited to an allowlist of owners, are capped in size, and go through the
 
 from __future__ import annotations
 
+import hashlib
 import re
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from ..errors import InvalidLora, LoraHubUnreachable, LoraNotAllowed, LoraNotFound
@@ -34,6 +36,44 @@ class LoraFile:
     name: str
     path: Path
     source: str  # "folder" | "hub"
+    sha256: str | None = None  # set once checked
+    fit_checked: bool = False  # its tensors were checked against this model's layers
+
+    def verified(self) -> "LoraFile":
+        """This file, if it still holds the bytes that were checked; else InvalidLora (or LoraNotFound)."""
+        if self.sha256 is None:
+            return self
+        try:
+            now = file_sha256(self.path)
+        except FileNotFoundError:
+            raise LoraNotFound(f"LoRA {self.name!r} disappeared after it was checked; send the request again") from None
+        if now != self.sha256:
+            raise InvalidLora(f"LoRA {self.name!r} changed on disk after it was checked; send the request again")
+        return self
+
+    def checked(self, sha256: str) -> "LoraFile":
+        return replace(self, sha256=sha256, fit_checked=True)
+
+
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file is hashed once per version
+_HASHES_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path) -> str:
+    st = Path(path).stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    with _HASHES_LOCK:
+        if key in _HASHES:
+            return _HASHES[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    with _HASHES_LOCK:
+        if len(_HASHES) > 1024:
+            _HASHES.clear()
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
 
 
 def _check_name(name: str) -> PurePosixPath:
@@ -70,6 +110,7 @@ class LoraResolver:
                  max_bytes: int = 2 * 2**30, token: str | None = None, endpoint: str | None = None):
         self.lora_dir, self.hub, self.owners = Path(lora_dir), hub, list(owners or [])
         self.max_bytes, self.token, self.endpoint = max_bytes, token, endpoint
+        self._hub_paths: dict[str, Path] = {}
 
     @classmethod
     def from_settings(cls, s) -> "LoraResolver":
@@ -83,7 +124,16 @@ class LoraResolver:
                 raise
             if not self.hub:
                 raise LoraNotFound(f"LoRA {name!r} is not in the LoRA folder, and Hub LoRAs are switched off (lora_hub)") from None
-            return LoraFile(name, self._from_hub(name), "hub")
+            owner = name.split("/")[0]
+            if self.owners and owner not in self.owners:
+                raise LoraNotAllowed(f"Hub LoRAs are limited to the owners {', '.join(self.owners)}; {owner!r} is not one") from None
+            # A Hub file found once is not looked up again (each look-up asks the Hub for the file's
+            # current version): it is in the local cache, and the checks above still apply each time.
+            path = self._hub_paths.get(name)
+            if path is None or not path.is_file():
+                path = self._hub_paths[name] = self._from_hub(name)
+            self._check_size(name, path.stat().st_size)
+            return LoraFile(name, path, "hub")
 
     # ------------------------------------------------------------------ the Hub
 
@@ -92,11 +142,8 @@ class LoraResolver:
 
         parts = name.split("/")
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
-        if self.owners and parts[0] not in self.owners:
-            raise LoraNotAllowed(f"Hub LoRAs are limited to the owners {', '.join(self.owners)}; {parts[0]!r} is not one")
         try:
-            if filename is None:
-                filename = self._only_safetensors(repo)
+            filename = self._pick_file(repo, filename)
             path = Path(hf_hub_download(repo, filename, token=self.token or False, endpoint=self.endpoint))
         except Exception as e:
             kind = hub_failure(e)
@@ -111,27 +158,21 @@ class LoraResolver:
             if kind == "unreachable":
                 raise LoraHubUnreachable(f"the Hugging Face Hub could not be reached and {name} is not in the local cache") from e
             raise LoraHubUnreachable(f"the Hugging Face Hub failed for {name}: {e}") from e
-        self._check_size(name, path.stat().st_size)
         return path
 
     def _check_size(self, name: str, size: int | None) -> None:
         if size is not None and size > self.max_bytes:
             raise InvalidLora(f"LoRA {name} is {size / 2**20:.0f} MiB, over the {self.max_bytes / 2**20:.0f} MiB cap (lora_max_mb)")
 
-    def _only_safetensors(self, repo: str) -> str:
-        """The repo's one .safetensors file; with several, the client must say which."""
-        from huggingface_hub import HfApi, snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError
-
-        try:
-            info = HfApi(endpoint=self.endpoint).model_info(repo, files_metadata=True, token=self.token or False)
-            files = {s.rfilename: s.size for s in info.siblings or [] if s.rfilename.endswith(SUFFIX)}
-        except HfHubHTTPError:
-            raise  # the Hub answered: not found, gated...
-        except Exception:
-            # Offline mode or no network: what the local cache holds of the repo is all we can know.
-            snap = Path(snapshot_download(repo, local_files_only=True, token=self.token or False))
-            files = {p.relative_to(snap).as_posix(): None for p in snap.rglob(f"*{SUFFIX}")}
+    def _pick_file(self, repo: str, filename: str | None) -> str:
+        """The file to download, its size checked before a byte of it is fetched: the named one, or
+        the repo's one .safetensors file (with several, the client must say which)."""
+        files, listed_by_hub = self._hub_files(repo)
+        if filename is not None:
+            if listed_by_hub and filename not in files:
+                raise LoraNotFound(f"Hub LoRA repo {repo} has no file {filename}")
+            self._check_size(f"{repo}/{filename}", files.get(filename))
+            return filename
         if not files:
             raise LoraNotFound(f"Hub repo {repo} holds no .safetensors file")
         if len(files) > 1:
@@ -140,6 +181,21 @@ class LoraResolver:
         (filename, size), = files.items()
         self._check_size(f"{repo}/{filename}", size)
         return filename
+
+    def _hub_files(self, repo: str) -> tuple[dict[str, int | None], bool]:
+        """The repo's .safetensors files and their sizes, and whether the Hub itself listed them."""
+        from huggingface_hub import HfApi, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            info = HfApi(endpoint=self.endpoint).model_info(repo, files_metadata=True, token=self.token or False)
+            return {s.rfilename: s.size for s in info.siblings or [] if s.rfilename.endswith(SUFFIX)}, True
+        except HfHubHTTPError:
+            raise  # the Hub answered: not found, gated...
+        except Exception:
+            # Offline mode or no network: what the local cache holds of the repo is all we can know.
+            snap = Path(snapshot_download(repo, local_files_only=True, token=self.token or False))
+            return {p.relative_to(snap).as_posix(): None for p in snap.rglob(f"*{SUFFIX}")}, False
 
 
 def _target_name(module: str) -> str:

@@ -86,7 +86,7 @@ _FLUX_DEV_BYTES = {"transformer": 23_802_932_552, "text_encoder_2": 9_524_621_42
                    "text_encoder": 246_144_352, "vae": 167_666_902}
 
 
-def estimate_pipeline_bytes(source: ModelSource, transformer_factor: float = 1.0) -> int | None:
+def estimate_pipeline_bytes(source: ModelSource, transformer_factor: float = 1.0, endpoint: str | None = None) -> int | None:
     """Bytes of weights one pipeline holds, from the files (the transformer scaled by its storage
     factor: ~0.28 for 4-bit). None when they cannot be known."""
     sizes: dict[str, int] = {}
@@ -98,7 +98,7 @@ def estimate_pipeline_bytes(source: ModelSource, transformer_factor: float = 1.0
         try:
             from huggingface_hub import HfApi
 
-            info = HfApi().model_info(source.location, revision=source.revision, files_metadata=True)
+            info = HfApi(endpoint=endpoint).model_info(source.location, revision=source.revision, files_metadata=True)
             for s in info.siblings or []:
                 if s.rfilename.endswith(".safetensors") and "/" in s.rfilename and s.size:
                     comp = s.rfilename.split("/")[0]

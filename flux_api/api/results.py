@@ -9,9 +9,10 @@ import time
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..engine.base import FluxModelManager, GenerationParams, GenerationResult
+from ..engine.client import EngineClient
 from ..engine.lora import LoraSpec
 from ..engine.scheduler import Job
+from ..engine.types import GenerationParams, GenerationResult
 from ..errors import GenerationTimeout, JobCancelled
 from ..imaging import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES, encode_image
 from ..schemas import GenerateResponse, LoraRef
@@ -54,7 +55,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def wait_for(manager: FluxModelManager, job: Job, request: Request) -> GenerationResult:
+async def wait_for(engine: EngineClient, job: Job, request: Request) -> GenerationResult:
     """The job's result. A client that goes away cancels it (queued: dropped; running: stopped at the
     next step); past its deadline it is stopped and this raises GenerationTimeout."""
     result = asyncio.wrap_future(job.future)
@@ -65,7 +66,7 @@ async def wait_for(manager: FluxModelManager, job: Job, request: Request) -> Gen
         if result in done:
             return result.result()
         reason = "client disconnected" if gone in done else "timed out"
-        manager.scheduler.cancel(job, reason)
+        engine.cancel(job, reason)
         if gone in done:
             raise JobCancelled(f"job cancelled: {reason}")
         raise GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
