@@ -10,10 +10,6 @@ import json
 
 from PIL.PngImagePlugin import PngInfo
 
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-FORMAT_OF_MEDIA_TYPE = {v: k for k, v in MEDIA_TYPES.items()} | {"image/jpg": "jpeg"}
-
-
 def encode_image(image, fmt: str, parameters: dict, png_compress_level: int = 1, jpeg_quality: int = 90) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":

@@ -6,29 +6,25 @@ The /generate request model is built from the service's settings, so the default
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat
 from .settings import ServiceSettings
-
-MAX_SEED = 2**32 - 1
-OutputFormat = Literal["png", "jpeg", "webp"]
 
 
 class LoraRef(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=256, description="LoRA name inside the LoRA folder (no .safetensors needed).")
+    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, description="LoRA name inside the LoRA folder (no .safetensors needed).")
     weight: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength, 0-2.")
 
 
 class _LoraFields(BaseModel):
     """The seed's single `lora_name`/`lora_weight`, or `loras` for several; never both."""
 
-    lora_name: str | None = Field(None, min_length=1, max_length=256, description="One LoRA from the LoRA folder.")
+    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="One LoRA from the LoRA folder.")
     lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2.")
-    loras: list[LoraRef] | None = Field(None, max_length=8, description="Several LoRAs at once, each with its weight.")
+    loras: list[LoraRef] | None = Field(None, max_length=MAX_LORAS, description="Several LoRAs at once, each with its weight.")
 
     @model_validator(mode="after")
     def _one_way(self):
@@ -66,13 +62,13 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
             description=f"True CFG strength for negative_prompt; {settings.default_true_cfg_scale} when a negative "
             "prompt is given without it. Must be > 1 with a negative prompt.",
         )
-        num_inference_steps: int = Field(settings.default_steps, ge=1, le=100, description="Denoising steps.")
+        num_inference_steps: int = Field(settings.default_steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
         guidance_scale: float = Field(
             settings.default_guidance, ge=0.0, le=20.0,
             description="FLUX.1-dev's distilled guidance (an embedding, not CFG). 0.0 is honoured as 0.0.",
         )
-        width: int = Field(settings.default_width, ge=256, le=1024, multiple_of=16, description="Pixels, a multiple of 16.")
-        height: int = Field(settings.default_height, ge=256, le=1024, multiple_of=16, description="Pixels, a multiple of 16.")
+        width: ImageSide = Field(settings.default_width, description="Pixels, a multiple of 16.")
+        height: ImageSide = Field(settings.default_height, description="Pixels, a multiple of 16.")
         seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed; the one used is returned.")
         output_format: OutputFormat = Field(settings.output_format, description="Image format.")
 
@@ -156,7 +152,7 @@ class ApplyLoraRequest(_LoraFields):
 class RemoveLoraRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lora_name: str | None = Field(None, min_length=1, max_length=256, description="Unpin this one; omit to unpin all.")
+    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="Unpin this one; omit to unpin all.")
 
 
 class ErrorDetail(BaseModel):

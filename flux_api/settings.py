@@ -14,10 +14,11 @@ from typing import ClassVar, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from .limits import MAX_STEPS, ImageSide, OutputFormat
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = Path(os.environ.get("FLUX_API_CONFIG_DIR", PROJECT_ROOT / "config"))
 
-OutputFormat = Literal["png", "jpeg", "webp"]
 Placement = Literal["auto", "single", "balanced", "replicas"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 FP4Backend = Literal["auto", "nunchaku", "bnb-fp4", "bnb-nf4", "torchao-fp8", "torchao-int8"]
@@ -62,11 +63,11 @@ class ServiceSettings(BaseSettings):
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
 
     # --- generation defaults and limits
-    default_steps: int = Field(25, ge=1, le=100)
+    default_steps: int = Field(25, ge=1, le=MAX_STEPS)
     default_guidance: float = Field(3.5, ge=0.0, le=20.0)
     default_true_cfg_scale: float = Field(1.5, gt=1.0, le=10.0, description="Used when a negative prompt is given.")
-    default_width: int = Field(1024, ge=256, le=1024, multiple_of=16)
-    default_height: int = Field(1024, ge=256, le=1024, multiple_of=16)
+    default_width: ImageSide = 1024
+    default_height: ImageSide = 1024
     max_prompt_chars: int = Field(2000, ge=1, le=100_000)
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token budget for the prompt.")
     output_format: OutputFormat = "png"
@@ -101,7 +102,7 @@ class ServiceSettings(BaseSettings):
         "2 s slower per image); the FP4 service stores T5 in 4-bit nf4 and auto picks a 4-bit backend (fits 12 GiB). "
         "Both tile the VAE decode and turn CUDA graphs off."
     )
-    warmup_sizes: list[int] = Field(
+    warmup_sizes: list[ImageSide] = Field(
         default_factory=lambda: [1024, 512],
         description="Square sizes run once at load on a GPU (compiling, capturing CUDA graphs), so live requests "
         "do not pay for it.",
@@ -109,14 +110,6 @@ class ServiceSettings(BaseSettings):
 
     # --- start-up
     warmup: bool = Field(True, description="Run one small generation before /health reports ready.")
-
-    @field_validator("warmup_sizes")
-    @classmethod
-    def _sizes(cls, v: list[int]) -> list[int]:
-        for px in v:
-            if not 256 <= px <= 1024 or px % 16:
-                raise ValueError(f"warmup size {px} must be 256-1024 and a multiple of 16")
-        return v
 
     @classmethod
     def settings_customise_sources(

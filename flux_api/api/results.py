@@ -14,7 +14,8 @@ from ..engine.lora import LoraSpec
 from ..engine.scheduler import Job
 from ..engine.types import GenerationParams, GenerationResult
 from ..errors import GenerationTimeout, JobCancelled
-from ..imaging import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES, encode_image
+from ..imaging import encode_image
+from ..limits import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES
 from ..schemas import GenerateResponse, LoraRef
 from ..settings import ServiceSettings
 

@@ -4,7 +4,7 @@ import time
 
 from fastapi import APIRouter, Request
 
-from ...imaging import MEDIA_TYPES
+from ...limits import MEDIA_TYPES
 from ...logs import request_id
 from ...schemas import GenerateResponse
 from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep

@@ -1,0 +1,113 @@
+"""The engine's shape, checked where it shows: requests checked before they queue (a bad one fails at
+once while the GPU is busy, and never takes a queue slot), the worker re-checking a LoRA file by its
+hash, the backend registry, and the per-service body schema in the OpenAPI document."""
+
+import shutil
+import time
+import typing
+
+import pytest
+
+from conftest import Served, gen
+from flux_api.app import create_app
+from flux_api.engine.backends import BACKENDS, Backend, Packages
+from flux_api.engine.backends.environment import NunchakuProbe
+from flux_api.engine.devices import Hardware
+from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+from flux_api.settings import BF16Settings, FP4Backend
+
+SLOW = {"prompt": "a lighthouse", "width": 1024, "height": 1024, "num_inference_steps": 40, "seed": 1}
+
+
+def wait_until(predicate, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def start_slow_job(s) -> str:
+    job = s.client.post("/jobs", json=SLOW).json()["id"]
+    wait_until(lambda: s.client.get(f"/jobs/{job}").json()["state"] == "running")
+    return job
+
+
+def test_bad_requests_fail_at_once_while_the_gpu_is_busy_and_take_no_queue_slot(bf16):
+    job = start_slow_job(bf16)
+    try:
+        for lora, code, says in (("no-such-lora", 404, "was not found"), ("other-model", 422, "does not fit"),
+                                 ("corrupt", 422, "not a readable safetensors"), ("../escape", 422, "outside")):
+            t = time.perf_counter()
+            r = gen(bf16, lora_name=lora)
+            took = time.perf_counter() - t
+            assert r.status_code == code and says in r.json()["error"]["message"], r.text
+            assert took < 2.0, f"{lora} took {took:.2f} s to refuse"
+            assert bf16.client.get(f"/jobs/{job}").json()["state"] == "running"  # refused while it renders
+        assert bf16.client.get("/model-status").json()["queue"]["queued"] == 0  # nothing was queued
+    finally:
+        bf16.client.delete(f"/jobs/{job}")
+        wait_until(lambda: bf16.client.get(f"/jobs/{job}").json()["state"] in ("cancelled", "done"))
+
+
+def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora_dir, tmp_path):
+    own = tmp_path / "loras"
+    own.mkdir()
+    shutil.copy(lora_dir / "style.safetensors", own / "mine.safetensors")
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=own, default_steps=2,
+                            default_width=256, default_height=256)
+    with Served(create_app(settings)) as s:
+        s.wait_ready()
+        slow = start_slow_job(s)
+        queued = s.client.post("/jobs", json={"prompt": "a cat", "seed": 2, "lora_name": "mine"})
+        assert queued.status_code == 202  # checked and queued behind the slow job
+        shutil.copy(lora_dir / "detail.safetensors", own / "mine.safetensors")  # changed while it waits
+        s.client.delete(f"/jobs/{slow}")
+        job_id = queued.json()["id"]
+        wait_until(lambda: s.client.get(f"/jobs/{job_id}").json()["state"] not in ("queued", "running"))
+        j = s.client.get(f"/jobs/{job_id}").json()
+        assert j["state"] == "failed" and j["error"]["type"] == "invalid_lora"
+        assert "changed on disk after it was checked" in j["error"]["message"]
+        # the next request checks the file as it is now, and gets it
+        r = gen(s, lora_name="mine")
+        assert r.status_code == 200 and r.json()["loras"] == [{"name": "mine", "weight": 1.0}]
+
+
+def test_openapi_shows_each_services_body_schema_on_generate_and_jobs(bf16):
+    doc = bf16.client.get("/openapi.json").json()
+    ref = {"$ref": "#/components/schemas/GenerateRequest"}
+    for path in ("/generate", "/jobs"):
+        body = doc["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True and body["content"]["application/json"]["schema"] == ref
+    width = doc["components"]["schemas"]["GenerateRequest"]["properties"]["width"]
+    assert (width["minimum"], width["maximum"], width["multipleOf"], width["default"]) == (256, 1024, 16, 256)
+    assert "x-body-model" not in str(doc)
+
+
+def test_every_fp4_setting_names_a_registered_backend():
+    names = set(typing.get_args(FP4Backend)) - {"auto"}
+    assert names == set(FP4FluxModelManager.offered_backends) <= set(BACKENDS)
+    assert set(FP4FluxModelManager.auto_order) <= names and BF16FluxModelManager.offered_backends == ("diffusers",)
+    for name, cls in BACKENDS.items():
+        assert cls.name == name and issubclass(cls, Backend)
+
+
+def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch):
+    class StandInBackend(Backend):
+        """A stand-in backend, named as such: it only has to be chosen."""
+
+        name = "stand-in"
+
+        @classmethod
+        def problem(cls, hw, pkgs):
+            return None if hw.cuda else "needs a GPU"
+
+    class Service(FP4FluxModelManager):
+        offered_backends = (*FP4FluxModelManager.offered_backends, "stand-in")
+        auto_order = ("stand-in", "torchao-int8")
+
+    monkeypatch.setitem(BACKENDS, "stand-in", StandInBackend)
+    pkgs = Packages(NunchakuProbe(installed=False), bitsandbytes=False, torchao=True)
+    cpu = Service.select_backend("auto", Hardware(), pkgs)
+    assert cpu.name == "torchao-int8" and "not stand-in: needs a GPU" in cpu.reason
+    with pytest.raises(Exception, match="needs a GPU"):
+        Service.select_backend("stand-in", Hardware(), pkgs)
