@@ -6,11 +6,19 @@ what went wrong and, where there is one, what to do about it.
 
 from __future__ import annotations
 
+import re
+
 
 class FluxAPIError(Exception):
-    """Base of every error the service reports to a client."""
+    """Base of every error the service reports to a client. A subclass's `type` is its name in
+    snake_case (LoraNotFound -> "lora_not_found") unless it sets one."""
 
     type = "internal_error"
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "type" not in cls.__dict__:
+            cls.type = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
     def __init__(self, message: str, **details):
         super().__init__(message)
@@ -21,8 +29,6 @@ class FluxAPIError(Exception):
 class ModelNotReady(FluxAPIError):
     """The model is still loading, failed to load, or is not loaded."""
 
-    type = "model_not_ready"
-
     def __init__(self, phase: str, message: str | None = None):
         super().__init__(message or f"the model is not ready (phase: {phase})", phase=phase)
         self.phase = phase
@@ -31,55 +37,41 @@ class ModelNotReady(FluxAPIError):
 class ModelSourceError(FluxAPIError):
     """The configured model cannot be found or read (a start-up error)."""
 
-    type = "model_source_error"
-
 
 class HubAuthError(ModelSourceError):
     """The repo is gated or private and the token is missing or has no access."""
-
-    type = "hub_auth_error"
 
 
 class HubUnreachable(ModelSourceError):
     """The Hugging Face Hub could not be reached, and the files are not in the local cache."""
 
-    type = "hub_unreachable"
-
 
 class BackendUnavailable(FluxAPIError):
     """The chosen quantization backend cannot run here (package missing or GPU unsupported)."""
-
-    type = "backend_unavailable"
 
 
 class InvalidRequest(FluxAPIError):
     """A request that passed the schema but cannot be served as asked."""
 
-    type = "invalid_request"
-
 
 class LoraNotFound(FluxAPIError):
-    type = "lora_not_found"
+    """The LoRA is neither in the LoRA folder nor on the Hub (or the Hub is switched off)."""
 
 
 class InvalidLora(FluxAPIError):
     """Refused LoRA: outside the LoRA folder, not safetensors, corrupt, or not fitting this model."""
 
-    type = "invalid_lora"
-
 
 class LoraNotAllowed(FluxAPIError):
     """Hub LoRAs are switched off for this owner (allowlist), or the repo is gated."""
 
-    type = "lora_not_allowed"
-
 
 class LoraHubUnreachable(FluxAPIError):
-    type = "lora_hub_unreachable"
+    """A Hub LoRA that is not in the local cache, while the Hub cannot be reached."""
 
 
 class QueueFull(FluxAPIError):
-    type = "queue_full"
+    """Every place in the queue is taken (or the service is shutting down); retry after a while."""
 
     def __init__(self, message: str, retry_after_s: int = 5):
         super().__init__(message, retry_after_s=retry_after_s)
@@ -87,7 +79,7 @@ class QueueFull(FluxAPIError):
 
 
 class JobNotFound(FluxAPIError):
-    type = "job_not_found"
+    """No such job, or it finished long enough ago to be forgotten."""
 
 
 class JobCancelled(FluxAPIError):
@@ -103,8 +95,10 @@ class GenerationTimeout(FluxAPIError):
 
 
 class GPUOutOfMemory(FluxAPIError):
+    """The GPU ran out of memory; the memory was freed and the service goes on."""
+
     type = "out_of_memory"
 
 
 class GenerationFailed(FluxAPIError):
-    type = "generation_failed"
+    """The pipeline failed in a way nobody foresaw; the service goes on."""

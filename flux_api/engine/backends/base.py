@@ -9,11 +9,25 @@ whether `compile=auto` compiles it, and which LoRA adapter implementation it tak
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..adapters import AdapterSet
 from ..devices import Hardware
 from .environment import Packages
+
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """A CUDA GPU (of at least `min_capability`) and a package, each with what to say when missing."""
+
+    gpu: str | None = None  # what it needs of the GPU, e.g. "fp8 tensor cores (sm_89+)"; None: the CPU will do
+    min_capability: tuple[int, int] | None = None
+    otherwise: str = ""  # what to choose where that GPU is missing
+    package: str | None = None  # import name
+    install: str | None = None  # what to pip install
+
 
 if TYPE_CHECKING:
     from ...settings import ServiceSettings
@@ -32,6 +46,11 @@ class Backend:
     adapter_class: ClassVar[type[AdapterSet]] = AdapterSet
     # What to suggest when this backend is asked for and cannot run.
     alternatives: ClassVar[str] = ""
+    # Where it runs; most backends need nothing more than this to say `problem`.
+    runs_on: ClassVar[Requirements] = Requirements()
+    # /model-status texts: {dtype} is the compute dtype, {b} the backend; {sm} the GPU's architecture.
+    precision_text: ClassVar[str] = "{dtype}"
+    chosen_text: ClassVar[str] = "it can run here"
 
     def __init__(self, settings: "ServiceSettings", hardware: Hardware, packages: Packages, reason: str = "requested"):
         self.settings, self.hardware, self.packages, self.reason = settings, hardware, packages, reason
@@ -41,18 +60,25 @@ class Backend:
     @classmethod
     def problem(cls, hw: Hardware, pkgs: Packages) -> str | None:
         """Why this backend cannot run on `hw` with `pkgs`, or None when it can."""
+        need = cls.runs_on
+        too_old = need.min_capability is not None and hw.cuda and hw.gpus[0].capability < need.min_capability
+        if (need.gpu and not hw.cuda) or too_old:
+            where = f"{hw.gpus[0].name} ({hw.gpus[0].sm})" if hw.cuda else "the CPU: no CUDA GPU is in use"
+            return f"backend {cls.name} needs {need.gpu}, not {where}; {need.otherwise}"
+        if need.package is not None and not getattr(pkgs, need.package):
+            return f"backend {cls.name} needs {need.package}: pip install '{need.install}'"
         return None
 
     @classmethod
     def chosen_because(cls, hw: Hardware) -> str:
         """Why `auto` may pick it: the first clause of its reason."""
-        return "it can run here"
+        return cls.chosen_text.format(sm=hw.gpus[0].sm if hw.cuda else "cpu")
 
     # ------------------------------------------------------------------ what it is
 
     def precision(self, dtype: str) -> str:
         """The transformer's precision as /model-status shows it; `dtype` is the compute dtype."""
-        return dtype
+        return self.precision_text.format(dtype=dtype, b=self)
 
     def transformer_quantization(self, dtype) -> Any | None:
         """The diffusers quantization config of the transformer, or None for plain weights."""

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from .base import Backend
+from .base import Backend, Requirements
 
 
 class _BitsAndBytes4Bit(Backend):
     quant_type: str
+    runs_on = Requirements(gpu="a CUDA GPU (bitsandbytes)", otherwise="on the CPU choose torchao-int8",
+                           package="bitsandbytes", install="bitsandbytes>=0.45")
+    precision_text, chosen_text = "bitsandbytes 4-bit {b.quant_type} weights, {dtype} compute", "4-bit weights on CUDA GPU {sm}"
     size_factor = 0.27
     fullgraph = False  # bitsandbytes' 4-bit layers break the graph
-
-    @classmethod
-    def problem(cls, hw, pkgs) -> str | None:
-        if not hw.cuda:
-            return f"backend {cls.name} needs a CUDA GPU (bitsandbytes); on the CPU choose torchao-int8"
-        if not pkgs.bitsandbytes:
-            return f"backend {cls.name} needs bitsandbytes: pip install 'bitsandbytes>=0.45'"
-        return None
-
-    @classmethod
-    def chosen_because(cls, hw) -> str:
-        return f"4-bit weights on CUDA GPU {hw.gpus[0].sm}"
-
-    def precision(self, dtype: str) -> str:
-        return f"bitsandbytes 4-bit {self.quant_type} weights, {dtype} compute"
 
     def transformer_quantization(self, dtype):
         from diffusers import BitsAndBytesConfig

@@ -8,7 +8,4 @@ from .base import Backend
 
 class DiffusersBackend(Backend):
     name = "diffusers"
-
-    @classmethod
-    def chosen_because(cls, hw) -> str:
-        return "full precision, stock diffusers"
+    chosen_text = "full precision, stock diffusers"

@@ -63,6 +63,7 @@ class NunchakuBackend(Backend):
     size_factor = 0.3
     adapter_class = NunchakuAdapters
     alternatives = "choose backend torchao-fp8 (sm_89+) or bnb-fp4 (any CUDA GPU), or auto"
+    precision_text = "Nunchaku SVDQuant W4A4 {b.kind}, rank {b.settings.nunchaku_rank} low-rank branch"
 
     def __init__(self, settings, hardware, packages, reason="requested"):
         super().__init__(settings, hardware, packages, reason)
@@ -97,9 +98,6 @@ class NunchakuBackend(Backend):
     @classmethod
     def chosen_because(cls, hw) -> str:
         return f"Nunchaku runs on {hw.gpus[0].sm} ({nunchaku_precision(hw.gpus[0].capability)})"
-
-    def precision(self, dtype: str) -> str:
-        return f"Nunchaku SVDQuant W4A4 {self.kind}, rank {self.settings.nunchaku_rank} low-rank branch"
 
     def checkpoint(self) -> str:
         filename = f"svdq-{self.kind}_r{self.settings.nunchaku_rank}-flux.1-dev.safetensors"
