@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
             name = ".".join(str(p) for p in err["loc"])
             print(f"invalid setting {name} ({prefix}{name.upper()}): {err['msg']}", file=sys.stderr)
         return 2
+
+    if settings.hub_endpoint:
+        # diffusers and transformers download the pipeline's files without an endpoint argument: they
+        # read HF_ENDPOINT, once, when huggingface_hub is imported, which happens below.
+        os.environ["HF_ENDPOINT"] = settings.hub_endpoint
 
     import uvicorn
 

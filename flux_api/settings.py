@@ -8,6 +8,7 @@ Settings are read once and passed in; nothing reads them from a module global.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -17,7 +18,17 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .limits import MAX_STEPS, ImageSide, OutputFormat
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = Path(os.environ.get("FLUX_API_CONFIG_DIR", PROJECT_ROOT / "config"))
+
+
+def config_dir() -> Path:
+    """Where the services' TOML files are: FLUX_API_CONFIG_DIR if set; else the source tree's config/;
+    else the copy that installing the package puts under <prefix>/share/flux_api/config (pyproject's
+    data-files), so an installed service reads the same defaults as a checkout."""
+    if os.environ.get("FLUX_API_CONFIG_DIR"):
+        return Path(os.environ["FLUX_API_CONFIG_DIR"])
+    installed = Path(sys.prefix) / "share" / "flux_api" / "config"
+    source = PROJECT_ROOT / "config"
+    return source if source.is_dir() or not installed.is_dir() else installed
 
 Placement = Literal["auto", "single", "balanced", "replicas"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
@@ -84,7 +95,10 @@ class ServiceSettings(BaseSettings):
     lora_hub_owners: list[str] = Field(default_factory=list, description="If set, only these Hub owners' LoRAs load.")
     lora_max_mb: int = Field(2048, ge=1, description="Size cap for one LoRA file, in MiB.")
     lora_cache_size: int = Field(4, ge=1, le=64, description="Adapters kept loaded (LRU) for fast switching.")
-    hub_endpoint: str | None = Field(None, description="Hugging Face Hub URL (a mirror); default: HF_ENDPOINT or huggingface.co.")
+    hub_endpoint: str | None = Field(
+        None, description="Hugging Face Hub URL (a mirror) for everything the service fetches: the pre-flight, the "
+        "size estimate, LoRAs, and (through HF_ENDPOINT, set at start-up) the pipeline's files. Default: HF_ENDPOINT "
+        "or huggingface.co.")
 
     # --- speed
     compile: Literal["auto", "none", "regional"] = Field(
@@ -120,7 +134,7 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ):
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=CONFIG_DIR / cls.config_file) if cls.config_file else None
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_dir() / cls.config_file) if cls.config_file else None
         sources = [init_settings, env_settings]
         if toml is not None:
             sources.append(toml)

@@ -9,6 +9,7 @@ import typing
 import pytest
 
 from conftest import Served, gen
+from test_hub_errors import hub  # noqa: F401 - the stand-in Hub fixture
 from flux_api.app import create_app
 from flux_api.engine.backends import BACKENDS, Backend, Packages
 from flux_api.engine.backends.environment import NunchakuProbe
@@ -111,3 +112,13 @@ def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch):
     assert cpu.name == "torchao-int8" and "not stand-in: needs a GPU" in cpu.reason
     with pytest.raises(Exception, match="needs a GPU"):
         Service.select_backend("stand-in", Hardware(), pkgs)
+
+
+def test_the_preflight_asks_the_configured_hub_endpoint(hub, tmp_path):
+    """hub_endpoint reaches the model pre-flight (a stand-in Hub on loopback answers 'not found'; the
+    real Hub would not be reachable from here at all)."""
+    from flux_api.errors import ModelSourceError
+
+    manager = BF16FluxModelManager(BF16Settings(model="org/missing", cache_dir=tmp_path, hub_endpoint=hub), Hardware())
+    with pytest.raises(ModelSourceError, match="org/missing was not found"):
+        manager.preflight()

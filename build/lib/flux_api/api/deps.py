@@ -1,0 +1,46 @@
+"""What a route may ask for, as `Annotated` dependencies (the full-stack-fastapi-template's deps.py).
+
+Everything comes from `app.state`, set once by create_app: the engine (an EngineClient), the
+settings, and the /generate body model built from those settings.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from ..engine.client import EngineClient
+from ..metrics import Metrics
+from ..settings import ServiceSettings
+
+
+def get_engine(request: Request) -> EngineClient:
+    return request.app.state.engine
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def generate_body(raw: Annotated[dict[str, Any], Body()], request: Request) -> BaseModel:
+    """The /generate body, validated against this service's model (its configured defaults and limits).
+    FastAPI parses the JSON; errors come out exactly as FastAPI's own, at `body.<field>`. The OpenAPI
+    document shows the model itself (api/openapi.py)."""
+    try:
+        return request.app.state.generate_request.model_validate(raw)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
+
+
+EngineDep = Annotated[EngineClient, Depends(get_engine)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+GenerateBody = Annotated[BaseModel, Depends(generate_body)]
+
+# Routes whose body is the service's GenerateRequest say so; api/openapi.py puts its schema there.
+GENERATE_BODY = {"x-body-model": "GenerateRequest"}

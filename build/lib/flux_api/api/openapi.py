@@ -1,0 +1,30 @@
+"""The OpenAPI document: the per-service GenerateRequest schema where a route takes it as its body.
+
+The /generate body model is built from each service's settings (its defaults and limits are the
+configured ones), so the module-level routes take it through a dependency (deps.generate_body) and
+mark themselves with `x-body-model`; this puts the model's own schema in their request body.
+"""
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+
+def install_body_schema(app: FastAPI, model: type[BaseModel]) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
+            for ops in schema["paths"].values():
+                for op in ops.values():
+                    if op.pop("x-body-model", None) == model.__name__:
+                        op["requestBody"] = {"required": True, "content": {
+                            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi

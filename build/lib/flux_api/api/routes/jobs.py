@@ -1,0 +1,97 @@
+"""Async jobs: POST /jobs (202 + id), GET /jobs/{id} (state, step i/N, ETA, result), DELETE /jobs/{id}
+(cancel), GET /jobs/{id}/events (Server-Sent Events: one per step, then the result or the error).
+
+The SSE stream uses FastAPI's own support (EventSourceResponse + ServerSentEvent)."""
+
+import asyncio
+import time
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from ...engine.client import EngineClient
+from ...engine.scheduler import DONE, QUEUED, RUNNING, Job
+from ...errors import FluxAPIError, JobCancelled
+from ...logs import request_id
+from ...settings import ServiceSettings
+from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep
+from ..errors import error_responses
+from ..results import build_response, to_params
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+def error_of(job: Job) -> dict | None:
+    if job.state in (QUEUED, RUNNING, DONE):
+        return None
+    e = job.error
+    if isinstance(e, FluxAPIError):
+        return {"type": e.type, "message": e.message}
+    return {"type": "internal_error", "message": f"{type(e).__name__}; see the log for request {job.request_id}"}
+
+
+def snapshot(engine: EngineClient, job: Job) -> dict:
+    now = time.monotonic()
+    return {
+        "id": job.id, "state": job.state, "position": engine.position(job),
+        "step": job.step, "total_steps": job.total_steps, "eta_s": job.eta_s(), "replica": job.replica,
+        "queue_ms": round(((job.started or job.finished or now) - job.created) * 1e3, 2),
+        "cancel_requested": job.cancel_reason is not None, "error": error_of(job), "request_id": job.request_id,
+    }
+
+
+async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
+    if job.state != DONE:
+        return None
+    async with job.extra.setdefault("encode_lock", asyncio.Lock()):  # encode once, on first ask
+        if "response" not in job.extra:
+            resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
+                                        job.request_id)
+            job.extra["response"] = resp.model_dump()  # build_response dropped the PIL image
+    return job.extra["response"]
+
+
+@router.post("", status_code=202, summary="Queue a generation; returns its id at once",
+             responses=error_responses(403, 404, 422, 429, 503, 504),
+             openapi_extra=GENERATE_BODY)
+async def create_job(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+    """The same body as /generate. 202 with the job id; follow it with GET /jobs/{id} or its events."""
+    job = await engine.submit(to_params(body), deadline=time.monotonic() + settings.request_timeout_s,
+                              request_id=request_id.get())
+    job.extra.update(format=body.output_format, arrived=time.perf_counter())
+    links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
+    return JSONResponse({**snapshot(engine, job), "links": links}, status_code=202, headers={"Location": links["self"]})
+
+
+@router.get("/{job_id}", summary="A job's state, progress and result", responses=error_responses(404))
+async def get_job(job_id: str, engine: EngineDep, settings: SettingsDep) -> dict:
+    """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
+    ETA, and the result (as /generate returns it) once done."""
+    job = engine.job(job_id)
+    return {**snapshot(engine, job), "result": await result_of(job, settings)}
+
+
+@router.delete("/{job_id}", summary="Cancel a job", responses=error_responses(404, 409))
+async def cancel_job(job_id: str, engine: EngineDep) -> dict:
+    """A queued job is cancelled at once; a running one stops at its next denoising step, and its
+    image is discarded. 409 if it has already ended."""
+    job = engine.job(job_id)
+    if not engine.cancel(job, "cancelled by DELETE /jobs"):
+        raise JobCancelled(f"job {job_id} has already ended ({job.state})")
+    return snapshot(engine, job)
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events")
+async def job_events(job_id: str, engine: EngineDep, settings: SettingsDep):
+    """`state` first, then one `progress` event per step ({step, total_steps, eta_s}), then `result`
+    (the /generate body) or `error` ({state, type, message})."""
+    job = engine.job(job_id)
+    events = engine.events(job)  # listening from here on: no step is missed after the snapshot
+    yield ServerSentEvent(event="state", data=snapshot(engine, job))
+    async for ev in events:
+        yield ServerSentEvent(event="progress", id=str(ev["step"]), data=ev)
+    if job.state == DONE:
+        yield ServerSentEvent(event="result", data=await result_of(job, settings))
+    else:
+        yield ServerSentEvent(event="error", data={"state": job.state, **(error_of(job) or {})})

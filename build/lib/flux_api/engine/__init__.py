@@ -1,0 +1,1 @@
+"""Everything that touches torch; imports nothing from FastAPI. See docs/ARCHITECTURE.md for the map."""

@@ -1,0 +1,120 @@
+"""The LoRA adapters of one pipeline: which are loaded (an LRU cache), which are active, and changing
+that atomically. Each replica has its own set and changes it only on its own worker thread."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ..errors import InvalidLora
+from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora
+
+
+# Loading a LoRA is not thread-safe across pipelines: diffusers/peft create the adapter layers under
+# accelerate's init_empty_weights(), which patches nn.Module globally, so two replicas loading at once
+# leave one of them with adapter weights on the meta device (seen on two CPU replicas). Loads and
+# deletions therefore take one process-wide lock; switching with set_adapters does not need it.
+_STRUCTURE_LOCK = threading.Lock()
+
+
+class AdapterSet:
+    """diffusers/peft adapters: load_lora_weights, set_adapters, delete_adapters."""
+
+    def __init__(self, pipe, resolver: LoraResolver, cache_size: int, backend: str):
+        self.pipe, self.resolver, self.cache_size, self.backend = pipe, resolver, cache_size, backend
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # LoRA name -> adapter name, LRU order
+        self.sources: dict[str, str] = {}  # LoRA name -> "folder" | "hub"
+        self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
+        self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
+        self._counter = 0
+
+    def loaded(self) -> list[dict]:
+        return [{"name": n, "source": self.sources.get(n)} for n in self.adapters]
+
+    def files_to_load(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> dict[str, LoraFile]:
+        """The file of every LoRA not loaded yet, before any is loaded: one bad name changes nothing.
+        A file checked in the request's path is re-checked by its hash (it may have changed while the
+        request waited); one that was not (a pinned set) is found and inspected here."""
+        files = {}
+        for s in loras:
+            if s.name in self.adapters:
+                continue
+            if checked and s.name in checked:
+                files[s.name] = checked[s.name].verified()
+            else:
+                files[s.name] = self.resolver.resolve(s.name)
+                inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
+        return files
+
+    def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset(),
+                 checked: dict[str, LoraFile] | None = None) -> None:
+        """Make exactly `loras` active (none: the base model). All of it, or nothing changes."""
+        if self.active is not None and self.active == loras:
+            return
+        if not loras:
+            if self.adapters:
+                self.pipe.disable_lora()
+        else:
+            files = self.files_to_load(loras, checked)
+            keep = {s.name for s in loras} | set(pinned)
+            try:
+                names = [self.adapters[s.name] if s.name in self.adapters else self._load(files[s.name], keep)
+                         for s in loras]
+            except Exception:
+                for n in files:
+                    if n in self.adapters:
+                        self.drop(n)
+                self.active = None
+                raise
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, [s.weight for s in loras])
+            for s in loras:
+                self.adapters.move_to_end(s.name)
+        self.active = loras
+
+    def _load(self, file: LoraFile, keep: set[str]) -> str:
+        if not file.fit_checked:
+            check_lora_fits(self.pipe, file.path, file.name)
+        self._counter += 1
+        adapter = f"lora_{self._counter}"
+        try:
+            with _STRUCTURE_LOCK:
+                self._changed()
+                self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
+        except Exception as e:
+            self._delete(adapter)
+            raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
+        self.adapters[file.name] = adapter
+        self.sources[file.name] = file.source
+        self.active = None  # loading an adapter changes which adapters are active
+        for name in list(self.adapters):  # evict least recently used, never what is needed now
+            if len(self.adapters) <= self.cache_size:
+                break
+            if name not in keep:
+                self.drop(name)
+        return adapter
+
+    def drop(self, name: str) -> None:
+        self.sources.pop(name, None)
+        self._delete(self.adapters.pop(name))
+        self.active = None
+
+    def drop_all_but(self, keep: set[str], only: str | None = None) -> None:
+        for n in [n for n in self.adapters if n not in keep and (only is None or n == only)]:
+            self.drop(n)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _delete(self, adapter: str) -> None:
+        with _STRUCTURE_LOCK:
+            self._changed()
+            try:
+                self.pipe.delete_adapters(adapter)
+            except Exception:  # it was never (fully) created
+                pass
+            if not self.adapters:
+                # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
+                self.pipe.unload_lora_weights()
+                self.active = ()

@@ -1,0 +1,11 @@
+"""The plain diffusers transformer in the pipeline's dtype (bf16 on CUDA, float32 on the CPU): the
+BF16 service's only backend."""
+
+from __future__ import annotations
+
+from .base import Backend
+
+
+class DiffusersBackend(Backend):
+    name = "diffusers"
+    chosen_text = "full precision, stock diffusers"

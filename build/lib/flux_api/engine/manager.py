@@ -1,0 +1,310 @@
+"""FluxModelManager: the one owner of a service's FLUX pipelines.
+
+It runs the phases (not loaded, loading, warming up, ready, failed), the load (`load`, as numbered
+steps), checks and queues requests, and pins LoRAs. The parts it composes each live in their own
+module: the backend (`backends/`), the loader, the speed policy, one replica's generation, the
+scheduler, the request checks, the LoRA pinning and the status. A service's subclass (`services.py`)
+says only which backends it offers and its defaults. Nothing here knows about HTTP; errors leave as
+the domain errors of flux_api.errors.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from concurrent.futures import wait as wait_futures
+from typing import ClassVar
+
+from ..errors import FluxAPIError, JobNotFound, ModelNotReady
+from ..settings import ServiceSettings
+from .backends import Backend, Packages, select_backend
+from .checks import LoraChecker, refuse_lora_if_compiled
+from .devices import Hardware, PlacementPlan, detect_hardware, plan_placement
+from .lora import LoraResolver, LoraSpec, list_lora_folder
+from .loader import LoadSpec
+from .pinning import LoraPinning
+from .replica import Replica, RunConfig
+from .scheduler import Job, Scheduler
+from .sources import ModelSource, check_source, estimate_pipeline_bytes, resolve_source
+from .speed import SpeedPolicy
+from .status import service_status
+from .tiny import ensure_tiny_model
+from .types import FAILED, LOADING, NOT_LOADED, READY, WARMING_UP, CheckedRequest, GenerationParams
+
+log = logging.getLogger(__name__)
+
+
+class FluxModelManager:
+    """Base manager; `services.py` has the two services' subclasses."""
+
+    # What a service offers: its backends, the order `auto` tries them in (and in memory_mode=low),
+    # and where memory_mode=low keeps the text encoders ("cpu", or "nf4": T5 in 4-bit on the GPU).
+    offered_backends: ClassVar[tuple[str, ...]] = ("diffusers",)
+    auto_order: ClassVar[tuple[str, ...]] = ("diffusers",)
+    low_memory_order: ClassVar[tuple[str, ...] | None] = None
+    low_memory_note: ClassVar[str | None] = None
+    low_memory_text: ClassVar[str] = "cpu"
+
+    def __init__(self, settings: ServiceSettings, hardware: Hardware | None = None, packages: Packages | None = None):
+        self.settings = settings
+        self.hardware = hardware if hardware is not None else detect_hardware()
+        self.packages = packages if packages is not None else Packages.detect()
+        self.source: ModelSource | None = None
+        self.backend: Backend | None = None
+        self.plan: PlacementPlan | None = None
+        self.speed: SpeedPolicy | None = None
+        self.replicas: list[Replica] = []
+        self.scheduler: Scheduler | None = None
+        self.phase = NOT_LOADED
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self.lora_files = LoraResolver.from_settings(settings)
+        self.lora_checks = LoraChecker(self.lora_files)
+        self.pinning = LoraPinning()
+        self.job_hooks: list = []  # called with each finished Job (metrics)
+        self._load_lock = threading.Lock()  # held for a whole load: one copy, ever
+        self._state_lock = threading.Lock()  # held briefly: never blocks the event loop
+        self._loading = False
+
+    # ------------------------------------------------------------------ what it is
+
+    @property
+    def backend_name(self) -> str:
+        requested = getattr(self.settings, "backend", "auto")
+        return self.backend.name if self.backend else f"{requested} (not selected yet)"
+
+    @property
+    def pipe(self):
+        """The first replica's pipeline (the only one outside replicas mode)."""
+        return self.replicas[0].pipe if self.replicas else None
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == READY
+
+    @property
+    def uses_cuda(self) -> bool:
+        return self.hardware.cuda if self.settings.device == "auto" else self.settings.device == "cuda"
+
+    @classmethod
+    def select_backend(cls, requested: str, hw: Hardware, pkgs: Packages, low_memory: bool = False,
+                       settings: ServiceSettings | None = None) -> Backend:
+        """The backend this service loads on `hw` with `pkgs` (BackendUnavailable when none can run)."""
+        low = low_memory and cls.low_memory_order is not None
+        return select_backend(requested, cls.offered_backends, cls.low_memory_order if low else cls.auto_order,
+                              settings, hw, pkgs, cls.low_memory_note if low else None)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def preflight(self) -> None:
+        """Everything decided before a weight is read; raises to stop start-up."""
+        s = self.settings
+        # 1. Where the model comes from, and whether the Hub will give it.
+        self.source = resolve_source(s.model, s.cache_dir, s.model_revision)
+        check_source(self.source, s.token, s.hub_endpoint)
+        # 2. The backend: the one asked for if it can run here, or auto's first that can.
+        in_use = self.hardware if self.uses_cuda else Hardware()
+        self.backend = self.select_backend(getattr(s, "backend", "auto"), in_use, self.packages,
+                                           s.memory_mode == "low", s)
+        # 3. Where the pipelines go: the weights' size (as the backend stores them) decides it.
+        size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None
+        self.plan = plan_placement(s.device, s.placement, self.hardware, size, s.replicas)
+        # 4. Compile, CUDA graphs, memory mode.
+        self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text)
+
+    def start_background_load(self) -> bool:
+        """Start loading in a thread unless loaded or loading. Returns whether a load was started."""
+        with self._state_lock:
+            if self.replicas or self._loading:
+                return False
+            self._loading = True
+            self.phase, self.error = LOADING, None
+        threading.Thread(target=self._load_in_background, name="flux-load", daemon=True).start()
+        return True
+
+    def _load_in_background(self) -> None:
+        try:
+            self.load()
+        except Exception:  # already recorded in self.error and logged in load()
+            pass
+        finally:
+            self._loading = False
+
+    def load(self) -> None:
+        """Load the pipeline(s) (blocking). Idempotent: never loads a second copy."""
+        with self._load_lock:
+            if self.replicas:
+                return
+            t0 = time.perf_counter()
+            replicas: list[Replica] = []
+            try:
+                self.phase, self.error = LOADING, None
+                # 1. The decisions, if start-up did not make them.
+                if self.speed is None:
+                    self.preflight()
+                # 2. What to read: the tiny model is built once, on first use.
+                spec = self._load_spec()
+                # 3. One pipeline per device, prepared (low memory, compile), with adapters and graphs.
+                for i, device in enumerate(self.plan.devices):
+                    replicas.append(self._build_replica(i, device, spec))
+                # 4. Warm-up: first-call costs (compile, graph capture) before /health says ready.
+                if self.settings.warmup:
+                    self.phase = WARMING_UP
+                    for r in replicas:
+                        r.on_thread_start()
+                        for px in self.speed.warmup_sizes(r.graphs is not None):
+                            r.run(GenerationParams(prompt="warm-up", seed=0, width=px, height=px,
+                                                   num_inference_steps=2, guidance_scale=3.5))
+                # 5. The workers: one thread per replica behind one queue.
+                self.replicas = replicas
+                self.scheduler = Scheduler(replicas, self.settings.queue_size, self.settings.jobs_keep,
+                                           self.settings.jobs_keep_s, on_finish=self._job_finished)
+                self.load_seconds = round(time.perf_counter() - t0, 2)
+                self.phase = READY
+                log.info("model ready in %.1f s: %s, backend %s, %s", self.load_seconds, self.source.spec,
+                         self.backend.name, self.plan.as_dict())
+            except Exception as e:
+                replicas.clear()
+                self.replicas = []
+                self.free_memory()
+                self.phase = FAILED
+                self.error = e.message if isinstance(e, FluxAPIError) else f"{type(e).__name__}: {e}"
+                log.error("model load failed: %s", self.error)
+                raise
+
+    def _load_spec(self) -> LoadSpec:
+        location = self.source.location
+        if self.source.kind == "tiny":
+            location = str(ensure_tiny_model(self.settings.cache_dir))
+        hub = {"revision": self.source.revision, "token": self.settings.token} if self.source.kind == "hub" else {}
+        dtype = self.torch_dtype()
+        return LoadSpec(location, dtype, self.speed.quantization(dtype), hub, self.speed.text_on_cpu)
+
+    def _build_replica(self, index: int, device: str, spec: LoadSpec) -> Replica:
+        pipe = self.backend.load_pipeline(spec, device)
+        self.speed.prepare(pipe, self.free_memory)
+        adapters = self.backend.adapter_class(pipe, self.lora_files, self.settings.lora_cache_size, self.backend.name)
+        graphs = None
+        if self.speed.graphs_off_reason is None:
+            from .graphs import GraphedForward
+
+            graphs = GraphedForward(pipe.transformer).install()
+            adapters.on_change = graphs.clear  # a new or deleted adapter changes what a graph replays
+        config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
+                           self.speed.text_on_cpu, self.free_memory)
+        return Replica(index, device, pipe, adapters, config, graphs)
+
+    def unload(self, timeout: float = 60.0) -> None:
+        """Cancel queued work, let running work finish (or cancel it after `timeout`), free the memory."""
+        if self.scheduler is not None:
+            self.scheduler.shutdown(timeout)
+        with self._load_lock:
+            self.scheduler = None
+            self.replicas = []
+            self.free_memory()
+            if self.phase != FAILED:
+                self.phase = NOT_LOADED
+
+    def free_memory(self) -> None:
+        gc.collect()
+        if self.hardware.cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def torch_dtype(self):
+        import torch
+
+        name = self.settings.dtype
+        if name == "auto":
+            name = "bfloat16" if self.plan.device != "cpu" else "float32"
+        return getattr(torch, name)
+
+    def _job_finished(self, job: Job) -> None:
+        for hook in self.job_hooks:
+            hook(job)
+
+    # ------------------------------------------------------------------ requests
+
+    def require_ready(self) -> None:
+        if not self.ready or self.scheduler is None:
+            raise ModelNotReady(self.phase, self._not_ready_message())
+
+    def _not_ready_message(self) -> str:
+        if self.phase == FAILED:
+            return f"the model failed to load: {self.error}. POST /load-model to retry"
+        if self.phase == NOT_LOADED:
+            return "the model is not loaded: POST /load-model"
+        return f"the model is still loading (phase: {self.phase}); retry when /health answers 200"
+
+    def check(self, params: GenerationParams) -> CheckedRequest:
+        """Everything that needs no GPU, in the caller's thread (blocking: a Hub LoRA may download).
+        Raises the domain error of the first problem; nothing is queued."""
+        self.require_ready()
+        loras = params.loras or ()
+        refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
+        return CheckedRequest(params, self.lora_checks.check(loras, self.pipe))
+
+    def submit(self, request: CheckedRequest, deadline: float | None = None, request_id: str | None = None) -> Job:
+        """Queue a checked generation. Raises ModelNotReady or QueueFull at once; never blocks."""
+        self.require_ready()
+
+        def run(replica: Replica, job: Job):
+            # The pinned set is read when the job runs: a request queued before /apply-lora gets it.
+            pinned = self.pinning.pinned
+            loras = pinned if request.params.loras is None else request.params.loras
+            return replica.generate(job, request.params, loras, {s.name for s in pinned}, request.files)
+
+        return self.scheduler.submit(run, total_steps=request.params.num_inference_steps, deadline=deadline,
+                                     request_id=request_id)
+
+    def submit_generation(self, params: GenerationParams, deadline: float | None = None,
+                          request_id: str | None = None) -> Job:
+        """check + submit, for callers already off the event loop."""
+        return self.submit(self.check(params), deadline, request_id)
+
+    def job(self, job_id: str) -> Job:
+        job = self.scheduler.get(job_id) if self.scheduler else None
+        if job is None:
+            raise JobNotFound(f"no job {job_id} (finished jobs are kept for {self.settings.jobs_keep_s:.0f} s, "
+                              f"the last {self.settings.jobs_keep})")
+        return job
+
+    def on_every_replica(self, fn) -> list:
+        """Run fn(replica) on each replica between generations; block until all are done."""
+        self.require_ready()
+        futures = self.scheduler.broadcast(fn)
+        wait_futures(futures)
+        return [f.result() for f in futures]  # re-raises the first failure
+
+    # ------------------------------------------------------------------ LoRA pinning (blocking)
+
+    def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
+        """Pin a LoRA set for requests that name none, on every replica: all of it, or nothing changes."""
+        self.require_ready()
+        refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
+        files = self.lora_checks.check(loras, self.pipe)
+        self.pinning.apply(loras, files, self.on_every_replica)
+        return self.lora_status()
+
+    def remove_loras(self, name: str | None = None) -> dict:
+        """Unpin one LoRA, or all; their adapters are deleted from every replica."""
+        loaded = {e["name"] for e in self.replicas[0].adapters.loaded()} if self.replicas else set()
+        self.pinning.remove(name, loaded, self.on_every_replica)
+        return self.lora_status()
+
+    def lora_status(self) -> dict:
+        return {
+            "pinned": [s.as_dict() for s in self.pinning.pinned],
+            "loaded": self.replicas[0].adapters.loaded() if self.replicas else [],
+            "cache_size": self.settings.lora_cache_size,
+            "lora_dir": str(self.settings.lora_dir),
+        }
+
+    def list_loras(self) -> dict:
+        return {"available": list_lora_folder(self.settings.lora_dir), **self.lora_status()}
+
+    def status(self) -> dict:
+        return service_status(self)

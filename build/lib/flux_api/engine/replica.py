@@ -1,0 +1,146 @@
+"""One pipeline on one device (or one balanced pipeline over several), and how it generates.
+
+A replica is used by one worker thread at a time (the scheduler's), so nothing here locks. Its
+adapters change only on that thread, between two generations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory
+from .adapters import AdapterSet
+from .lora import LoraFile, LoraSpec
+from .types import GenerationParams, GenerationResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What every generation of a service shares."""
+
+    backend: str
+    model: str  # the source spec, as responses name it
+    max_sequence_length: int
+    text_on_cpu: bool  # memory_mode=low with the text encoders on the CPU: prompts are encoded there
+    free_memory: Callable[[], None]
+
+
+@dataclass
+class Replica:
+    index: int
+    device: str
+    pipe: Any
+    adapters: AdapterSet
+    config: RunConfig
+    graphs: Any = None  # GraphedForward, where CUDA graphs are on
+    stats: dict = field(default_factory=lambda: {"images": 0})
+
+    def on_thread_start(self) -> None:
+        if self.device.startswith("cuda:"):
+            import torch
+
+            torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
+
+    def components(self) -> dict:
+        """Where each component is (accelerate's map, in GPU indices, for a balanced pipeline)."""
+        hf_map = getattr(self.pipe, "hf_device_map", None)
+        if isinstance(hf_map, dict):
+            return {k: f"cuda:{v}" if isinstance(v, int) else str(v) for k, v in hf_map.items()}
+        return {name: str(getattr(getattr(self.pipe, name, None), "device", "?"))
+                for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+
+    # ------------------------------------------------------------------ generation (worker thread)
+
+    def generate(self, job, params: GenerationParams, loras: tuple[LoraSpec, ...], pinned: set[str],
+                 files: dict[str, LoraFile]) -> GenerationResult:
+        """1. Switch the adapters to `loras`. 2. Count the prompt's tokens. 3. Run the pipeline."""
+        started = time.perf_counter()
+        # 1. Adapters: all of them, or nothing changes. A CUDA graph replays the base model only.
+        self.adapters.activate(loras, pinned, files)
+        if self.graphs is not None:
+            self.graphs.bypass = bool(loras)
+        lora_ms = round((time.perf_counter() - started) * 1e3, 2)
+        # 2. What the text encoders will really see.
+        truncation = self.truncation(params.prompt)
+        # 3. The pipeline, stopping at a step boundary when the job is cancelled or times out.
+        image = self.run(params, job)
+        self.stats["images"] += 1
+        return GenerationResult(
+            image=image, params=params, loras=loras, truncation=truncation,
+            queue_ms=round((job.started - job.created) * 1e3, 2), lora_ms=lora_ms,
+            inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
+            backend=self.config.backend, model=self.config.model,
+        )
+
+    def run(self, params: GenerationParams, job=None):
+        """The diffusers call for `params`; the PIL image. Domain errors out, the GPU's memory freed on OOM."""
+        import torch
+
+        # A per-request CPU generator: the same seed gives the same noise whatever the device, and
+        # no request ever touches the global RNG.
+        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        kwargs = {"prompt": params.prompt}
+        if params.negative_prompt:
+            kwargs.update(negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale)
+        if job is not None:
+            def on_step(pipe, i, t, callback_kwargs):
+                job.on_step(i + 1)  # raises to stop at this step when cancelled or timed out
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = on_step
+        try:
+            if self.config.text_on_cpu:
+                kwargs = self._encode_on_cpu(kwargs)
+            out = self.pipe(
+                width=params.width, height=params.height,
+                num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+                generator=generator, max_sequence_length=self.config.max_sequence_length,
+                output_type="pil", **kwargs,
+            )
+        except torch.cuda.OutOfMemoryError as e:
+            del e  # drop the traceback's references to the step's tensors before freeing
+            self.config.free_memory()
+            raise GPUOutOfMemory(
+                f"the GPU ran out of memory at {params.width}x{params.height}; the memory was freed, "
+                "retry smaller or later"
+            ) from None
+        except FluxAPIError:
+            raise
+        except Exception as e:
+            log.exception("generation failed")
+            raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
+        return out.images[0]
+
+    def _encode_on_cpu(self, kwargs: dict) -> dict:
+        """Text encoders on the CPU: encode there, hand the pipeline embeddings on its own device."""
+        import torch
+
+        pipe, n = self.pipe, self.config.max_sequence_length
+        device = pipe._execution_device
+        out = {k: v for k, v in kwargs.items() if k not in ("prompt", "negative_prompt")}
+        with torch.no_grad():
+            for prefix, key in (("", "prompt"), ("negative_", "negative_prompt")):
+                if kwargs.get(key):
+                    embeds, pooled, _ = pipe.encode_prompt(kwargs[key], None, device="cpu", max_sequence_length=n)
+                    out[f"{prefix}prompt_embeds"] = embeds.to(device)
+                    out[f"{prefix}pooled_prompt_embeds"] = pooled.to(device)
+        return out
+
+    def truncation(self, prompt: str) -> dict:
+        """Token counts of the prompt against CLIP's 77 and T5's budget: what the model really sees."""
+        return prompt_truncation(self.pipe, prompt, self.config.max_sequence_length)
+
+
+def prompt_truncation(pipe, prompt: str, t5_limit: int) -> dict:
+    clip_limit = pipe.tokenizer.model_max_length
+    clip_n = len(pipe.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
+    t5_n = len(pipe.tokenizer_2(prompt, truncation=False, verbose=False)["input_ids"])
+    return {
+        "clip": {"tokens": clip_n, "limit": clip_limit, "truncated": clip_n > clip_limit},
+        "t5": {"tokens": t5_n, "limit": t5_limit, "truncated": t5_n > t5_limit},
+    }

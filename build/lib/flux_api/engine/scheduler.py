@@ -1,0 +1,282 @@
+"""The explicit queue in front of the pipelines: jobs, replicas, cancellation, deadlines.
+
+One bounded FIFO queue per service feeds one worker thread per replica (one pipeline each). A job
+is accepted or refused at once (QueueFull -> 429), and an accepted job always ends as done, failed,
+cancelled or timed out, with a reason. Control work (LoRA changes) is broadcast to every replica and
+runs between two generations on each, so it never touches a pipeline that is generating.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import FluxAPIError, GenerationTimeout, JobCancelled, QueueFull
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED, TIMED_OUT = "queued", "running", "done", "failed", "cancelled", "timed_out"
+FINAL = (DONE, FAILED, CANCELLED, TIMED_OUT)
+
+
+@dataclass
+class Job:
+    fn: Callable[..., Any]  # fn(replica, job) -> result, run on a worker thread
+    total_steps: int = 0
+    deadline: float | None = None  # time.monotonic() by which it must be done
+    request_id: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: str = QUEUED
+    step: int = 0
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    step_times: list = field(default_factory=list)
+    replica: int | None = None
+    result: Any = None
+    error: BaseException | None = None
+    reason: str | None = None
+    cancel_reason: str | None = None
+    future: Future = field(default_factory=Future)
+    extra: dict = field(default_factory=dict)  # e.g. the encoded response, cached by the HTTP layer
+    _ctx: contextvars.Context = field(default_factory=contextvars.copy_context)
+    _listeners: list = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # --- progress, called on the worker thread
+
+    def on_step(self, step: int) -> None:
+        """Record step `step` (1-based) done; raise to stop the run if it was cancelled or timed out."""
+        self.step = step
+        self.step_times.append(time.monotonic())
+        self._notify({"event": "progress", "step": step, "total_steps": self.total_steps, "eta_s": self.eta_s()})
+        self.check_interrupt()
+
+    def check_interrupt(self) -> None:
+        if self.cancel_reason is not None:
+            raise JobCancelled(f"job cancelled: {self.cancel_reason}")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
+
+    def eta_s(self) -> float | None:
+        if self.state != RUNNING or not self.step or not self.started:
+            return None
+        per_step = (time.monotonic() - self.started) / self.step
+        return round(per_step * (self.total_steps - self.step), 2)
+
+    # --- listeners (SSE): thread-safe hand-off to asyncio queues
+
+    def listen(self, loop, queue) -> None:
+        with self._lock:
+            self._listeners.append((loop, queue))
+
+    def unlisten(self, loop, queue) -> None:
+        with self._lock:
+            if (loop, queue) in self._listeners:
+                self._listeners.remove((loop, queue))
+
+    def _notify(self, event: dict) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for loop, queue in listeners:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the loop is closed: that listener is gone
+                pass
+
+    def _finish(self, state: str, result: Any = None, error: BaseException | None = None, reason: str | None = None):
+        self.state, self.result, self.error, self.reason = state, result, error, reason
+        self.finished = time.monotonic()
+        self._notify({"event": "end", "state": state})
+        if self.future.done():  # a waiter cancelled its asyncio view of it; nothing to hand over
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(result)
+
+
+
+@dataclass
+class _Control:
+    fn: Callable[..., Any]
+    future: Future = field(default_factory=Future)
+    ctx: contextvars.Context = field(default_factory=contextvars.copy_context)
+
+
+class Scheduler:
+    def __init__(self, replicas: list, max_pending: int, keep_finished: int = 256, keep_seconds: float = 3600.0,
+                 on_finish: Callable[[Job], None] | None = None):
+        self.replicas = replicas
+        self.max_pending = max_pending
+        self.keep_finished, self.keep_seconds = keep_finished, keep_seconds
+        self.on_finish = on_finish or (lambda job: None)
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._controls = {r.index: deque() for r in replicas}
+        self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._running: dict[int, Job] = {}
+        self._stop = False
+        self._threads = [threading.Thread(target=self._work, args=(r,), name=f"flux-replica-{r.index}", daemon=True)
+                         for r in replicas]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def get(self, job_id: str) -> Job | None:
+        with self._cond:
+            self._prune()
+            return self._jobs.get(job_id)
+
+    def position(self, job: Job) -> int | None:
+        """0 = next to run; None when not queued."""
+        with self._cond:
+            try:
+                return self._queue.index(job)
+            except ValueError:
+                return None
+
+    # ------------------------------------------------------------------ submitting
+
+    def submit(self, fn: Callable[..., Any], total_steps: int = 0, deadline: float | None = None,
+               request_id: str | None = None) -> Job:
+        with self._cond:
+            if self._stop:
+                raise QueueFull("the service is shutting down", retry_after_s=30)
+            if len(self._queue) >= self.max_pending:
+                raise QueueFull(f"the queue is full ({self.max_pending} requests waiting); retry later",
+                                retry_after_s=self._retry_after())
+            job = Job(fn=fn, total_steps=total_steps, deadline=deadline, request_id=request_id)
+            self._queue.append(job)
+            self._jobs[job.id] = job
+            self._prune()
+            self._cond.notify_all()
+        return job
+
+    def _retry_after(self) -> int:
+        """A rough wait for a place in the queue: the average recent run time, at least a second."""
+        recent = [j.finished - j.started for j in list(self._jobs.values())[-20:] if j.finished and j.started]
+        per_job = sum(recent) / len(recent) if recent else 5.0
+        return max(1, int(per_job * max(1, len(self._queue)) / max(1, len(self.replicas))))
+
+    def broadcast(self, fn: Callable[..., Any]) -> list[Future]:
+        """Run fn(replica) on every replica, between generations. Not counted against the queue."""
+        futures = []
+        with self._cond:
+            for r in self.replicas:
+                c = _Control(fn)
+                self._controls[r.index].append(c)
+                futures.append(c.future)
+            self._cond.notify_all()
+        return futures
+
+    def cancel(self, job: Job, reason: str) -> bool:
+        """Cancel a queued job at once, a running one at its next step. False if it already ended."""
+        with self._cond:
+            if job.state in FINAL:
+                return False
+            job.cancel_reason = reason
+            if job.state == QUEUED:
+                self._queue.remove(job)
+        if job.state == QUEUED:
+            job._finish(CANCELLED, error=JobCancelled(f"job cancelled: {reason}"), reason=reason)
+            self._finished(job)
+        return True
+
+    # ------------------------------------------------------------------ the workers
+
+    def _work(self, replica) -> None:
+        replica.on_thread_start()
+        controls = self._controls[replica.index]
+        while True:
+            with self._cond:
+                while not self._stop and not controls and not self._queue:
+                    self._cond.wait()
+                if controls:
+                    item = controls.popleft()
+                elif self._queue:
+                    item = self._queue.popleft()
+                    item.state, item.started, item.replica = RUNNING, time.monotonic(), replica.index
+                    self._running[replica.index] = item
+                else:
+                    return
+            if isinstance(item, _Control):
+                try:
+                    item.future.set_result(item.ctx.run(item.fn, replica))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller
+                    item.future.set_exception(e)
+                continue
+            self._run(replica, item)
+
+    def _run(self, replica, job: Job) -> None:
+        try:
+            job.check_interrupt()  # it may have timed out while it waited
+            result = job._ctx.run(job.fn, replica, job)
+        except JobCancelled as e:
+            job._finish(CANCELLED, error=e, reason=job.cancel_reason)
+        except GenerationTimeout as e:
+            job._finish(TIMED_OUT, error=e, reason=e.message)
+        except FluxAPIError as e:
+            job._finish(FAILED, error=e, reason=e.message)
+        except BaseException as e:  # noqa: BLE001 - the job fails, the worker lives on
+            log.exception("job %s failed", job.id)
+            job._finish(FAILED, error=e, reason=f"{type(e).__name__}: {e}")
+        else:
+            job._finish(DONE, result=result)
+        finally:
+            with self._cond:
+                self._running.pop(replica.index, None)
+        self._finished(job)
+
+    def _finished(self, job: Job) -> None:
+        try:
+            self.on_finish(job)
+        except Exception:  # metrics must never break serving
+            log.exception("on_finish hook failed")
+
+    def _prune(self) -> None:
+        """Keep finished jobs within a count and an age, so memory stays bounded."""
+        now = time.monotonic()
+        done = [j for j in self._jobs.values() if j.state in FINAL]
+        excess = len(done) - self.keep_finished
+        for j in done:
+            if excess > 0 or now - (j.finished or now) > self.keep_seconds:
+                self._jobs.pop(j.id, None)
+                excess -= 1
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Cancel what is queued, let running work finish (cancel it after `timeout`), stop the threads."""
+        with self._cond:
+            self._stop = True
+            queued = list(self._queue)
+        for job in queued:
+            self.cancel(job, "the service is shutting down")
+        if queued:
+            log.info("shutdown: cancelled %d queued job(s)", len(queued))
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for job in list(self._running.values()):
+            self.cancel(job, "the service is shutting down")
+        for t in self._threads:
+            t.join(10)

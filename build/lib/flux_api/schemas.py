@@ -1,0 +1,167 @@
+"""Every request and response body, validated at the boundary.
+
+The /generate request model is built from the service's settings, so the defaults and limits that
+/docs shows are the configured ones, not numbers copied into the schema.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat
+from .settings import ServiceSettings
+
+
+class LoraRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, description="LoRA name inside the LoRA folder (no .safetensors needed).")
+    weight: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength, 0-2.")
+
+
+class _LoraFields(BaseModel):
+    """The seed's single `lora_name`/`lora_weight`, or `loras` for several; never both."""
+
+    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="One LoRA from the LoRA folder.")
+    lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2.")
+    loras: list[LoraRef] | None = Field(None, max_length=MAX_LORAS, description="Several LoRAs at once, each with its weight.")
+
+    @model_validator(mode="after")
+    def _one_way(self):
+        if self.lora_name is not None and self.loras is not None:
+            raise ValueError("give either lora_name/lora_weight or loras, not both")
+        if "lora_weight" in self.model_fields_set and self.lora_name is None:
+            raise ValueError("lora_weight was given without lora_name; it would be ignored")
+        if self.loras is not None and len({r.name for r in self.loras}) != len(self.loras):
+            raise ValueError("loras names the same LoRA twice")
+        return self
+
+    def lora_refs(self) -> list[LoraRef] | None:
+        """The LoRAs asked for, or None when the request names none."""
+        if self.lora_name is not None:
+            return [LoraRef(name=self.lora_name, weight=self.lora_weight)]
+        return self.loras
+
+
+def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
+    """The /generate body for one service, with its configured defaults and limits."""
+
+    class GenerateRequest(_LoraFields):
+        model_config = ConfigDict(
+            extra="forbid",
+            json_schema_extra={"examples": [{"prompt": "a lighthouse on a cliff at dusk", "seed": 42}]},
+        )
+
+        prompt: str = Field(..., min_length=1, max_length=settings.max_prompt_chars, description="What to draw.")
+        negative_prompt: str | None = Field(
+            None, max_length=settings.max_prompt_chars,
+            description="What to avoid. Uses true CFG, which doubles the cost of each step.",
+        )
+        true_cfg_scale: float | None = Field(
+            None, ge=1.0, le=10.0,
+            description=f"True CFG strength for negative_prompt; {settings.default_true_cfg_scale} when a negative "
+            "prompt is given without it. Must be > 1 with a negative prompt.",
+        )
+        num_inference_steps: int = Field(settings.default_steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
+        guidance_scale: float = Field(
+            settings.default_guidance, ge=0.0, le=20.0,
+            description="FLUX.1-dev's distilled guidance (an embedding, not CFG). 0.0 is honoured as 0.0.",
+        )
+        width: ImageSide = Field(settings.default_width, description="Pixels, a multiple of 16.")
+        height: ImageSide = Field(settings.default_height, description="Pixels, a multiple of 16.")
+        seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed; the one used is returned.")
+        output_format: OutputFormat = Field(settings.output_format, description="Image format.")
+
+        @field_validator("prompt")
+        @classmethod
+        def _not_blank(cls, v: str) -> str:
+            if not v.strip():
+                raise ValueError("prompt is blank")
+            return v
+
+        @field_validator("negative_prompt")
+        @classmethod
+        def _blank_negative_is_none(cls, v: str | None) -> str | None:
+            return v if v and v.strip() else None
+
+        @model_validator(mode="after")
+        def _true_cfg(self):
+            if self.negative_prompt is not None:
+                if self.true_cfg_scale is None:
+                    self.true_cfg_scale = settings.default_true_cfg_scale
+                elif self.true_cfg_scale <= 1.0:
+                    raise ValueError(
+                        "true_cfg_scale must be greater than 1 with a negative_prompt: at 1 or less the negative "
+                        "prompt would be silently ignored"
+                    )
+            elif self.true_cfg_scale is not None and self.true_cfg_scale > 1.0:
+                raise ValueError("true_cfg_scale > 1 needs a negative_prompt; without one it would be ignored")
+            return self
+
+    return GenerateRequest
+
+
+class Timings(BaseModel):
+    queue_ms: float = Field(description="Waiting for the GPU.")
+    lora_ms: float = Field(description="Loading or switching LoRA adapters for this request (0 when nothing changed).")
+    inference_ms: float = Field(description="The pipeline call (text encoding, denoising, VAE decode).")
+    encode_ms: float = Field(description="Image encoding (and base64 for JSON).")
+    total_ms: float = Field(description="From the request's arrival to the response.")
+
+
+class TokenCount(BaseModel):
+    tokens: int
+    limit: int
+    truncated: bool
+
+
+class PromptTruncation(BaseModel):
+    clip: TokenCount
+    t5: TokenCount
+
+
+class GenerateResponse(BaseModel):
+    image: str = Field(description="The image, base64-encoded.")
+    format: OutputFormat
+    seed: int = Field(description="The seed actually used (drawn at random when the request gave none).")
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+    negative_prompt: str | None
+    true_cfg_scale: float | None
+    model: str
+    backend: str
+    loras: list[LoraRef] = Field(description="The LoRAs applied to this image (per-request or pinned).")
+    prompt_truncation: PromptTruncation
+    warnings: list[str]
+    timings: Timings
+    request_id: str
+
+
+class ApplyLoraRequest(_LoraFields):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lora_name": "my-style", "lora_weight": 0.8}]})
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.lora_refs() is None:
+            raise ValueError("give lora_name (and lora_weight) or loras")
+        return self
+
+
+class RemoveLoraRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="Unpin this one; omit to unpin all.")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    code: int
+    request_id: str
+    details: dict | list | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

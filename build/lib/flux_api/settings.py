@@ -1,0 +1,190 @@
+"""Configuration: one pydantic-settings class per service over a shared base.
+
+Precedence, highest first: explicit arguments (the launch scripts' flags), environment variables
+(`FLUX_FP4_*` / `FLUX_BF16_*`), the service's TOML file in config/, then the defaults below.
+Settings are read once and passed in; nothing reads them from a module global.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from .limits import MAX_STEPS, ImageSide, OutputFormat
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def config_dir() -> Path:
+    """Where the services' TOML files are: FLUX_API_CONFIG_DIR if set; else the source tree's config/;
+    else the copy that installing the package puts under <prefix>/share/flux_api/config (pyproject's
+    data-files), so an installed service reads the same defaults as a checkout."""
+    if os.environ.get("FLUX_API_CONFIG_DIR"):
+        return Path(os.environ["FLUX_API_CONFIG_DIR"])
+    installed = Path(sys.prefix) / "share" / "flux_api" / "config"
+    source = PROJECT_ROOT / "config"
+    return source if source.is_dir() or not installed.is_dir() else installed
+
+Placement = Literal["auto", "single", "balanced", "replicas"]
+DType = Literal["auto", "bfloat16", "float16", "float32"]
+FP4Backend = Literal["auto", "nunchaku", "bnb-fp4", "bnb-nf4", "torchao-fp8", "torchao-int8"]
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
+
+
+class ServiceSettings(BaseSettings):
+    """Everything both services share. Subclasses set the port, the env prefix and the TOML file."""
+
+    service: ClassVar[str] = "base"
+    config_file: ClassVar[str] = ""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    # --- network
+    host: str = Field("127.0.0.1", description="Bind address. 0.0.0.0 exposes the service: a deliberate choice.")
+    port: int = Field(8000, ge=1, le=65535)
+
+    # --- model source
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="'tiny' (built locally), a local diffusers folder, or a Hugging Face repo id.",
+    )
+    model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a repo id model.")
+    hf_token: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("hf_token", "HF_TOKEN"),
+        description="Hugging Face token for gated repos. HF_TOKEN is honoured.",
+    )
+    cache_dir: Path = Field(Path("~/.cache/flux_api"), description="Where the tiny model is built.")
+
+    # --- placement and precision
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    placement: Placement = Field(
+        "auto",
+        description="single: one device. balanced: one pipeline over the visible GPUs (device_map='balanced'). "
+        "replicas: one pipeline per GPU, requests go to an idle one. auto: replicas when a copy fits one GPU, "
+        "else balanced; single with one GPU.",
+    )
+    replicas: int | None = Field(None, ge=1, le=64, description="Pipelines in replicas mode (default: one per GPU).")
+    dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
+
+    # --- generation defaults and limits
+    default_steps: int = Field(25, ge=1, le=MAX_STEPS)
+    default_guidance: float = Field(3.5, ge=0.0, le=20.0)
+    default_true_cfg_scale: float = Field(1.5, gt=1.0, le=10.0, description="Used when a negative prompt is given.")
+    default_width: ImageSide = 1024
+    default_height: ImageSide = 1024
+    max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+    max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token budget for the prompt.")
+    output_format: OutputFormat = "png"
+    png_compress_level: int = Field(1, ge=0, le=9)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    queue_size: int = Field(16, ge=1, le=10_000, description="Requests waiting for the GPU before 429.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Queue wait plus generation, per request, before 504.")
+    jobs_keep: int = Field(256, ge=1, description="Finished jobs kept for GET /jobs/{id}.")
+    jobs_keep_s: float = Field(3600.0, gt=0, description="How long a finished job is kept.")
+
+    # --- LoRA
+    lora_dir: Path = Field(Path("loras"), description="Folder of .safetensors LoRA files.")
+    lora_hub: bool = Field(True, description="Allow LoRAs from the Hugging Face Hub (owner/repo[/file.safetensors]).")
+    lora_hub_owners: list[str] = Field(default_factory=list, description="If set, only these Hub owners' LoRAs load.")
+    lora_max_mb: int = Field(2048, ge=1, description="Size cap for one LoRA file, in MiB.")
+    lora_cache_size: int = Field(4, ge=1, le=64, description="Adapters kept loaded (LRU) for fast switching.")
+    hub_endpoint: str | None = Field(None, description="Hugging Face Hub URL (a mirror); default: HF_ENDPOINT or huggingface.co.")
+
+    # --- speed
+    compile: Literal["auto", "none", "regional"] = Field(
+        "auto", description="regional: torch.compile the repeated transformer blocks at load (about 35 s, counted in "
+        "time to ready; LoRA is refused while compiled). auto: regional where the backend needs it to be fast "
+        "(torchao-fp8), none otherwise, so that LoRA works by default."
+    )
+    cuda_graphs: bool = Field(
+        True, description="Replay the transformer step as a CUDA graph (one per image size) for requests without "
+        "a LoRA: removes the CPU launch overhead that bounds small sizes. Output is bitwise the same. CUDA only; "
+        "off in memory_mode=low."
+    )
+    memory_mode: Literal["default", "low"] = Field(
+        "default", description="low: the BF16 service keeps the text encoders on the CPU (fits a 24 GiB card, about "
+        "2 s slower per image); the FP4 service stores T5 in 4-bit nf4 and auto picks a 4-bit backend (fits 12 GiB). "
+        "Both tile the VAE decode and turn CUDA graphs off."
+    )
+    warmup_sizes: list[ImageSide] = Field(
+        default_factory=lambda: [1024, 512],
+        description="Square sizes run once at load on a GPU (compiling, capturing CUDA graphs), so live requests "
+        "do not pay for it.",
+    )
+
+    # --- start-up
+    warmup: bool = Field(True, description="Run one small generation before /health reports ready.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_dir() / cls.config_file) if cls.config_file else None
+        sources = [init_settings, env_settings]
+        if toml is not None:
+            sources.append(toml)
+        return tuple(sources)
+
+    @field_validator("model")
+    @classmethod
+    def _model_not_blank(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("model must be 'tiny', a local folder or a Hugging Face repo id")
+        return v
+
+    @field_validator("lora_dir", "cache_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return v.expanduser()
+
+    @model_validator(mode="after")
+    def _cuda_choice(self):
+        if self.device == "cpu" and self.placement == "balanced":
+            raise ValueError("placement=balanced needs CUDA GPUs; it cannot be combined with device=cpu")
+        return self
+
+    @property
+    def token(self) -> str | None:
+        return self.hf_token.get_secret_value() if self.hf_token else None
+
+
+class BF16Settings(ServiceSettings):
+    service: ClassVar[str] = "bf16"
+    config_file: ClassVar[str] = "bf16.toml"
+    model_config = SettingsConfigDict(env_prefix="FLUX_BF16_", extra="forbid", validate_default=True, populate_by_name=True)
+
+    port: int = Field(8001, ge=1, le=65535)
+
+
+class FP4Settings(ServiceSettings):
+    service: ClassVar[str] = "fp4"
+    config_file: ClassVar[str] = "fp4.toml"
+    model_config = SettingsConfigDict(env_prefix="FLUX_FP4_", extra="forbid", validate_default=True, populate_by_name=True)
+
+    port: int = Field(8000, ge=1, le=65535)
+    backend: FP4Backend = Field(
+        "auto",
+        description="auto: nunchaku where it runs, torchao-fp8 on sm_89+, bnb-fp4 on other CUDA GPUs, "
+        "torchao-int8 on the CPU.",
+    )
+    nunchaku_repo: str = Field(
+        "nunchaku-tech/nunchaku-flux.1-dev",
+        description="Hub repo (or local folder) of the Nunchaku SVDQuant FLUX.1-dev checkpoints.",
+    )
+    nunchaku_rank: int = Field(32, ge=1, description="SVDQuant low-rank branch rank of the checkpoint file.")
+
+
+SETTINGS_CLASSES: dict[str, type[ServiceSettings]] = {"fp4": FP4Settings, "bf16": BF16Settings}

@@ -1,0 +1,35 @@
+"""The package installs with what it needs: the services' TOML defaults travel in the wheel, and an
+installed service finds them (not only a checkout)."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import flux_api.settings as settings_module
+from flux_api.settings import FP4Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_wheel_carries_the_config_files(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = zipfile.ZipFile(next(tmp_path.glob("flux_api-*.whl")))
+    for name in ("fp4.toml", "bf16.toml"):
+        packed = wheel.read(f"{wheel.filename.split('/')[-1].split('-py')[0]}.data/data/share/flux_api/config/{name}")
+        assert packed == (ROOT / "config" / name).read_bytes()
+
+
+def test_an_installed_package_reads_its_installed_config(tmp_path, monkeypatch):
+    prefix = tmp_path / "venv"
+    installed = prefix / "share" / "flux_api" / "config"
+    installed.mkdir(parents=True)
+    (installed / "fp4.toml").write_text('default_steps = 7\n')
+    monkeypatch.delenv("FLUX_API_CONFIG_DIR", raising=False)
+    monkeypatch.setattr(settings_module, "PROJECT_ROOT", tmp_path / "site-packages")  # no config/ beside it
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    assert settings_module.config_dir() == installed
+    assert FP4Settings().default_steps == 7
+    monkeypatch.setattr(settings_module, "PROJECT_ROOT", ROOT)  # a checkout: its own config/ wins
+    assert settings_module.config_dir() == ROOT / "config" and FP4Settings().default_steps == 25
