@@ -114,7 +114,7 @@ def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch):
         Service.select_backend("stand-in", Hardware(), pkgs)
 
 
-def test_the_preflight_asks_the_configured_hub_endpoint(hub, tmp_path):
+def test_the_preflight_asks_the_configured_hub_endpoint(hub, tmp_path):  # noqa: F811 - the fixture
     """hub_endpoint reaches the model pre-flight (a stand-in Hub on loopback answers 'not found'; the
     real Hub would not be reachable from here at all)."""
     from flux_api.errors import ModelSourceError
