@@ -20,7 +20,7 @@ from flux_api.engine.bf16 import BF16FluxModelManager
 from flux_api.engine.devices import GPU, Hardware
 from flux_api.engine.fp4 import FP4FluxModelManager, Packages, select_backend
 from flux_api.settings import BF16Settings, FP4Settings
-from conftest import Served, gen
+from conftest import InProcess, gen
 from test_backends import NONE, pk
 
 GiB = 2**30
@@ -83,7 +83,7 @@ def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
     big = {**body, "width": 768, "height": 768, "num_inference_steps": 2}
     images = {}
     for mode in ("default", "low"):
-        with Served(create_app(cls(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, memory_mode=mode))) as s:
+        with InProcess(create_app(cls(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, memory_mode=mode))) as s:
             s.wait_ready()
             st = s.client.get("/model-status").json()
             assert st["memory"]["mode"] == mode and st["cuda_graphs"]["on"] is False
