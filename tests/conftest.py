@@ -1,4 +1,10 @@
-"""Shared fixtures: the tiny model, real LoRA files, and both services running under a real uvicorn.
+"""Shared fixtures: the tiny model, real LoRA files, and both services, in two tiers.
+
+- In process (`InProcess`, the default): the app is called through httpx's ASGI transport, with its
+  lifespan (model load, shutdown) run explicitly. No socket, no server thread: the contract tests.
+- Socket (`Served`, a real uvicorn; or a process of its own): only for what needs one (client
+  disconnects, SSE streaming, SIGTERM, the launch scripts). Such tests are marked `socket`;
+  `./scripts/test.sh --quick` leaves them (and the `slow` ones) out.
 
 Nothing downloads: HF_HUB_OFFLINE is set before huggingface_hub is imported, and HF_HOME points
 at a fresh folder, so only what a test lays into that cache by hand can load from "the Hub".
@@ -14,11 +20,15 @@ os.environ.pop("HF_TOKEN", None)
 for _k in [k for k in os.environ if k.startswith(("FLUX_BF16_", "FLUX_FP4_"))]:
     del os.environ[_k]  # the tests set every setting they rely on
 
+import asyncio  # noqa: E402
+import concurrent.futures  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Callable, TypeVar  # noqa: E402
 
 import httpx  # noqa: E402
 import pytest  # noqa: E402
@@ -26,11 +36,45 @@ import uvicorn  # noqa: E402
 
 from flux_api.app import create_app  # noqa: E402
 from flux_api.engine.tiny import ensure_tiny_model  # noqa: E402
+from flux_api.service_process import wait_until_ready  # noqa: E402
 from flux_api.settings import BF16Settings, FP4Settings  # noqa: E402
 
 # Small, fast defaults for the services under test; also what /docs must show.
 BF16_DEFAULTS = dict(default_steps=3, default_width=256, default_height=256)
 FP4_DEFAULTS = dict(default_steps=2, default_width=256, default_height=256)
+
+# test_bench.py runs the whole benchmark (service processes of its own, for many seconds): marked
+# `socket` and `slow` here rather than in the file, which has another owner.
+OUT_OF_PROCESS_FILES = {"test_bench.py"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "socket: needs a real socket or a service process of its own (uvicorn, "
+                                       "`python -m flux_api`, the launch scripts); left out by test.sh --quick")
+    config.addinivalue_line("markers", "slow: many seconds by design (large images kept in flight); left out by "
+                                       "test.sh --quick")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in OUT_OF_PROCESS_FILES:
+            item.add_marker("socket")
+            item.add_marker("slow")
+
+
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.01, what: str = "the condition") -> T:
+    """Poll `predicate` every `interval` s until it returns something truthy, and return that; fail after
+    `timeout` s. The tests wait on conditions this way, never on a fixed sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if value := predicate():
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def lay_out_hub_cache(repo: str, files: dict[str, bytes]) -> None:
@@ -50,8 +94,95 @@ def lay_out_hub_cache(repo: str, files: dict[str, bytes]) -> None:
     (hub / "refs" / "main").write_text(commit)
 
 
+class _SessionLoop:
+    """One asyncio event loop in a daemon thread, shared by every in-process service of the session:
+    the apps' lifespans and requests run on it, as they would on uvicorn's loop."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="in-process-asgi-loop", daemon=True).start()
+                cls._loop = loop
+            return cls._loop
+
+
+class InProcessClient:
+    """A synchronous, thread-safe facade over `httpx.AsyncClient(transport=ASGITransport(app))`: each call
+    runs as its own task on the session loop and blocks the calling thread until the response is
+    complete, so several test threads can have requests in flight at once. Same call shape as
+    `httpx.Client` (get/post/put/patch/delete/head/options/request, returning httpx.Response).
+
+    No `stream()`: the ASGI transport hands the body over only once the app has finished it, so SSE
+    and client disconnects need a real socket (`Served`, tests marked `socket`)."""
+
+    def __init__(self, app, loop: asyncio.AbstractEventLoop, base_url: str = "http://in-process", timeout: float = 120):
+        self._loop, self.timeout = loop, timeout
+        # raise_app_exceptions=False: an unexpected error answers 500 (the app's handler wrote it), as a
+        # real server would, instead of raising in the test.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        self._client = httpx.AsyncClient(transport=transport, base_url=base_url)
+
+    def _run(self, coro, timeout: float | None):
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the ASGI transport has no timeouts of its own: this one stands in for them
+            raise httpx.ReadTimeout(f"no response from the in-process app in {timeout} s") from None
+
+    def request(self, method: str, url: str, *, timeout: float | None = None, **kwargs) -> httpx.Response:
+        return self._run(self._client.request(method, url, **kwargs), timeout or self.timeout)
+
+    get = functools.partialmethod(request, "GET")
+    post = functools.partialmethod(request, "POST")
+    put = functools.partialmethod(request, "PUT")
+    patch = functools.partialmethod(request, "PATCH")
+    delete = functools.partialmethod(request, "DELETE")
+    head = functools.partialmethod(request, "HEAD")
+    options = functools.partialmethod(request, "OPTIONS")
+
+    def stream(self, *args, **kwargs):
+        raise NotImplementedError("streaming needs a real socket: use Served and mark the test `socket`")
+
+    def close(self) -> None:
+        self._run(self._client.aclose(), 30)
+
+
+class InProcess:
+    """A service called in process: its lifespan (pre-flight, background model load; on exit the unload)
+    runs explicitly on the session loop, since httpx's ASGI transport does not run it, and `client`
+    calls the app without a socket. The contract tests' tier: no port, no server thread, no /health
+    wait for a server to listen. `with InProcess(app) as s: s.wait_ready()` as with `Served`."""
+
+    def __init__(self, app):
+        self.app = app
+        self._loop = _SessionLoop.get()
+        self._lifespan = app.router.lifespan_context(app)
+
+    def __enter__(self) -> "InProcess":
+        asyncio.run_coroutine_threadsafe(self._lifespan.__aenter__(), self._loop).result(120)
+        self.client = InProcessClient(self.app, self._loop)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> "InProcess":
+        wait_until_ready(self.client, timeout)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.client.close()
+        finally:
+            asyncio.run_coroutine_threadsafe(self._lifespan.__aexit__(None, None, None), self._loop).result(120)
+
+
 class Served:
-    """A real uvicorn server in a thread, on a free port, with the app's lifespan running."""
+    """A real uvicorn server in a thread, on a free port, with the app's lifespan running: for the tests
+    that need a socket (client disconnects, SSE); mark them `socket`."""
 
     def __init__(self, app):
         self.app = app
@@ -60,28 +191,21 @@ class Served:
 
     def __enter__(self):
         self.thread.start()
-        deadline = time.time() + 60
-        while not self.server.started:
+
+        def started() -> bool:
             if not self.thread.is_alive():
                 raise RuntimeError("the server stopped during start-up")
-            if time.time() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
+            return self.server.started
+
+        wait_for(started, 60, 0.02, "the server to start")
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         self.client = httpx.Client(base_url=self.url, timeout=120)
         return self
 
     def wait_ready(self, timeout: float = 120) -> "Served":
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            r = self.client.get("/health")
-            if r.status_code == 200:
-                return self
-            if r.json().get("status") == "failed":
-                raise RuntimeError(f"model load failed: {r.json()}")
-            time.sleep(0.05)
-        raise RuntimeError("the model did not become ready")
+        wait_until_ready(self.client, timeout)
+        return self
 
     def __exit__(self, *exc):
         self.client.close()
@@ -144,24 +268,24 @@ def lora_dir(tmp_path_factory, tiny_dir) -> Path:
 @pytest.fixture(scope="session")
 def bf16(cache_dir, lora_dir):
     settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8001, **BF16_DEFAULTS)
-    with Served(create_app(settings)) as s:
+    with InProcess(create_app(settings)) as s:
         yield s.wait_ready()
 
 
 @pytest.fixture(scope="session")
 def fp4(cache_dir, lora_dir):
     settings = FP4Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8000, **FP4_DEFAULTS)
-    with Served(create_app(settings)) as s:
+    with InProcess(create_app(settings)) as s:
         yield s.wait_ready()
 
 
 @pytest.fixture(params=["bf16", "fp4"])
-def svc(request) -> Served:
+def svc(request) -> InProcess:
     """Each test that takes `svc` runs against both services."""
     return request.getfixturevalue(request.param)
 
 
-def gen(svc: Served, **body) -> httpx.Response:
+def gen(svc: "InProcess | Served", **body) -> httpx.Response:
     """POST /generate with small fast defaults; `body` overrides them."""
     payload = {"prompt": "a red bicycle on a bridge", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1}
     payload.update(body)

@@ -1,4 +1,5 @@
-"""The HTTP contract, on both services, over real HTTP against the real pipeline on the tiny model."""
+"""The HTTP contract, on both services, in process (the ASGI app, no socket) against the real pipeline on
+the tiny model."""
 
 import base64
 import io
@@ -10,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import BF16_DEFAULTS, FP4_DEFAULTS, gen
+from conftest import BF16_DEFAULTS, FP4_DEFAULTS, gen, wait_for
 from flux_api.logs import RequestIdFilter
 
 
@@ -224,10 +225,8 @@ def test_request_id_is_echoed_and_in_the_log_lines(svc):
     try:
         r = gen(svc, prompt="a fox", **{})  # a fresh id
         given = svc.client.get("/health", headers={"X-Request-ID": "my-trace-42"})
-        # the access line is written just after the response is sent: give the server a moment
-        deadline = time.time() + 5
-        while not any(rec.request_id == "my-trace-42" for rec in records) and time.time() < deadline:
-            time.sleep(0.01)
+        # the access line is written just after the response is sent: wait for it
+        wait_for(lambda: any(rec.request_id == "my-trace-42" for rec in records), 5, what="the access log line")
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)
@@ -249,9 +248,7 @@ def test_health_answers_while_an_image_renders(bf16):
 
     t = threading.Thread(target=long_job)
     t.start()
-    deadline = time.time() + 10
-    while bf16.app.state.manager.scheduler.running == 0 and time.time() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: bf16.app.state.manager.scheduler.running > 0 or done.is_set(), 10, what="the job to start")
     answered = 0
     while not done.is_set() and answered < 5:
         t0 = time.perf_counter()
@@ -262,7 +259,7 @@ def test_health_answers_while_an_image_renders(bf16):
         assert elapsed < 1.0, f"health + status took {elapsed:.2f}s during a generation"
         if not done.is_set():  # the generation was still running when both answered
             answered += 1
-        time.sleep(0.1)
+        done.wait(0.1)  # ask again in 0.1 s, or stop at once when the generation is done
     t.join()
     assert answered >= 1, "the generation finished before /health could be asked"
     assert result["r"].status_code == 200

@@ -8,7 +8,7 @@ import typing
 
 import pytest
 
-from conftest import Served, gen
+from conftest import InProcess, gen
 from test_hub_errors import hub  # noqa: F401 - the stand-in Hub fixture
 from flux_api.app import create_app
 from flux_api.engine.backends import BACKENDS, Backend, Packages
@@ -56,7 +56,7 @@ def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora
     shutil.copy(lora_dir / "style.safetensors", own / "mine.safetensors")
     settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=own, default_steps=2,
                             default_width=256, default_height=256)
-    with Served(create_app(settings)) as s:
+    with InProcess(create_app(settings)) as s:
         s.wait_ready()
         slow = start_slow_job(s)
         queued = s.client.post("/jobs", json={"prompt": "a cat", "seed": 2, "lora_name": "mine"})

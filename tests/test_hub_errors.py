@@ -5,8 +5,10 @@ the way the Hub's API does (status codes and X-Error-Code headers); nothing leav
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import huggingface_hub.constants
+import huggingface_hub.utils._http
 import pytest
 
 from flux_api.engine.sources import ModelSource, check_source
@@ -42,7 +44,7 @@ class StandInHub(BaseHTTPRequestHandler):
 def hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()  # shutdown() in 10 ms, not 0.5 s
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
 
@@ -74,8 +76,14 @@ def test_rejected_token(hub):
 
 def test_unreachable_hub_is_its_own_error(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # A refused connection is retried 5 times with back-off waits of 1+2+4+8+8 s (huggingface_hub's
+    # http_backoff): all the test's time. The client's clock is a stand-in that only records the waits;
+    # every attempt still runs, and each is refused at once by the closed port.
+    waits = []
+    monkeypatch.setattr(huggingface_hub.utils._http, "time", SimpleNamespace(sleep=waits.append))
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(HubUnreachable, match="could not be reached"):
         check_source(src("org/anything"), None, endpoint=f"http://127.0.0.1:{port}")
+    assert waits, "no back-off wait was recorded: the stand-in clock is no longer in the client's path"

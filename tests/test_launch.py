@@ -1,16 +1,16 @@
-"""The launch scripts: -g validation, and the README's start command serving images on the tiny model."""
+"""The launch scripts: -g validation, and the README's start command serving images on the tiny model.
+They run the scripts as processes: the socket tier."""
 
-import os
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
+from flux_api.service_process import running_process
+
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.socket
 
 
 def run_launch(*args, timeout=60):
@@ -39,27 +39,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_start_script_serves_the_tiny_model_and_exports_the_gpus(cache_dir):
+def test_start_script_serves_the_tiny_model_and_exports_the_gpus(cache_dir, tmp_path):
     port = free_port()
-    env = {**os.environ, "FLUX_BF16_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen([str(ROOT / "start_bf16_api.sh"), "--model", "tiny", "-p", str(port), "-g", "0"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        r = httpx.post(f"{url}/generate", json={"prompt": "a cat", "width": 256, "height": 256,
-                                                "num_inference_steps": 2, "seed": 3}, timeout=60)
+    cmd = [str(ROOT / "start_bf16_api.sh"), "--model", "tiny", "-p", str(port), "-g", "0"]
+    # its own process group, /health polled until 200 (failing with the log if the script exits), SIGTERM after
+    with running_process(cmd, port, {"FLUX_BF16_CACHE_DIR": str(cache_dir)}, tmp_path / "launch.log", 120, ROOT) as (client, _):
+        r = client.post("/generate", json={"prompt": "a cat", "width": 256, "height": 256, "num_inference_steps": 2,
+                                           "seed": 3}, timeout=60)
         assert r.status_code == 200 and r.json()["seed"] == 3
-        status = httpx.get(f"{url}/model-status").json()
+        status = client.get("/model-status").json()
         assert status["placement"]["cuda_visible_devices"] == "0"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)

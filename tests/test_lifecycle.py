@@ -1,5 +1,6 @@
 """Loading: background load with /health 503 until ready, idempotent /load-model, retry after a failed
-load, the Hub path (offline, from a hand-built cache), and start-up refusals with clear messages."""
+load, the Hub path (offline, from a hand-built cache), and start-up refusals with clear messages. The
+services run in process; the start-up refusals run `python -m flux_api` (marked `socket`)."""
 
 import os
 import shutil
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Served, gen, lay_out_hub_cache
+from conftest import InProcess, gen, lay_out_hub_cache
 from flux_api.app import create_app
 from flux_api.engine.services import BF16FluxModelManager
 from flux_api.settings import BF16Settings, FP4Settings
@@ -35,7 +36,7 @@ class GatedLoadManager(BF16FluxModelManager):
 
 def test_health_is_503_loading_until_ready_and_load_model_is_idempotent(cache_dir):
     manager = GatedLoadManager(BF16Settings(model="tiny", cache_dir=cache_dir))
-    with Served(create_app(manager.settings, manager)) as s:
+    with InProcess(create_app(manager.settings, manager)) as s:
         # the process answers at once, while the model is still loading
         assert s.client.get("/health/live").status_code == 200
         h = s.client.get("/health")
@@ -59,7 +60,7 @@ def test_failed_load_is_reported_and_load_model_retries(cache_dir, tiny_dir, tmp
     broken = tmp_path / "model"
     broken.mkdir()
     shutil.copy(tiny_dir / "model_index.json", broken / "model_index.json")  # components missing
-    with Served(create_app(BF16Settings(model=str(broken), cache_dir=cache_dir))) as s:
+    with InProcess(create_app(BF16Settings(model=str(broken), cache_dir=cache_dir))) as s:
         with pytest.raises(RuntimeError, match="load failed"):
             s.wait_ready()
         h = s.client.get("/health").json()
@@ -78,7 +79,7 @@ def test_failed_load_is_reported_and_load_model_retries(cache_dir, tiny_dir, tmp
 def test_hub_repo_id_loads_offline_from_the_cache(cache_dir, tiny_dir):
     repo = "flux-api-test/tiny-flux"
     lay_out_hub_cache(repo, {f.relative_to(tiny_dir).as_posix(): f.read_bytes() for f in tiny_dir.rglob("*") if f.is_file()})
-    with Served(create_app(FP4Settings(model=repo, cache_dir=cache_dir))) as s:
+    with InProcess(create_app(FP4Settings(model=repo, cache_dir=cache_dir))) as s:
         s.wait_ready()
         st = s.client.get("/model-status").json()
         assert st["model"]["kind"] == "hub" and st["model"]["location"] == repo
@@ -92,12 +93,14 @@ def _start(args, env_extra=None, timeout=120):
                           text=True, timeout=timeout)
 
 
+@pytest.mark.socket
 def test_unreachable_hub_stops_start_up_with_that_message():
     p = _start(["bf16", "--model", "nobody/not-cached", "--port", "18765"], {"HF_HUB_OFFLINE": "1"})
     assert p.returncode != 0
     assert "start-up stopped" in p.stderr and "could not be reached" in p.stderr
 
 
+@pytest.mark.socket
 def test_invalid_setting_stops_start_up_naming_it():
     p = _start(["fp4", "--model", "tiny"], {"FLUX_FP4_DEFAULT_STEPS": "500"})
     assert p.returncode == 2

@@ -81,7 +81,7 @@ def stand_in_hub(clean, monkeypatch):
     """The real huggingface_hub client against a stand-in Hub on loopback that answers 'not found'."""
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     server = ThreadingHTTPServer(("127.0.0.1", 0), StandInHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()  # shutdown() in 10 ms, not 0.5 s
     monkeypatch.setattr(clean.app.state.manager.lora_files, "endpoint", f"http://127.0.0.1:{server.server_address[1]}")
     yield clean
     server.shutdown()

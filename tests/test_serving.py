@@ -1,5 +1,6 @@
 """The serving engine: the bounded queue, async jobs with progress and cancel, SSE, timeouts, failures,
-replicas, metrics and shutdown. The real pipeline on the tiny model, two CPU replicas, real HTTP."""
+replicas, metrics and shutdown. The real pipeline on the tiny model, two CPU replicas; in process, except
+what needs a socket (SSE, a client that disconnects, SIGTERM to a service process: marked `socket`)."""
 
 import json
 import os
@@ -7,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,20 +15,32 @@ import httpx
 import pytest
 import torch
 
-from conftest import Served, gen
+from conftest import InProcess, Served, gen, wait_for
 from flux_api.app import create_app
+from flux_api.service_process import wait_until_ready
 from flux_api.settings import BF16Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW = {"width": 1024, "height": 1024, "num_inference_steps": 30}  # a few seconds on two CPU cores
 
 
+def two_replicas(cache_dir, lora_dir) -> BF16Settings:
+    """A BF16 service with two CPU replicas (placement=replicas)."""
+    return BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, placement="replicas", replicas=2,
+                        queue_size=3, default_steps=2, default_width=256, default_height=256)
+
+
 @pytest.fixture(scope="module")
 def two(cache_dir, lora_dir):
-    """A BF16 service with two CPU replicas (placement=replicas)."""
-    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, placement="replicas", replicas=2,
-                            queue_size=3, default_steps=2, default_width=256, default_height=256)
-    with Served(create_app(settings)) as s:
+    """The two-replica service, in process."""
+    with InProcess(create_app(two_replicas(cache_dir, lora_dir))) as s:
+        yield s.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def two_socket(cache_dir, lora_dir):
+    """The same service under a real uvicorn, for SSE and client disconnects."""
+    with Served(create_app(two_replicas(cache_dir, lora_dir))) as s:
         yield s.wait_ready()
 
 
@@ -37,26 +49,30 @@ def job_body(**kw):
 
 
 def wait_state(s, job_id, states, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        j = s.client.get(f"/jobs/{job_id}").json()
-        if j["state"] in states:
-            return j
-        time.sleep(0.02)
-    raise AssertionError(f"job {job_id} never reached {states}: {j}")
+    last = {}
+
+    def reached():
+        last.update(s.client.get(f"/jobs/{job_id}").json())
+        return dict(last) if last["state"] in states else None
+
+    try:
+        return wait_for(reached, timeout, 0.02)
+    except AssertionError:
+        raise AssertionError(f"job {job_id} never reached {states}: {last}") from None
 
 
+@pytest.mark.slow  # large images kept in flight for seconds
 def test_two_replicas_run_two_requests_in_parallel(two):
     st = two.client.get("/model-status").json()
     assert st["placement"]["mode"] == "replicas" and st["placement"]["devices"] == ["cpu", "cpu"]
     a = two.client.post("/jobs", json=job_body(**SLOW)).json()["id"]
     b = two.client.post("/jobs", json=job_body(**SLOW, seed=2)).json()["id"]
-    deadline, both = time.time() + 30, False
-    while time.time() < deadline and not both:
+
+    def both_running():
         ja, jb = two.client.get(f"/jobs/{a}").json(), two.client.get(f"/jobs/{b}").json()
-        both = ja["state"] == jb["state"] == "running"
-        time.sleep(0.02)
-    assert both, "the two jobs never ran at the same time"
+        return (ja, jb) if ja["state"] == jb["state"] == "running" else None
+
+    ja, jb = wait_for(both_running, 30, 0.02, "the two jobs to run at the same time")
     assert {ja["replica"], jb["replica"]} == {0, 1}
     for j in (a, b):
         assert wait_state(two, j, {"done"})["result"]["seed"] in (1, 2)
@@ -67,6 +83,7 @@ def test_replicas_give_the_same_bytes(two):
     assert a.json()["image"] == b.json()["image"]
 
 
+@pytest.mark.slow  # large images kept in flight for seconds
 def test_full_queue_gives_429_and_every_accepted_job_completes(two):
     accepted, refused = [], []
     for i in range(8):  # 2 replicas busy + a queue of 3: the rest are refused
@@ -91,6 +108,7 @@ def test_job_progress_state_and_result(two):
     assert two.client.get("/jobs/nope").status_code == 404
 
 
+@pytest.mark.slow  # large images kept in flight for seconds
 def test_cancel_a_queued_and_a_running_job(two):
     running = [two.client.post("/jobs", json=job_body(**SLOW, seed=i)).json()["id"] for i in range(2)]
     queued = two.client.post("/jobs", json=job_body(**SLOW, seed=9)).json()
@@ -98,8 +116,7 @@ def test_cancel_a_queued_and_a_running_job(two):
     r = two.client.delete(f"/jobs/{queued['id']}")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
     wait_state(two, running[0], {"running"})
-    while two.client.get(f"/jobs/{running[0]}").json()["step"] < 1:
-        time.sleep(0.02)
+    wait_for(lambda: two.client.get(f"/jobs/{running[0]}").json()["step"] >= 1, 60, 0.02, "the first step")
     assert two.client.delete(f"/jobs/{running[0]}").json()["cancel_requested"] is True
     end = wait_state(two, running[0], {"cancelled", "done"})
     assert end["state"] == "cancelled" and end["step"] < end["total_steps"]  # stopped early
@@ -109,7 +126,9 @@ def test_cancel_a_queued_and_a_running_job(two):
     assert gen(two).status_code == 200  # the replica that was interrupted still generates
 
 
-def test_sse_streams_one_event_per_step_then_the_result(two):
+@pytest.mark.socket
+def test_sse_streams_one_event_per_step_then_the_result(two_socket):
+    two = two_socket
     job = two.client.post("/jobs", json=job_body(num_inference_steps=4)).json()["id"]
     events = []
     with two.client.stream("GET", f"/jobs/{job}/events") as resp:
@@ -128,12 +147,19 @@ def test_sse_streams_one_event_per_step_then_the_result(two):
     assert events[-1][1]["seed"] == 1
 
 
-def test_sse_of_a_cancelled_job_ends_with_an_error(two):
+@pytest.mark.socket
+def test_sse_of_a_cancelled_job_ends_with_an_error(two_socket):
+    two = two_socket
     job = two.client.post("/jobs", json=job_body(**SLOW)).json()["id"]
     wait_state(two, job, {"running"})
-    threading.Timer(0.3, lambda: two.client.delete(f"/jobs/{job}")).start()
+    lines, cancel = [], None
     with two.client.stream("GET", f"/jobs/{job}/events") as resp:
-        lines = [line for line in resp.iter_lines() if line.startswith(("event:", "data:"))]
+        for line in resp.iter_lines():
+            if line.startswith(("event:", "data:")):
+                lines.append(line)
+            if cancel is None and line.startswith("data:"):  # the stream is attached: cancel the job now
+                cancel = two.client.delete(f"/jobs/{job}")
+    assert cancel.status_code == 200, cancel.text
     assert lines[-2] == "event: error" and '"cancelled"' in lines[-1]
 
 
@@ -147,18 +173,15 @@ def test_timeout_gives_504_and_stops_the_work(two, monkeypatch):
     assert gen(two).status_code == 200
 
 
-def test_client_disconnect_cancels_generate(two):
-    before = two.client.get("/metrics").text
+@pytest.mark.socket
+def test_client_disconnect_cancels_generate(two_socket):
+    two = two_socket
+    cancelled = 'flux_jobs_finished_total{state="cancelled"}'
+    before = _metric(two.client.get("/metrics").text, cancelled)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{two.url}/generate", json=job_body(**SLOW), timeout=0.5)
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        if _metric(two.client.get("/metrics").text, 'flux_jobs_finished_total{state="cancelled"}') > \
-                _metric(before, 'flux_jobs_finished_total{state="cancelled"}'):
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the disconnected request's job was not cancelled")
+    wait_for(lambda: _metric(two.client.get("/metrics").text, cancelled) > before, 10, 0.05,
+             "the disconnected request's job to be cancelled")
 
 
 def _metric(text: str, name: str) -> float:
@@ -232,6 +255,7 @@ def test_finished_jobs_are_bounded(two):
         sched.keep_finished = old
 
 
+@pytest.mark.socket
 def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cache_dir):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -240,20 +264,15 @@ def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cac
            "FLUX_BF16_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    # running_process() would hide the process, and this test signals it and reads its exit and log
     try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        ids = [httpx.post(f"{url}/jobs", json=job_body(width=512, height=512, num_inference_steps=8)).json()["id"]
-               for _ in range(3)]
-        while httpx.get(f"{url}/jobs/{ids[0]}").json()["state"] != "running":
-            time.sleep(0.02)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            wait_until_ready(client, 90, lambda: None if proc.poll() is None else f"exit status {proc.returncode}",
+                             poll_s=0.2)
+            ids = [client.post("/jobs", json=job_body(width=512, height=512, num_inference_steps=8)).json()["id"]
+                   for _ in range(3)]
+            wait_for(lambda: client.get(f"/jobs/{ids[0]}").json()["state"] == "running", 60, 0.02,
+                     "the first job to run")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -267,6 +286,7 @@ def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cac
     assert "Application shutdown complete" in out
 
 
+@pytest.mark.slow  # large images kept in flight for seconds
 def test_pinned_lora_applies_on_every_replica(two):
     try:
         assert two.client.post("/apply-lora", json={"lora_name": "style", "lora_weight": 0.7}).status_code == 200

@@ -1,7 +1,7 @@
 """The speed and memory settings (issue 5): compile=auto, cuda_graphs, memory_mode=low.
 
 CUDA graphs and the 4-bit T5 need a GPU: here their selection and the status they report are checked
-with stand-in GPUs (named as such); the GPU runs (scripts/gpu_graphs_check.py, the benchmark's LoRA
+with stand-in GPUs (named as such); the GPU runs (docs/gpu/2026-11-27-graphs-check/, the benchmark's LoRA
 check) check the rest. memory_mode=low runs for real on the CPU: the text encoders' separate path must give the same image every time and
 the same image as the default path up to 512 px; above it the VAE decodes in tiles: close, not equal.
 """
@@ -21,7 +21,7 @@ from flux_api.engine.devices import GPU, Hardware
 from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
 from flux_api.engine.status import precision
 from flux_api.settings import BF16Settings, FP4Settings
-from conftest import Served, gen
+from conftest import InProcess, gen
 from test_backends import NONE, pk, select_backend
 
 GiB = 2**30
@@ -84,7 +84,7 @@ def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
     big = {**body, "width": 768, "height": 768, "num_inference_steps": 2}
     images = {}
     for mode in ("default", "low"):
-        with Served(create_app(cls(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, memory_mode=mode))) as s:
+        with InProcess(create_app(cls(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, memory_mode=mode))) as s:
             s.wait_ready()
             st = s.client.get("/model-status").json()
             assert st["memory"]["mode"] == mode and st["cuda_graphs"]["on"] is False
