@@ -4,7 +4,8 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
     python -m flux_api.bench --model tiny --sizes 256 --steps 4                      # CPU, seconds
     python -m flux_api.bench --model full --targets stock,bf16,bf16+compile --out bench.json   # a GPU
 
-`--model full` builds the full-size random-weight FLUX.1-dev first (into /dev/shm when it fits).
+`--model full` builds the full-size random-weight FLUX.1-dev first (into /dev/shm when it fits;
+flux_api.random_model).
 Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`, each with any of `+compile` (compile=regional),
 `+eager` (compile=none), `+low` (memory_mode=low), `+nographs` (cuda_graphs=false); without them a
 service runs with its defaults.
@@ -16,7 +17,6 @@ import argparse
 import base64
 import io
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -178,17 +178,6 @@ def parse_target(t: str) -> tuple[str, str | None, dict]:
     return kind, backend or None, dict(_OPTIONS[o] for o in opts)
 
 
-def build_full_model() -> tuple[str, str]:
-    """The full-size random model and two random rank-16 LoRAs for it: (model folder, LoRA folder)."""
-    shm_free = shutil.disk_usage("/dev/shm").free if Path("/dev/shm").exists() else 0
-    root = "/dev/shm" if shm_free > 40 * 2**30 else "/tmp"
-    path, loras = f"{root}/flux-full", f"{root}/flux-loras"
-    if not (Path(path) / "model_index.json").exists():
-        subprocess.run([sys.executable, "scripts/build_random_model.py", "--size", "full", "--device", "cuda",
-                        "--out", path, "--lora-out", loras], cwd=ROOT, check=True)
-    return path, loras
-
-
 def run(args) -> dict:
     import diffusers
     import torch
@@ -199,8 +188,10 @@ def run(args) -> dict:
     lora_dir = None
     model = args.model
     if model == "full":
-        model, lora_dir = build_full_model()
-        args.lora = args.lora or "random-r16-0"
+        from .random_model import full_model, lora_names
+
+        model, lora_dir = map(str, full_model())
+        args.lora = args.lora or lora_names()[0]
     if model == "tiny":
         from .engine.tiny import ensure_tiny_model
         from .settings import BF16Settings

@@ -2,6 +2,7 @@
 a real setting: regional compile loads, generates, and refuses LoRA (which would recompile)."""
 
 import json
+from pathlib import Path
 
 from conftest import Served, gen
 from flux_api.app import create_app
@@ -54,3 +55,25 @@ def test_compiled_service_refuses_lora(cache_dir, lora_dir):
         assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
         r = s.client.post("/apply-lora", json={"lora_name": "style"})
         assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
+
+
+def test_full_model_is_built_once_in_a_child_and_lands_whole(tmp_path, monkeypatch):
+    # The 33.7 GB build itself is a GPU job; here the child process is a stand-in that writes a folder.
+    from flux_api import random_model
+
+    calls = []
+
+    def child(cmd, **kw):
+        calls.append(cmd)
+        out, loras = (Path(cmd[cmd.index(flag) + 1]) for flag in ("--out", "--lora-out"))
+        assert out.name.endswith(".partial") and loras.name.endswith(".partial")  # renamed only when done
+        out.mkdir(parents=True)
+        (out / "model_index.json").write_text("{}")
+        loras.mkdir()
+
+    monkeypatch.setattr(random_model.subprocess, "run", child)
+    (tmp_path / "flux-full.partial").mkdir()  # what a killed build leaves: never reused
+    first = random_model.full_model(tmp_path, device="cpu")
+    assert first == (tmp_path / "flux-full", tmp_path / "flux-loras") and len(calls) == 1
+    assert random_model.full_model(tmp_path, device="cpu") == first and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flux-full", "flux-loras"]
