@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flux_api.bench import ROOT, running_service  # noqa: E402
+from flux_api.service_process import ROOT, running_service  # noqa: E402
 from flux_api.bench import image_psnr as psnr  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"

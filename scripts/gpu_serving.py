@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from flux_api.bench import ROOT, running_service  # noqa: E402
+from flux_api.service_process import ROOT, running_service  # noqa: E402
 
 REQ = {"prompt": "a lighthouse on a cliff at dusk", "width": 1024, "height": 1024, "num_inference_steps": 28,
        "guidance_scale": 3.5, "output_format": "jpeg"}
