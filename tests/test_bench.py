@@ -4,9 +4,11 @@ a real setting: regional compile loads, generates, and refuses LoRA (which would
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import Served, gen
 from flux_api.app import create_app
-from flux_api.bench import main, natural_image
+from flux_api.bench import main, natural_image, parse_target
 from flux_api.settings import BF16Settings
 
 
@@ -30,6 +32,14 @@ def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch
     assert {"png1", "png6", "jpeg", "webp"} <= set(R["encoding_ms"]["natural"])
     printed = capsys.readouterr().out
     assert "| bf16 | diffusers | 256 |" in printed and "inf |" in printed  # the BF16 service matches stock exactly
+
+
+def test_bench_placement_options():
+    assert parse_target("bf16+replicas") == ("bf16", None, {"PLACEMENT": "replicas"})
+    assert parse_target("fp4:bnb-fp4+balanced+compile") == ("fp4", "bnb-fp4", {"PLACEMENT": "balanced", "COMPILE": "regional"})
+    assert parse_target("bf16+single")[2] == {"PLACEMENT": "single"}
+    with pytest.raises(ValueError, match="PLACEMENT"):  # two options for one setting: refused, not last-wins
+        parse_target("bf16+replicas+balanced")
 
 
 def test_natural_image_is_png_s_typical_case_not_its_worst():

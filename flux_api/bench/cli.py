@@ -3,11 +3,13 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
 
     python -m flux_api.bench --model tiny --sizes 256 --steps 4                      # CPU, seconds
     python -m flux_api.bench --model full --targets stock,bf16,bf16+compile --out bench.json   # a GPU
+    python -m flux_api.bench --model full --targets bf16+single,bf16+replicas,bf16+balanced \\
+        --sizes 1024 --concurrency 1 2 4                                             # 2 GPUs: placement
 
 `--model full` builds the full-size random-weight FLUX.1-dev first (into /dev/shm when it fits;
 flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`, each with any of `+compile`
-(compile=regional), `+eager` (compile=none), `+low` (memory_mode=low), `+nographs` (cuda_graphs=false);
-without them a service runs with its defaults.
+(compile=regional), `+eager` (compile=none), `+low` (memory_mode=low), `+nographs` (cuda_graphs=false),
+`+single` / `+replicas` / `+balanced` (placement); without them a service runs with its defaults.
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stock-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv
+    for t in args.targets:
+        try:
+            parse_target(t)
+        except ValueError as e:
+            ap.error(str(e))
     if args.stock_child:
         print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps)), flush=True)
         return

@@ -58,6 +58,7 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
     st = client.get("/model-status").json()
     res["backend"], res["precision"], res["compile"] = st["backend"], st["precision"]["transformer"], st.get("compile")
     res["cuda_graphs"], res["memory"] = st.get("cuda_graphs"), st.get("memory")
+    res["placement"] = {k: st.get("placement", {}).get(k) for k in ("mode", "devices")}
     dev = st["devices"][0]
     res["peak_mib"] = dev.get("peak_allocated_mib", dev.get("process_peak_rss_mib"))
     res["peak_reserved_mib"] = dev.get("peak_reserved_mib")

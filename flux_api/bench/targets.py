@@ -11,6 +11,9 @@ OPTIONS = {
     "eager": ("COMPILE", "none"),
     "low": ("MEMORY_MODE", "low"),
     "nographs": ("CUDA_GRAPHS", "false"),
+    "single": ("PLACEMENT", "single"),
+    "replicas": ("PLACEMENT", "replicas"),
+    "balanced": ("PLACEMENT", "balanced"),
 }
 
 
@@ -21,6 +24,10 @@ def parse_target(t: str) -> tuple[str, str | None, dict]:
     unknown = [o for o in opts if o not in OPTIONS]
     if unknown:
         raise ValueError(f"unknown target option(s) {unknown} in {t!r}; known: {sorted(OPTIONS)}")
+    settings = [OPTIONS[o][0] for o in opts]
+    clash = sorted({s for s in settings if settings.count(s) > 1})
+    if clash:
+        raise ValueError(f"target {t!r} sets {clash} twice; give one option per setting")
     return kind, backend or None, dict(OPTIONS[o] for o in opts)
 
 
