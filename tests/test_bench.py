@@ -1,5 +1,7 @@
-"""The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), and compiling is
-a real setting: regional compile loads, generates, and refuses LoRA (which would recompile)."""
+"""The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), its target options
+become service settings, its LoRA check times switching, and the full-size model it runs on is built
+once; compiling is a real setting: regional compile loads, generates, and refuses LoRA (which would
+recompile)."""
 
 import json
 from pathlib import Path
@@ -40,6 +42,18 @@ def test_bench_placement_options():
     assert parse_target("bf16+single")[2] == {"PLACEMENT": "single"}
     with pytest.raises(ValueError, match="PLACEMENT"):  # two options for one setting: refused, not last-wins
         parse_target("bf16+replicas+balanced")
+
+
+def test_bench_lora_check_times_switching(tmp_path, tiny_dir, cache_dir, lora_dir, monkeypatch):
+    monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "bench.json"
+    main(["--model", str(tiny_dir), "--targets", "bf16", "--sizes", "256", "--steps", "2", "--concurrency",
+          "--unseen", "256", "--repeats", "1", "--lora", "style,detail", "--lora-dir", str(lora_dir),
+          "--port", "8392", "--out", str(out)])
+    check = json.loads(out.read_text())["targets"]["bf16"]["lora_check"]
+    assert check["status"] == 200 and check["lora_changes_image"] and check["base_after_lora_identical"]
+    ms = check["lora_ms_load_then_switches"]
+    assert len(ms) == 6 and all(x > 0 for x in ms)
 
 
 def test_natural_image_is_png_s_typical_case_not_its_worst():

@@ -6,10 +6,12 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
     python -m flux_api.bench --model full --targets bf16+single,bf16+replicas,bf16+balanced \\
         --sizes 1024 --concurrency 1 2 4                                             # 2 GPUs: placement
 
-`--model full` builds the full-size random-weight FLUX.1-dev first (into /dev/shm when it fits;
-flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`, each with any of `+compile`
-(compile=regional), `+eager` (compile=none), `+low` (memory_mode=low), `+nographs` (cuda_graphs=false),
-`+single` / `+replicas` / `+balanced` (placement); without them a service runs with its defaults.
+`--model full` builds the full-size random-weight FLUX.1-dev and two random LoRAs first (into
+/dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
+each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
+`+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` (placement); without them a
+service runs with its defaults. `--lora A[,B]` checks a LoRA against CUDA graphs on each
+uncompiled target and, given two, times switching between them.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ def run(args) -> dict:
     R = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
          "diffusers": diffusers.__version__, "command": "python -m flux_api.bench " + " ".join(args.argv),
          "sizes": args.sizes, "steps": args.steps, "targets": {}}
-    lora_dir = None
+    lora_dir = args.lora_dir
     model = args.model
     if model == "full":
         from ..random_model import full_model, lora_names
 
-        model, lora_dir = map(str, full_model())
-        args.lora = args.lora or lora_names()[0]
+        model, full_loras = map(str, full_model())
+        lora_dir = lora_dir or full_loras
+        args.lora = args.lora or lora_names()
     if model == "tiny":
         from ..engine.tiny import ensure_tiny_model
         from ..settings import BF16Settings
@@ -86,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--concurrency-for", type=lambda s: s.split(","),
                     help="targets that get the images/min runs (default: all; GPU time is scarce)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per size (the best is reported, all are kept)")
-    ap.add_argument("--lora", help="a LoRA name to check against CUDA graphs (--model full makes random ones)")
+    ap.add_argument("--lora", type=lambda s: s.split(","),
+                    help="LoRA name(s), comma-separated: the first is checked against CUDA graphs, switching to a "
+                    "second is timed (--model full makes two random ones)")
+    ap.add_argument("--lora-dir", help="the services' LoRA folder (default: --model full's random LoRAs)")
     ap.add_argument("--unseen", type=int, default=768, help="a size no warm-up ran, for the first-request cost")
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--out", default="bench.json")

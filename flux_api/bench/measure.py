@@ -10,7 +10,7 @@ PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
 
 
 def measure_service(client, sizes: list[int], steps: int, concurrency: list[int], unseen: int,
-                    concurrency_px: int, lora: str | None = None, repeats: int = 3) -> dict:
+                    concurrency_px: int, loras: list[str] | None = None, repeats: int = 3) -> dict:
     def post(px, seed=1, **kw):
         return client.post("/generate", json={"prompt": PROMPT, "width": px, "height": px,
                                               "num_inference_steps": steps, "seed": seed, **kw})
@@ -43,15 +43,19 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
             list(pool.map(lambda i: once(concurrency_px, seed=10 + i), range(n)))
         res.setdefault("images_per_min", {})[c] = round(n * 60 / (time.perf_counter() - t0), 2)
     res["images_per_min_px"] = concurrency_px
-    if lora:  # CUDA graphs replay the base model only: a LoRA must change the image, and leave no trace
+    if loras:  # CUDA graphs replay the base model only: a LoRA must change the image, and leave no trace
         px = min(sizes)
-        before, with_lora = once(px, seed=5), post(px, seed=5, lora_name=lora)
+        before, with_lora = once(px, seed=5), post(px, seed=5, lora_name=loras[0])
         after = once(px, seed=5)
         check = {"status": with_lora.status_code, "base_latency_s": before["latency_s"]}
         if with_lora.status_code == 200:
             check.update(lora_changes_image=with_lora.json()["image"] != before["body"]["image"],
                          base_after_lora_identical=after["body"]["image"] == before["body"]["image"],
                          lora_inference_ms=with_lora.json()["timings"]["inference_ms"])
+            if len(loras) > 1:  # the second one loads, then each request switches (1 step each)
+                names = [loras[1], loras[0]] * 3
+                check["lora_ms_load_then_switches"] = [
+                    once(px, seed=0, num_inference_steps=1, lora_name=n)["body"]["timings"]["lora_ms"] for n in names]
         else:
             check["error"] = with_lora.json().get("error", {}).get("message")
         res["lora_check"] = check
