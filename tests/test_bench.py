@@ -1,11 +1,16 @@
-"""The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), and compiling is
-a real setting: regional compile loads, generates, and refuses LoRA (which would recompile)."""
+"""The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), its target options
+become service settings, its LoRA check times switching, and the full-size model it runs on is built
+once; compiling is a real setting: regional compile loads, generates, and refuses LoRA (which would
+recompile)."""
 
 import json
+from pathlib import Path
+
+import pytest
 
 from conftest import Served, gen
 from flux_api.app import create_app
-from flux_api.bench import main, natural_image
+from flux_api.bench import main, natural_image, parse_target
 from flux_api.settings import BF16Settings
 
 
@@ -31,6 +36,26 @@ def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch
     assert "| bf16 | diffusers | 256 |" in printed and "inf |" in printed  # the BF16 service matches stock exactly
 
 
+def test_bench_placement_options():
+    assert parse_target("bf16+replicas") == ("bf16", None, {"PLACEMENT": "replicas"})
+    assert parse_target("fp4:bnb-fp4+balanced+compile") == ("fp4", "bnb-fp4", {"PLACEMENT": "balanced", "COMPILE": "regional"})
+    assert parse_target("bf16+single")[2] == {"PLACEMENT": "single"}
+    with pytest.raises(ValueError, match="PLACEMENT"):  # two options for one setting: refused, not last-wins
+        parse_target("bf16+replicas+balanced")
+
+
+def test_bench_lora_check_times_switching(tmp_path, tiny_dir, cache_dir, lora_dir, monkeypatch):
+    monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
+    out = tmp_path / "bench.json"
+    main(["--model", str(tiny_dir), "--targets", "bf16", "--sizes", "256", "--steps", "2", "--concurrency",
+          "--unseen", "256", "--repeats", "1", "--lora", "style,detail", "--lora-dir", str(lora_dir),
+          "--port", "8392", "--out", str(out)])
+    check = json.loads(out.read_text())["targets"]["bf16"]["lora_check"]
+    assert check["status"] == 200 and check["lora_changes_image"] and check["base_after_lora_identical"]
+    ms = check["lora_ms_load_then_switches"]
+    assert len(ms) == 6 and all(x > 0 for x in ms)
+
+
 def test_natural_image_is_png_s_typical_case_not_its_worst():
     import numpy as np
     from PIL import Image
@@ -54,3 +79,25 @@ def test_compiled_service_refuses_lora(cache_dir, lora_dir):
         assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
         r = s.client.post("/apply-lora", json={"lora_name": "style"})
         assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
+
+
+def test_full_model_is_built_once_in_a_child_and_lands_whole(tmp_path, monkeypatch):
+    # The 33.7 GB build itself is a GPU job; here the child process is a stand-in that writes a folder.
+    from flux_api import random_model
+
+    calls = []
+
+    def child(cmd, **kw):
+        calls.append(cmd)
+        out, loras = (Path(cmd[cmd.index(flag) + 1]) for flag in ("--out", "--lora-out"))
+        assert out.name.endswith(".partial") and loras.name.endswith(".partial")  # renamed only when done
+        out.mkdir(parents=True)
+        (out / "model_index.json").write_text("{}")
+        loras.mkdir()
+
+    monkeypatch.setattr(random_model.subprocess, "run", child)
+    (tmp_path / "flux-full.partial").mkdir()  # what a killed build leaves: never reused
+    first = random_model.full_model(tmp_path, device="cpu")
+    assert first == (tmp_path / "flux-full", tmp_path / "flux-loras") and len(calls) == 1
+    assert random_model.full_model(tmp_path, device="cpu") == first and len(calls) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flux-full", "flux-loras"]

@@ -3,12 +3,14 @@
 bitwise-equal images, a second size, true CFG, then clear() (what a LoRA load does) and capture again.
 
     python scripts/gpu_graphs_check.py
+
+A RECORD of the H100 run of 2026-11-27, not maintained code: see README.md next to it.
 """
 
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 
 import torch  # noqa: E402
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Measure the speed levers in one process, before building them into the services (issue 5).
 
+A RECORD of the H100 run of 2026-11-27, not maintained code: see README.md next to it.
+
     python scripts/gpu_explore.py --part bf16  --out DIR    # attention, fused QKV, compile, CUDA graphs,
                                                             # VAE, FBCache, batching, CPU text encoders
     python scripts/gpu_explore.py --part quant --out DIR    # fp8 / bnb-fp4 / int4 (+ compile, graphs), 4-bit T5
@@ -17,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root
 
 import torch  # noqa: E402
 

@@ -1,0 +1,113 @@
+"""The benchmark: each service and backend end to end through HTTP (a real uvicorn process per
+target, an HTTP client), against stock diffusers in the same run. Prints a table and writes JSON.
+
+    python -m flux_api.bench --model tiny --sizes 256 --steps 4                      # CPU, seconds
+    python -m flux_api.bench --model full --targets stock,bf16,bf16+compile --out bench.json   # a GPU
+    python -m flux_api.bench --model full --targets bf16+single,bf16+replicas,bf16+balanced \\
+        --sizes 1024 --concurrency 1 2 4                                             # 2 GPUs: placement
+
+`--model full` builds the full-size random-weight FLUX.1-dev and two random LoRAs first (into
+/dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
+each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
+`+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` (placement); without them a
+service runs with its defaults. `--lora A[,B]` checks a LoRA against CUDA graphs on each
+uncompiled target and, given two, times switching between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..service_process import running_service
+from .images import decode_b64, encoding_costs, natural_image
+from .measure import measure_service
+from .report import table, without_images
+from .stock import run_stock, stock_child
+from .targets import parse_target, service_env
+
+
+def run(args) -> dict:
+    import diffusers
+    import torch
+
+    R = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+         "diffusers": diffusers.__version__, "command": "python -m flux_api.bench " + " ".join(args.argv),
+         "sizes": args.sizes, "steps": args.steps, "targets": {}}
+    lora_dir = args.lora_dir
+    model = args.model
+    if model == "full":
+        from ..random_model import full_model, lora_names
+
+        model, full_loras = map(str, full_model())
+        lora_dir = lora_dir or full_loras
+        args.lora = args.lora or lora_names()
+    if model == "tiny":
+        from ..engine.tiny import ensure_tiny_model
+        from ..settings import BF16Settings
+
+        model = str(ensure_tiny_model(BF16Settings(model="tiny").cache_dir))
+    for i, target in enumerate(args.targets):
+        print(f"[{time.strftime('%H:%M:%S')}] {target}", flush=True)
+        kind, backend, options = parse_target(target)
+        try:
+            if kind == "stock":
+                R["targets"][target] = run_stock(model, args.sizes, args.steps)
+            else:
+                env = service_env(kind, options, args.sizes, lora_dir)
+                with running_service(kind, model, args.port + i, backend=backend, env=env,
+                                     log_path=f"/tmp/bench-{i}.log") as (client, ready_s):
+                    wanted = args.concurrency_for is None or target in args.concurrency_for
+                    res = measure_service(client, args.sizes, args.steps, args.concurrency if wanted else [],
+                                          args.unseen, args.concurrency_px or min(args.sizes),
+                                          args.lora if "COMPILE" not in options else None, args.repeats)
+                    res["ready_s"] = ready_s
+                    R["targets"][target] = res
+        except Exception as e:  # noqa: BLE001 - record it and go on with the next target
+            R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
+        print(json.dumps(without_images(R["targets"][target]), default=str)[:1500], flush=True)
+        Path(args.out).write_text(json.dumps(R, indent=1, default=str))  # what is done survives a kill
+    px = max(args.sizes)
+    model_out = next((decode_b64(t["last_image_b64"][px]) for t in R["targets"].values() if "last_image_b64" in t), None)
+    R["encoding_ms"] = encoding_costs({"natural": natural_image(px), **({"model_output": model_out} if model_out else {})})
+    return R
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="python -m flux_api.bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="tiny", help="tiny | full | a diffusers folder")
+    ap.add_argument("--targets", type=lambda s: s.split(","), default=["stock", "bf16", "fp4"])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 8])
+    ap.add_argument("--concurrency-px", type=int, help="size of the images/min runs (default: the smallest size)")
+    ap.add_argument("--concurrency-for", type=lambda s: s.split(","),
+                    help="targets that get the images/min runs (default: all; GPU time is scarce)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per size (the best is reported, all are kept)")
+    ap.add_argument("--lora", type=lambda s: s.split(","),
+                    help="LoRA name(s), comma-separated: the first is checked against CUDA graphs, switching to a "
+                    "second is timed (--model full makes two random ones)")
+    ap.add_argument("--lora-dir", help="the services' LoRA folder (default: --model full's random LoRAs)")
+    ap.add_argument("--unseen", type=int, default=768, help="a size no warm-up ran, for the first-request cost")
+    ap.add_argument("--port", type=int, default=8301)
+    ap.add_argument("--out", default="bench.json")
+    ap.add_argument("--stock-child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.argv = argv
+    for t in args.targets:
+        try:
+            parse_target(t)
+        except ValueError as e:
+            ap.error(str(e))
+    if args.stock_child:
+        print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps)), flush=True)
+        return
+    R = run(args)
+    Path(args.out).write_text(json.dumps(R, indent=1, default=str))
+    Path(args.out).with_suffix(".summary.json").write_text(json.dumps(without_images(R), indent=1, default=str))
+    print("\n" + table(R))

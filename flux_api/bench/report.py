@@ -1,0 +1,41 @@
+"""The benchmark's report: one markdown table row per target and size, then each service's settings."""
+
+from __future__ import annotations
+
+from .images import psnr
+
+
+def without_images(obj):
+    if isinstance(obj, dict):
+        return {k: without_images(v) for k, v in obj.items() if k not in ("last_image_b64", "png_b64")}
+    return obj
+
+
+def table(R: dict) -> str:
+    stock = R["targets"].get("stock", {})
+    rows = ["| target | backend | size | latency s | vs stock | s/step | overhead % | encode ms | ready s | unseen size 1st/2nd s | images/min by concurrency | peak MiB alloc / reserved | PSNR vs stock |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in R["targets"].items():
+        if "error" in t:
+            rows.append(f"| {name} | ERROR: {t['error'][:160]} |")
+            continue
+        for px, s in t["sizes"].items():
+            base = stock.get("sizes", {}).get(px, {}).get("latency_s")
+            ratio = round(s["latency_s"] / base, 3) if base else "-"
+            if name == "stock":
+                rows.append(f"| stock | diffusers eager | {px} | {s['latency_s']} | 1.0 | - | - | - | {t.get('load_s')} | - | - | {t.get('peak_mib', '-')} | - |")
+                continue
+            ps = psnr(t["last_image_b64"][px], stock["sizes"][px]["png_b64"]) if base else "-"
+            u = t["unseen_size"]
+            rows.append(f"| {name} | {t['backend']} | {px} | {s['latency_s']} | {ratio} | {s['s_per_step']} | {s['overhead_pct']} | "
+                        f"{s['encode_ms']} | {t['ready_s']} | {u['first_latency_s']}/{u['second_latency_s']} ({u['px']}px) | "
+                        f"{t.get('images_per_min')} @{t.get('images_per_min_px')}px | {t['peak_mib']} / "
+                        f"{t.get('peak_reserved_mib')} | {ps} |")
+    for name, t in R["targets"].items():
+        if t.get("lora_check") or t.get("memory"):
+            rows.append(f"\n{name}: placement {t.get('placement')}; compile {t.get('compile')}; CUDA graphs "
+                        f"{t.get('cuda_graphs')}; memory {t.get('memory')}; LoRA check {t.get('lora_check')}")
+    enc = "; ".join(f"{label}: " + ", ".join(f"{k} {v['ms']} ms/{v['kib']} KiB" for k, v in d.items())
+                    for label, d in R.get("encoding_ms", {}).items())
+    return "\n".join(rows) + f"\n\nImage encoding at {max(R['sizes'])}px (host CPU): {enc}\n" + \
+        f"GPU: {R['gpu']}; torch {R['torch']}; diffusers {R['diffusers']}; command: {R['command']}"

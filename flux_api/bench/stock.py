@@ -1,0 +1,56 @@
+"""Stock diffusers, the baseline: FluxPipeline, eager, as its docs show it (no HTTP), in a child
+process (`python -m flux_api.bench --stock-child MODEL`) so that it gives its memory back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+import time
+
+from ..service_process import ROOT
+from .measure import PROMPT
+
+
+def stock_child(model: str, sizes: list[int], steps: int) -> dict:
+    import torch
+    from diffusers import FluxPipeline
+
+    cuda = torch.cuda.is_available()
+    dtype = torch.bfloat16 if cuda else torch.float32
+    t = time.perf_counter()
+    pipe = FluxPipeline.from_pretrained(model, dtype=dtype)
+    pipe = pipe.to("cuda") if cuda else pipe
+    pipe.set_progress_bar_config(disable=True)
+    out = {"load_s": round(time.perf_counter() - t, 2), "sizes": {}}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    for px in sizes:
+        pipe(PROMPT, width=px, height=px, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+        ts = []
+        for _ in range(3):
+            sync()
+            t = time.perf_counter()
+            img = pipe(PROMPT, width=px, height=px, num_inference_steps=steps, guidance_scale=3.5,
+                       generator=torch.Generator().manual_seed(1)).images[0]
+            sync()
+            ts.append(round(time.perf_counter() - t, 3))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out["sizes"][px] = {"latency_s": min(ts), "all_latency_s": ts, "png_b64": base64.b64encode(buf.getvalue()).decode()}
+    if cuda:
+        out["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def run_stock(model: str, sizes: list[int], steps: int) -> dict:
+    """`stock_child` in a child process; its result, or {"error": its stderr tail}."""
+    p = subprocess.run([sys.executable, "-m", "flux_api.bench", "--stock-child", model, "--sizes", *map(str, sizes),
+                        "--steps", str(steps)], cwd=ROOT, capture_output=True, text=True)
+    line = [x for x in p.stdout.splitlines() if x.startswith("STOCK ")]
+    if not line:
+        return {"error": p.stderr[-3000:]}
+    res = json.loads(line[0][6:])
+    res["sizes"] = {int(k): v for k, v in res["sizes"].items()}  # JSON made the sizes strings
+    return res

@@ -1,0 +1,39 @@
+"""Benchmark targets: `stock`, `bf16`, `fp4` or `fp4:<backend>`, each with options that become the
+service's settings (environment variables `FLUX_<SERVICE>_<NAME>`)."""
+
+from __future__ import annotations
+
+import json
+
+# option -> (setting, value)
+OPTIONS = {
+    "compile": ("COMPILE", "regional"),
+    "eager": ("COMPILE", "none"),
+    "low": ("MEMORY_MODE", "low"),
+    "nographs": ("CUDA_GRAPHS", "false"),
+    "single": ("PLACEMENT", "single"),
+    "replicas": ("PLACEMENT", "replicas"),
+    "balanced": ("PLACEMENT", "balanced"),
+}
+
+
+def parse_target(t: str) -> tuple[str, str | None, dict]:
+    """`fp4:bnb-fp4+compile+low` -> ("fp4", "bnb-fp4", {"COMPILE": "regional", "MEMORY_MODE": "low"})."""
+    base, *opts = t.split("+")
+    kind, _, backend = base.partition(":")
+    unknown = [o for o in opts if o not in OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown target option(s) {unknown} in {t!r}; known: {sorted(OPTIONS)}")
+    settings = [OPTIONS[o][0] for o in opts]
+    clash = sorted({s for s in settings if settings.count(s) > 1})
+    if clash:
+        raise ValueError(f"target {t!r} sets {clash} twice; give one option per setting")
+    return kind, backend or None, dict(OPTIONS[o] for o in opts)
+
+
+def service_env(kind: str, options: dict, warmup_sizes: list[int], lora_dir: str | None) -> dict:
+    """The environment a target's service runs with."""
+    prefix = f"FLUX_{kind.upper()}_"
+    env = {"WARMUP_SIZES": json.dumps(sorted(set(warmup_sizes), reverse=True)),
+           **({"LORA_DIR": str(lora_dir)} if lora_dir else {}), **options}
+    return {prefix + k: v for k, v in env.items()}
