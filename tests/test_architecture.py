@@ -122,3 +122,36 @@ def test_the_preflight_asks_the_configured_hub_endpoint(hub, tmp_path):  # noqa:
     manager = BF16FluxModelManager(BF16Settings(model="org/missing", cache_dir=tmp_path, hub_endpoint=hub), Hardware())
     with pytest.raises(ModelSourceError, match="org/missing was not found"):
         manager.preflight()
+
+
+def test_nunchaku_adapters_load_the_checked_files_without_a_diffusers_shape_check(lora_dir):
+    """Nunchaku cannot be installed here: its transformer is a stand-in (named so) that records the calls
+    Nunchaku's documented LoRA API receives. Everything around it is real: the checker, the files."""
+    from types import SimpleNamespace
+
+    from flux_api.engine.backends.nunchaku import NunchakuAdapters, NunchakuBackend
+    from flux_api.engine.checks import LoraChecker
+    from flux_api.engine.lora import LoraResolver, LoraSpec
+
+    class StandInNunchakuTransformer:
+        def __init__(self):
+            self.calls = []
+
+        def update_lora_params(self, path):
+            self.calls.append(("update", path))
+
+        def set_lora_strength(self, weight):
+            self.calls.append(("strength", weight))
+
+        def reset_lora(self):
+            self.calls.append(("reset",))
+
+    assert NunchakuBackend.checks_lora_fit is False
+    pipe = SimpleNamespace(transformer=StandInNunchakuTransformer())
+    resolver = LoraResolver(lora_dir, hub=False)
+    files = LoraChecker(resolver).check([LoraSpec("style", 0.7)], pipe, fit=False)  # no layers to check
+    adapters = NunchakuAdapters(pipe, resolver, 4, "nunchaku")
+    adapters.activate((LoraSpec("style", 0.7),), set(), files)
+    assert pipe.transformer.calls == [("update", str(files["style"].path)), ("strength", 0.7)]
+    adapters.activate((), set())
+    assert pipe.transformer.calls[-1] == ("reset",)

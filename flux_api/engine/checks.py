@@ -25,8 +25,9 @@ class LoraChecker:
         self._lock = threading.Lock()
         self._max = max_remembered
 
-    def check(self, loras: Iterable[LoraSpec], pipe) -> dict[str, LoraFile]:
-        """Each LoRA's file, checked; the first problem raises (LoraNotFound, InvalidLora, ...)."""
+    def check(self, loras: Iterable[LoraSpec], pipe, fit: bool = True) -> dict[str, LoraFile]:
+        """Each LoRA's file, checked (against `pipe`'s layers too, where `fit`); the first problem
+        raises (LoraNotFound, InvalidLora, ...)."""
         files = {}
         for spec in loras:
             found = self.resolver.resolve(spec.name)
@@ -36,12 +37,13 @@ class LoraChecker:
                 passed = key in self._passed
             if not passed:
                 inspect_lora(found.path)  # a damaged or non-LoRA file never reaches the model
-                check_lora_fits(pipe, found.path, spec.name)
+                if fit:
+                    check_lora_fits(pipe, found.path, spec.name)
                 with self._lock:
                     if len(self._passed) >= self._max:
                         self._passed.clear()
                     self._passed.add(key)
-            files[spec.name] = found.checked(sha)
+            files[spec.name] = found.checked(sha, fit)
         return files
 
 

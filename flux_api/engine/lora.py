@@ -51,8 +51,8 @@ class LoraFile:
             raise InvalidLora(f"LoRA {self.name!r} changed on disk after it was checked; send the request again")
         return self
 
-    def checked(self, sha256: str) -> "LoraFile":
-        return replace(self, sha256=sha256, fit_checked=True)
+    def checked(self, sha256: str, fit_checked: bool = True) -> "LoraFile":
+        return replace(self, sha256=sha256, fit_checked=fit_checked)
 
 
 _HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file is hashed once per version

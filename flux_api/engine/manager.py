@@ -245,7 +245,7 @@ class FluxModelManager:
         self.require_ready()
         loras = params.loras or ()
         refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
-        return CheckedRequest(params, self.lora_checks.check(loras, self.pipe))
+        return CheckedRequest(params, self.lora_checks.check(loras, self.pipe, self.backend.checks_lora_fit))
 
     def submit(self, request: CheckedRequest, deadline: float | None = None, request_id: str | None = None) -> Job:
         """Queue a checked generation. Raises ModelNotReady or QueueFull at once; never blocks."""
@@ -285,7 +285,7 @@ class FluxModelManager:
         """Pin a LoRA set for requests that name none, on every replica: all of it, or nothing changes."""
         self.require_ready()
         refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
-        files = self.lora_checks.check(loras, self.pipe)
+        files = self.lora_checks.check(loras, self.pipe, self.backend.checks_lora_fit)
         self.pinning.apply(loras, files, self.on_every_replica)
         return self.lora_status()
 

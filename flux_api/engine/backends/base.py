@@ -44,6 +44,9 @@ class Backend:
     # torch.compile(fullgraph=...): False where the backend's layers break the graph.
     fullgraph: ClassVar[bool] = True
     adapter_class: ClassVar[type[AdapterSet]] = AdapterSet
+    # Whether a LoRA's tensors are checked against the model's layers before it loads (diffusers widens
+    # a layer to fit a LoRA made for another model instead of refusing it).
+    checks_lora_fit: ClassVar[bool] = True
     # What to suggest when this backend is asked for and cannot run.
     alternatives: ClassVar[str] = ""
     # Where it runs; most backends need nothing more than this to say `problem`.

@@ -31,14 +31,15 @@ class NunchakuAdapters(AdapterSet):
     """Nunchaku has one LoRA slot: update_lora_params replaces (it does not stack), so several LoRAs
     are merged with compose_lora first; reset_lora removes it (a strength of 0 would not)."""
 
-    def activate(self, loras: tuple[LoraSpec, ...], pinned=frozenset(), files=None) -> None:
+    def activate(self, loras: tuple[LoraSpec, ...], pinned=frozenset(), checked=None) -> None:
         if self.active is not None and self.active == loras:
             return
         transformer = self.pipe.transformer
         if not loras:
             transformer.reset_lora()
         else:
-            paths = [str((files or {}).get(s.name) or self.resolver.resolve(s.name).path) for s in loras]
+            files = self.files_to_load(loras, checked)  # no adapter cache here: every file, re-checked
+            paths = [str(files[s.name].path) for s in loras]
             if len(loras) == 1:
                 transformer.update_lora_params(paths[0])
                 transformer.set_lora_strength(loras[0].weight)
@@ -62,6 +63,9 @@ class NunchakuBackend(Backend):
     name = "nunchaku"
     size_factor = 0.3
     adapter_class = NunchakuAdapters
+    # Nunchaku converts LoRA formats into its own layers (update_lora_params): diffusers' shape check
+    # against a diffusers transformer does not apply to its model.
+    checks_lora_fit = False
     alternatives = "choose backend torchao-fp8 (sm_89+) or bnb-fp4 (any CUDA GPU), or auto"
     precision_text = "Nunchaku SVDQuant W4A4 {b.kind}, rank {b.settings.nunchaku_rank} low-rank branch"
 
