@@ -2,11 +2,14 @@
 once while the GPU is busy, and never takes a queue slot), the worker re-checking a LoRA file by its
 hash, the backend registry, and the per-service body schema in the OpenAPI document."""
 
+import base64
+import io
 import shutil
 import time
 import typing
 
 import pytest
+from PIL import Image
 
 from conftest import InProcess, gen
 from test_hub_errors import hub  # noqa: F401 - the stand-in Hub fixture
@@ -108,10 +111,10 @@ def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch):
 
     monkeypatch.setitem(BACKENDS, "stand-in", StandInBackend)
     pkgs = Packages(NunchakuProbe(installed=False), bitsandbytes=False, torchao=True)
-    cpu = Service.select_backend("auto", Hardware(), pkgs)
+    cpu = Service.choose_backend("auto", Hardware(), pkgs)
     assert cpu.name == "torchao-int8" and "not stand-in: needs a GPU" in cpu.reason
     with pytest.raises(Exception, match="needs a GPU"):
-        Service.select_backend("stand-in", Hardware(), pkgs)
+        Service.choose_backend("stand-in", Hardware(), pkgs)
 
 
 def test_the_preflight_asks_the_configured_hub_endpoint(hub, tmp_path):  # noqa: F811 - the fixture
@@ -155,3 +158,52 @@ def test_nunchaku_adapters_load_the_checked_files_without_a_diffusers_shape_chec
     assert pipe.transformer.calls == [("update", str(files["style"].path)), ("strength", 0.7)]
     adapters.activate((), set())
     assert pipe.transformer.calls[-1] == ("reset",)
+
+
+def test_a_lora_file_changed_between_requests_is_loaded_again(cache_dir, lora_dir, tmp_path):
+    own = tmp_path / "loras"
+    own.mkdir()
+    shutil.copy(lora_dir / "style.safetensors", own / "mine.safetensors")
+    shutil.copy(lora_dir / "detail.safetensors", own / "detail.safetensors")
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=own, default_steps=2,
+                            default_width=256, default_height=256)
+    with InProcess(create_app(settings)) as s:
+        s.wait_ready()
+        def pixels(name):
+            return Image.open(io.BytesIO(base64.b64decode(gen(s, lora_name=name).json()["image"]))).tobytes()
+
+        style = pixels("mine")
+        shutil.copy(own / "detail.safetensors", own / "mine.safetensors")  # the adapter "mine" is cached
+        now = pixels("mine")
+        assert now != style and now == pixels("detail")  # the new bytes, not the cached adapter
+
+
+def test_error_types_are_the_contract_strings():
+    """Clients switch on these; they are derived from the class names, so a rename must not change them."""
+    from flux_api import errors as E
+
+    assert {cls.__name__: cls.type for cls in (
+        E.FluxAPIError, E.ModelNotReady, E.ModelSourceError, E.HubAuthError, E.HubUnreachable, E.BackendUnavailable,
+        E.InvalidRequest, E.LoraNotFound, E.InvalidLora, E.LoraNotAllowed, E.LoraHubUnreachable, E.QueueFull,
+        E.JobNotFound, E.JobCancelled, E.GenerationTimeout, E.GPUOutOfMemory, E.GenerationFailed)} == {
+        "FluxAPIError": "internal_error", "ModelNotReady": "model_not_ready", "ModelSourceError": "model_source_error",
+        "HubAuthError": "hub_auth_error", "HubUnreachable": "hub_unreachable",
+        "BackendUnavailable": "backend_unavailable", "InvalidRequest": "invalid_request",
+        "LoraNotFound": "lora_not_found", "InvalidLora": "invalid_lora", "LoraNotAllowed": "lora_not_allowed",
+        "LoraHubUnreachable": "lora_hub_unreachable", "QueueFull": "queue_full", "JobNotFound": "job_not_found",
+        "JobCancelled": "cancelled", "GenerationTimeout": "timeout", "GPUOutOfMemory": "out_of_memory",
+        "GenerationFailed": "generation_failed"}
+
+
+def test_a_lora_file_that_cannot_be_read_is_a_422_not_a_500(lora_dir, monkeypatch):
+    """Root reads any file here, so the unreadable file is a stand-in: hashing it raises PermissionError."""
+    from flux_api.engine import checks
+    from flux_api.engine.lora import LoraResolver, LoraSpec
+    from flux_api.errors import InvalidLora
+
+    def unreadable(path, fresh=False):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checks, "file_sha256", unreadable)
+    with pytest.raises(InvalidLora, match="cannot be read: .*Permission denied"):
+        checks.LoraChecker(LoraResolver(lora_dir, hub=False)).check([LoraSpec("style", 1.0)], pipe=None)

@@ -31,7 +31,7 @@ def pk(nunchaku=NONE, bnb=True, ao=True):
     return Packages(nunchaku=nunchaku, bitsandbytes=bnb, torchao=ao)
 
 
-select_backend = FP4FluxModelManager.select_backend  # the FP4 service's choice: its backends, its auto order
+select_backend = FP4FluxModelManager.choose_backend  # the FP4 service's choice: its backends, its auto order
 
 
 @pytest.mark.parametrize(

@@ -15,24 +15,26 @@ from ..metrics import Metrics
 from ..settings import ServiceSettings
 
 
-def get_engine(request: Request) -> EngineClient:
+# async: none of them blocks, and a sync dependency would cost each request a hop to a worker thread.
+async def get_engine(request: Request) -> EngineClient:
     return request.app.state.engine
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def generate_body(raw: Annotated[dict[str, Any], Body()], request: Request) -> BaseModel:
+async def generate_body(raw: Annotated[Any, Body()], request: Request) -> BaseModel:
     """The /generate body, validated against this service's model (its configured defaults and limits).
-    FastAPI parses the JSON; errors come out exactly as FastAPI's own, at `body.<field>`. The OpenAPI
-    document shows the model itself (api/openapi.py)."""
+    FastAPI parses the JSON; errors come out as FastAPI's own would for a body of that model (at
+    `body.<field>`; from_attributes as FastAPI validates). The OpenAPI document shows the model itself
+    (api/openapi.py)."""
     try:
-        return request.app.state.generate_request.model_validate(raw)
+        return request.app.state.generate_request.model_validate(raw, from_attributes=True)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
 

@@ -7,7 +7,7 @@ import threading
 from collections import OrderedDict
 
 from ..errors import InvalidLora
-from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, inspect_lora
+from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, inspect_lora
 
 
 # Loading a LoRA is not thread-safe across pipelines: diffusers/peft create the adapter layers under
@@ -20,16 +20,20 @@ _STRUCTURE_LOCK = threading.Lock()
 class AdapterSet:
     """diffusers/peft adapters: load_lora_weights, set_adapters, delete_adapters."""
 
+    lora_keys = True  # files must hold lora_A/lora_down tensors (a backend with its own format says no)
+
     def __init__(self, pipe, resolver: LoraResolver, cache_size: int, backend: str):
         self.pipe, self.resolver, self.cache_size, self.backend = pipe, resolver, cache_size, backend
         self.adapters: OrderedDict[str, str] = OrderedDict()  # LoRA name -> adapter name, LRU order
         self.sources: dict[str, str] = {}  # LoRA name -> "folder" | "hub"
+        self.hashes: dict[str, str] = {}  # LoRA name -> the sha256 of the file its adapter was loaded from
         self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
         self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
         self._counter = 0
 
     def loaded(self) -> list[dict]:
-        return [{"name": n, "source": self.sources.get(n)} for n in self.adapters]
+        # Read from other threads while the worker changes the cache: list() takes the names at once.
+        return [{"name": n, "source": self.sources.get(n)} for n in list(self.adapters)]
 
     def files_to_load(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> dict[str, LoraFile]:
         """The file of every LoRA not loaded yet, before any is loaded: one bad name changes nothing.
@@ -42,13 +46,23 @@ class AdapterSet:
             if checked and s.name in checked:
                 files[s.name] = checked[s.name].verified()
             else:
-                files[s.name] = self.resolver.resolve(s.name)
-                inspect_lora(files[s.name].path)  # a damaged or non-LoRA file never reaches the model
+                found = self.resolver.resolve(s.name)
+                inspect_lora(found.path, self.lora_keys)  # a damaged or non-LoRA file never reaches the model
+                files[s.name] = found.checked(file_sha256(found.path, fresh=True), fit_checked=False)
         return files
+
+    def drop_stale(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> None:
+        """Drop a loaded adapter whose file has changed since it was loaded (the request's check hashed
+        the file as it is now), so that it loads again from the new bytes."""
+        for s in loras:
+            new = checked.get(s.name) if checked else None
+            if new is not None and s.name in self.adapters and self.hashes.get(s.name) != new.sha256:
+                self.drop(s.name)
 
     def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset(),
                  checked: dict[str, LoraFile] | None = None) -> None:
         """Make exactly `loras` active (none: the base model). All of it, or nothing changes."""
+        self.drop_stale(loras, checked)
         if self.active is not None and self.active == loras:
             return
         if not loras:
@@ -86,6 +100,7 @@ class AdapterSet:
             raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
         self.adapters[file.name] = adapter
         self.sources[file.name] = file.source
+        self.hashes[file.name] = file.sha256
         self.active = None  # loading an adapter changes which adapters are active
         for name in list(self.adapters):  # evict least recently used, never what is needed now
             if len(self.adapters) <= self.cache_size:
@@ -96,6 +111,7 @@ class AdapterSet:
 
     def drop(self, name: str) -> None:
         self.sources.pop(name, None)
+        self.hashes.pop(name, None)
         self._delete(self.adapters.pop(name))
         self.active = None
 

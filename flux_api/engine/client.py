@@ -1,23 +1,48 @@
 """The engine as the HTTP layer sees it: one small async interface, and its local implementation.
 
 Routes take an `EngineClient` from `app.state.engine` and nothing else of the engine. `LocalEngine`
-implements it over a FluxModelManager in this process: blocking work (checks that may read or
-download a LoRA, LoRA pinning, loading) runs in threads, never on the event loop. A front end that
-routes to engines elsewhere implements the same interface, and no route changes.
+implements it over a FluxModelManager in this process: blocking work (LoRA checks that may read or
+download a file, LoRA pinning, loading) runs in threads, never on the event loop. A front end that
+routes to engines elsewhere implements the same interface, with job objects that offer what `JobView`
+lists, and no route changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator
-from typing import Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Protocol
 
 from ..errors import GenerationTimeout
 from .devices import memory_report
 from .lora import LoraSpec
 from .scheduler import FINAL, QUEUED, Job
 from .types import FAILED, LOADING, WARMING_UP, GenerationParams
+
+
+class JobView(Protocol):
+    """What the routes read of a job (the scheduler's Job is one)."""
+
+    id: str
+    state: str  # queued | running | done | failed | cancelled | timed_out
+    step: int
+    total_steps: int
+    replica: int | None
+    created: float
+    started: float | None
+    finished: float | None
+    cancel_reason: str | None
+    error: BaseException | None
+    result: Any  # a GenerationResult once done
+    request_id: str | None
+    deadline: float | None
+    future: Future  # resolves to the result, or raises the job's error
+    extra: dict  # the HTTP layer's own notes on the job (its format, its encoded response)
+
+    def eta_s(self) -> float | None: ...
 
 
 class EngineClient(Protocol):
@@ -34,11 +59,11 @@ class EngineClient(Protocol):
     def backend_name(self) -> str: ...
 
     # generation
-    async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> Job: ...
-    def job(self, job_id: str) -> Job: ...
-    def position(self, job: Job) -> int | None: ...
-    def cancel(self, job: Job, reason: str) -> bool: ...
-    def events(self, job: Job) -> AsyncIterator[dict]: ...
+    async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> JobView: ...
+    def job(self, job_id: str) -> JobView: ...  # JobNotFound
+    def position(self, job: JobView) -> int | None: ...
+    def cancel(self, job: JobView, reason: str) -> bool: ...
+    def events(self, job: JobView) -> AsyncIterator[dict]: ...  # with aclose(): stop listening
 
     # LoRA and status
     async def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict: ...
@@ -53,13 +78,41 @@ class EngineClient(Protocol):
     def on_job_finished(self, hook) -> None: ...
 
 
+class JobEvents:
+    """A job's progress events as an async iterator. Listening starts at creation and ends at the job's
+    end or at `aclose()`, whichever comes first (an async generator's `finally` would not run if it was
+    never started, and its listener would stay until the job is pruned)."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.loop, self.queue = asyncio.get_running_loop(), asyncio.Queue()
+        job.listen(self.loop, self.queue)
+
+    def __aiter__(self) -> "JobEvents":
+        return self
+
+    async def __anext__(self) -> dict:
+        while self.job.state not in FINAL:
+            event = await self.queue.get()
+            if event["event"] == "progress":
+                return event
+        await self.aclose()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self.job.unlisten(self.loop, self.queue)
+
+
 class LocalEngine:
     """EngineClient over a FluxModelManager in this process."""
 
-    def __init__(self, manager):
+    def __init__(self, manager, check_threads: int = 4):
         self.manager = manager
         self.service = manager.settings.service
         self.model = manager.settings.model
+        # LoRA checks get threads of their own: the loop's default pool also encodes images, and a
+        # slow check (a Hub download, hashing a large file) must not hold those up.
+        self._checks = ThreadPoolExecutor(check_threads, thread_name_prefix="flux-check")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -70,6 +123,7 @@ class LocalEngine:
 
     async def stop(self, grace_s: float = 30.0) -> None:
         await asyncio.to_thread(self.manager.unload, grace_s)
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     async def load(self, wait: bool) -> dict:
         m = self.manager
@@ -94,13 +148,18 @@ class LocalEngine:
     # ------------------------------------------------------------------ generation
 
     async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> Job:
-        """Check in a thread (bounded by the request's deadline), then queue. A bad request never
-        takes a queue slot."""
-        try:
-            checked = await asyncio.wait_for(asyncio.to_thread(self.manager.check, params),
-                                             timeout=max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise GenerationTimeout("the request timed out while its LoRAs were being fetched and checked") from None
+        """Check, then queue; a bad request never takes a queue slot. A request that names no LoRA is
+        checked right here (nothing in that can block); one that does, on the LoRA-check threads,
+        bounded by the request's deadline."""
+        if not params.loras:
+            checked = self.manager.check(params)
+        else:
+            ctx = contextvars.copy_context()  # the request id reaches the check's log lines
+            future = asyncio.get_running_loop().run_in_executor(self._checks, ctx.run, self.manager.check, params)
+            done, _ = await asyncio.wait({future}, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                raise GenerationTimeout("the request timed out while its LoRAs were being fetched and checked")
+            checked = future.result()
         return self.manager.submit(checked, deadline=deadline, request_id=request_id)
 
     def job(self, job_id: str) -> Job:
@@ -112,22 +171,10 @@ class LocalEngine:
     def cancel(self, job: Job, reason: str) -> bool:
         return self.manager.scheduler.cancel(job, reason)
 
-    def events(self, job: Job) -> AsyncIterator[dict]:
-        """The job's progress events ({"event": "progress", step, total_steps, eta_s}) until it ends.
-        Listens from the call on (not from the first iteration), so no step is missed in between."""
-        loop, queue = asyncio.get_running_loop(), asyncio.Queue()
-        job.listen(loop, queue)
-
-        async def stream() -> AsyncIterator[dict]:
-            try:
-                while job.state not in FINAL:
-                    event = await queue.get()
-                    if event["event"] == "progress":
-                        yield event
-            finally:
-                job.unlisten(loop, queue)
-
-        return stream()
+    def events(self, job: Job) -> JobEvents:
+        """The job's progress events ({"event": "progress", step, total_steps, eta_s}) until it ends,
+        listened to from this call on, so no step is missed in between."""
+        return JobEvents(job)
 
     # ------------------------------------------------------------------ LoRA and status
 

@@ -40,11 +40,12 @@ class LoraFile:
     fit_checked: bool = False  # its tensors were checked against this model's layers
 
     def verified(self) -> "LoraFile":
-        """This file, if it still holds the bytes that were checked; else InvalidLora (or LoraNotFound)."""
+        """This file, if it still holds the bytes that were checked (hashed anew: the worker calls this
+        right before it loads the file); else InvalidLora (or LoraNotFound)."""
         if self.sha256 is None:
             return self
         try:
-            now = file_sha256(self.path)
+            now = file_sha256(self.path, fresh=True)
         except FileNotFoundError:
             raise LoraNotFound(f"LoRA {self.name!r} disappeared after it was checked; send the request again") from None
         if now != self.sha256:
@@ -59,11 +60,17 @@ _HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> sha256: a file i
 _HASHES_LOCK = threading.Lock()
 
 
-def file_sha256(path: Path) -> str:
+def file_version(path: Path) -> tuple:
     st = Path(path).stat()
-    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def file_sha256(path: Path, fresh: bool = False) -> str:
+    """The file's SHA-256. Remembered per file version (path, size, mtime, inode) unless `fresh`: a
+    check in the request's path costs a stat; the worker's re-check before a load reads every byte."""
+    key = file_version(path)
     with _HASHES_LOCK:
-        if key in _HASHES:
+        if not fresh and key in _HASHES:
             return _HASHES[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -207,8 +214,9 @@ def _target_name(module: str) -> str:
     return module.removeprefix("transformer.")
 
 
-def inspect_lora(path: Path) -> dict:
-    """Rank and target modules, read from the tensors' names and shapes (no weights are loaded)."""
+def inspect_lora(path: Path, lora_keys: bool = True) -> dict:
+    """Rank and target modules, read from the tensors' names and shapes (no weights are loaded).
+    `lora_keys=False` only asks for a readable safetensors file (for a backend with its own LoRA format)."""
     from safetensors import safe_open
 
     try:
@@ -221,9 +229,9 @@ def inspect_lora(path: Path) -> dict:
                     targets.add(_target_name(k.split(".lora_A.")[0].split(".lora_down.")[0]))
     except Exception as e:  # safetensors raises several types for a damaged header
         raise InvalidLora(f"LoRA file {path.name} is not a readable safetensors file: {e}") from e
-    if not ranks:
+    if not ranks and lora_keys:
         raise InvalidLora(f"LoRA file {path.name} holds no LoRA tensors (no lora_A / lora_down weights)")
-    return {"rank": max(ranks), "target_modules": sorted(targets), "tensors": len(keys)}
+    return {"rank": max(ranks, default=None), "target_modules": sorted(targets), "tensors": len(keys)}
 
 
 def check_lora_fits(pipe, path: Path, name: str) -> None:

@@ -89,12 +89,16 @@ class FluxModelManager:
         return self.hardware.cuda if self.settings.device == "auto" else self.settings.device == "cuda"
 
     @classmethod
-    def select_backend(cls, requested: str, hw: Hardware, pkgs: Packages, low_memory: bool = False,
+    def choose_backend(cls, requested: str, hw: Hardware, pkgs: Packages, low_memory: bool = False,
                        settings: ServiceSettings | None = None) -> Backend:
-        """The backend this service loads on `hw` with `pkgs` (BackendUnavailable when none can run)."""
-        low = low_memory and cls.low_memory_order is not None
-        return select_backend(requested, cls.offered_backends, cls.low_memory_order if low else cls.auto_order,
-                              settings, hw, pkgs, cls.low_memory_note if low else None)
+        """The backend this service loads on `hw` with `pkgs` (BackendUnavailable when none can run).
+        memory_mode=low tries the service's low-memory order, and says so where that changed the choice."""
+        if not (low_memory and cls.low_memory_order):
+            return select_backend(requested, cls.offered_backends, cls.auto_order, settings, hw, pkgs)
+        default = select_backend(requested, cls.offered_backends, cls.auto_order, settings, hw, pkgs)
+        low = select_backend(requested, cls.offered_backends, cls.low_memory_order, settings, hw, pkgs,
+                             cls.low_memory_note)
+        return default if low.name == default.name else low
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,7 +110,7 @@ class FluxModelManager:
         check_source(self.source, s.token, s.hub_endpoint)
         # 2. The backend: the one asked for if it can run here, or auto's first that can.
         in_use = self.hardware if self.uses_cuda else Hardware()
-        self.backend = self.select_backend(getattr(s, "backend", "auto"), in_use, self.packages,
+        self.backend = self.choose_backend(getattr(s, "backend", "auto"), in_use, self.packages,
                                            s.memory_mode == "low", s)
         # 3. Where the pipelines go: the weights' size (as the backend stores them) decides it.
         size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None
@@ -245,7 +249,15 @@ class FluxModelManager:
         self.require_ready()
         loras = params.loras or ()
         refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
-        return CheckedRequest(params, self.lora_checks.check(loras, self.pipe, self.backend.checks_lora_fit))
+        if not loras:
+            return CheckedRequest(params)
+        return CheckedRequest(params, self.lora_checks.check(loras, self._pipe_for_checks(), self.backend.checks_lora_fit))
+
+    def _pipe_for_checks(self):
+        pipe = self.pipe  # one read: an unload may empty the replicas meanwhile
+        if pipe is None:
+            raise ModelNotReady(self.phase, self._not_ready_message())
+        return pipe
 
     def submit(self, request: CheckedRequest, deadline: float | None = None, request_id: str | None = None) -> Job:
         """Queue a checked generation. Raises ModelNotReady or QueueFull at once; never blocks."""
@@ -259,11 +271,6 @@ class FluxModelManager:
 
         return self.scheduler.submit(run, total_steps=request.params.num_inference_steps, deadline=deadline,
                                      request_id=request_id)
-
-    def submit_generation(self, params: GenerationParams, deadline: float | None = None,
-                          request_id: str | None = None) -> Job:
-        """check + submit, for callers already off the event loop."""
-        return self.submit(self.check(params), deadline, request_id)
 
     def job(self, job_id: str) -> Job:
         job = self.scheduler.get(job_id) if self.scheduler else None
@@ -285,7 +292,7 @@ class FluxModelManager:
         """Pin a LoRA set for requests that name none, on every replica: all of it, or nothing changes."""
         self.require_ready()
         refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
-        files = self.lora_checks.check(loras, self.pipe, self.backend.checks_lora_fit)
+        files = self.lora_checks.check(loras, self._pipe_for_checks(), self.backend.checks_lora_fit)
         self.pinning.apply(loras, files, self.on_every_replica)
         return self.lora_status()
 

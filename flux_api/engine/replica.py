@@ -1,7 +1,8 @@
 """One pipeline on one device (or one balanced pipeline over several), and how it generates.
 
-A replica is used by one worker thread at a time (the scheduler's), so nothing here locks. Its
-adapters change only on that thread, between two generations.
+A replica generates on one thread at a time: the load thread while it warms up, then its scheduler
+worker, so generation takes no lock. Its adapters change only there, between two generations; other
+threads only read them (AdapterSet.loaded takes a snapshot).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory
 from .adapters import AdapterSet
+from .loader import COMPONENTS
 from .lora import LoraFile, LoraSpec
 from .types import GenerationParams, GenerationResult
 
@@ -51,8 +53,7 @@ class Replica:
         hf_map = getattr(self.pipe, "hf_device_map", None)
         if isinstance(hf_map, dict):
             return {k: f"cuda:{v}" if isinstance(v, int) else str(v) for k, v in hf_map.items()}
-        return {name: str(getattr(getattr(self.pipe, name, None), "device", "?"))
-                for name in ("transformer", "text_encoder", "text_encoder_2", "vae")}
+        return {name: str(getattr(getattr(self.pipe, name, None), "device", "?")) for name in COMPONENTS}
 
     # ------------------------------------------------------------------ generation (worker thread)
 

@@ -44,7 +44,7 @@ async def model_status(engine: EngineDep) -> dict:
     return await engine.status()
 
 
-@router.post("/load-model", summary="Load the model if it is not loaded (idempotent)", responses=error_responses(503))
+@router.post("/load-model", summary="Load the model if it is not loaded (idempotent)", responses=error_responses(422, 500, 503))
 async def load_model(engine: EngineDep,
                      wait: bool = Query(False, description="Answer only once loading has finished.")) -> JSONResponse:
     """Start loading unless the model is loaded or loading. Never loads a second copy. 200 when loaded,

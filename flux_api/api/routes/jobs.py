@@ -52,28 +52,30 @@ async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
     return job.extra["response"]
 
 
-@router.post("", status_code=202, summary="Queue a generation; returns its id at once",
-             responses=error_responses(403, 404, 422, 429, 503, 504),
+@router.post("", status_code=202, summary="Queue a generation; returns its id once it is checked",
+             responses=error_responses(403, 404, 422, 429, 500, 503, 504),
              openapi_extra=GENERATE_BODY)
-async def create_job(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -> JSONResponse:
-    """The same body as /generate. 202 with the job id; follow it with GET /jobs/{id} or its events."""
+async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+    """The same body as /generate. Checked first (milliseconds; a Hub LoRA not in the cache is downloaded
+    first), then 202 with the job id; follow it with GET /jobs/{id} or its events."""
+    arrived = time.perf_counter()
     job = await engine.submit(to_params(body), deadline=time.monotonic() + settings.request_timeout_s,
                               request_id=request_id.get())
-    job.extra.update(format=body.output_format, arrived=time.perf_counter())
+    job.extra.update(format=body.output_format, arrived=arrived)
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
     return JSONResponse({**snapshot(engine, job), "links": links}, status_code=202, headers={"Location": links["self"]})
 
 
-@router.get("/{job_id}", summary="A job's state, progress and result", responses=error_responses(404))
-async def get_job(job_id: str, engine: EngineDep, settings: SettingsDep) -> dict:
+@router.get("/{job_id}", summary="A job's state, progress and result", responses=error_responses(404, 422))
+async def get(job_id: str, engine: EngineDep, settings: SettingsDep) -> dict:
     """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
     ETA, and the result (as /generate returns it) once done."""
     job = engine.job(job_id)
     return {**snapshot(engine, job), "result": await result_of(job, settings)}
 
 
-@router.delete("/{job_id}", summary="Cancel a job", responses=error_responses(404, 409))
-async def cancel_job(job_id: str, engine: EngineDep) -> dict:
+@router.delete("/{job_id}", summary="Cancel a job", responses=error_responses(404, 409, 422))
+async def cancel(job_id: str, engine: EngineDep) -> dict:
     """A queued job is cancelled at once; a running one stops at its next denoising step, and its
     image is discarded. 409 if it has already ended."""
     job = engine.job(job_id)
@@ -83,15 +85,18 @@ async def cancel_job(job_id: str, engine: EngineDep) -> dict:
 
 
 @router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events")
-async def job_events(job_id: str, engine: EngineDep, settings: SettingsDep):
+async def events(job_id: str, engine: EngineDep, settings: SettingsDep):
     """`state` first, then one `progress` event per step ({step, total_steps, eta_s}), then `result`
     (the /generate body) or `error` ({state, type, message})."""
     job = engine.job(job_id)
     events = engine.events(job)  # listening from here on: no step is missed after the snapshot
-    yield ServerSentEvent(event="state", data=snapshot(engine, job))
-    async for ev in events:
-        yield ServerSentEvent(event="progress", id=str(ev["step"]), data=ev)
-    if job.state == DONE:
-        yield ServerSentEvent(event="result", data=await result_of(job, settings))
-    else:
-        yield ServerSentEvent(event="error", data={"state": job.state, **(error_of(job) or {})})
+    try:
+        yield ServerSentEvent(event="state", data=snapshot(engine, job))
+        async for ev in events:
+            yield ServerSentEvent(event="progress", id=str(ev["step"]), data=ev)
+        if job.state == DONE:
+            yield ServerSentEvent(event="result", data=await result_of(job, settings))
+        else:
+            yield ServerSentEvent(event="error", data={"state": job.state, **(error_of(job) or {})})
+    finally:  # also when the client goes away mid-stream
+        await events.aclose()

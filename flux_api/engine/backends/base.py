@@ -16,6 +16,9 @@ from ..adapters import AdapterSet
 from ..devices import Hardware
 from .environment import Packages
 
+if TYPE_CHECKING:
+    from ...settings import ServiceSettings
+    from ..loader import LoadSpec
 
 
 @dataclass(frozen=True)
@@ -27,11 +30,6 @@ class Requirements:
     otherwise: str = ""  # what to choose where that GPU is missing
     package: str | None = None  # import name
     install: str | None = None  # what to pip install
-
-
-if TYPE_CHECKING:
-    from ...settings import ServiceSettings
-    from ..loader import LoadSpec
 
 
 class Backend:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...errors import FluxAPIError, InvalidLora
 from ..adapters import AdapterSet
 from ..lora import LoraSpec
 from .base import Backend
@@ -29,25 +30,38 @@ def nunchaku_precision(capability: tuple[int, int]) -> str | None:
 
 class NunchakuAdapters(AdapterSet):
     """Nunchaku has one LoRA slot: update_lora_params replaces (it does not stack), so several LoRAs
-    are merged with compose_lora first; reset_lora removes it (a strength of 0 would not)."""
+    are merged with compose_lora first; reset_lora removes it (a strength of 0 would not). It reads
+    LoRA formats of its own, so a file need not hold diffusers' lora_A/lora_down names."""
+
+    lora_keys = False
 
     def activate(self, loras: tuple[LoraSpec, ...], pinned=frozenset(), checked=None) -> None:
-        if self.active is not None and self.active == loras:
+        unchanged = all(self.hashes.get(n) == f.sha256 for n, f in (checked or {}).items())
+        if self.active is not None and self.active == loras and unchanged:
             return
         transformer = self.pipe.transformer
-        if not loras:
-            transformer.reset_lora()
-        else:
-            files = self.files_to_load(loras, checked)  # no adapter cache here: every file, re-checked
-            paths = [str(files[s.name].path) for s in loras]
-            if len(loras) == 1:
-                transformer.update_lora_params(paths[0])
-                transformer.set_lora_strength(loras[0].weight)
+        try:
+            if not loras:
+                transformer.reset_lora()
             else:
-                from nunchaku.lora.flux.compose import compose_lora
+                files = self.files_to_load(loras, checked)  # no adapter cache here: every file, re-checked
+                self.hashes = {n: f.sha256 for n, f in files.items()}
+                paths = [str(files[s.name].path) for s in loras]
+                if len(loras) == 1:
+                    transformer.update_lora_params(paths[0])
+                    transformer.set_lora_strength(loras[0].weight)
+                else:
+                    from nunchaku.lora.flux.compose import compose_lora
 
-                transformer.update_lora_params(compose_lora([(p, s.weight) for p, s in zip(paths, loras)]))
-                transformer.set_lora_strength(1.0)
+                    transformer.update_lora_params(compose_lora([(p, s.weight) for p, s in zip(paths, loras)]))
+                    transformer.set_lora_strength(1.0)
+        except FluxAPIError:
+            raise
+        except Exception as e:  # leave no half-applied LoRA behind
+            self.active = None
+            transformer.reset_lora()
+            raise InvalidLora(f"LoRA {', '.join(s.name for s in loras)} cannot be loaded into this model "
+                              f"(nunchaku backend): {e}") from e
         self.active = loras
 
     def loaded(self) -> list[dict]:
