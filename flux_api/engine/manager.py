@@ -72,8 +72,11 @@ class FluxModelManager:
 
     @property
     def backend_name(self) -> str:
-        requested = getattr(self.settings, "backend", "auto")
-        return self.backend.name if self.backend else f"{requested} (not selected yet)"
+        if self.backend is not None:
+            return self.backend.name
+        if len(self.offered_backends) == 1:  # nothing to choose (BF16)
+            return self.offered_backends[0]
+        return f"{getattr(self.settings, 'backend', 'auto')} (not selected yet)"
 
     @property
     def pipe(self):
