@@ -71,12 +71,17 @@ class FluxModelManager:
     # ------------------------------------------------------------------ what it is
 
     @property
+    def requested_backend(self) -> str:
+        """The backend setting; a service that offers one backend (BF16) has none: auto picks that one."""
+        return getattr(self.settings, "backend", "auto")
+
+    @property
     def backend_name(self) -> str:
         if self.backend is not None:
             return self.backend.name
-        if len(self.offered_backends) == 1:  # nothing to choose (BF16)
+        if len(self.offered_backends) == 1:  # before the pre-flight too: there is nothing to choose
             return self.offered_backends[0]
-        return f"{getattr(self.settings, 'backend', 'auto')} (not selected yet)"
+        return f"{self.requested_backend} (not selected yet)"
 
     @property
     def pipe(self):
@@ -96,9 +101,9 @@ class FluxModelManager:
                        settings: ServiceSettings | None = None) -> Backend:
         """The backend this service loads on `hw` with `pkgs` (BackendUnavailable when none can run).
         memory_mode=low tries the service's low-memory order, and says so where that changed the choice."""
-        if not (low_memory and cls.low_memory_order):
-            return select_backend(requested, cls.offered_backends, cls.auto_order, settings, hw, pkgs)
         default = select_backend(requested, cls.offered_backends, cls.auto_order, settings, hw, pkgs)
+        if not (low_memory and cls.low_memory_order):
+            return default
         low = select_backend(requested, cls.offered_backends, cls.low_memory_order, settings, hw, pkgs,
                              cls.low_memory_note)
         return default if low.name == default.name else low
@@ -113,7 +118,7 @@ class FluxModelManager:
         check_source(self.source, s.token, s.hub_endpoint)
         # 2. The backend: the one asked for if it can run here, or auto's first that can.
         in_use = self.hardware if self.uses_cuda else Hardware()
-        self.backend = self.choose_backend(getattr(s, "backend", "auto"), in_use, self.packages,
+        self.backend = self.choose_backend(self.requested_backend, in_use, self.packages,
                                            s.memory_mode == "low", s)
         # 3. Where the pipelines go: the weights' size (as the backend stores them) decides it.
         size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None

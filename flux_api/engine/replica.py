@@ -134,14 +134,11 @@ class Replica:
 
     def truncation(self, prompt: str) -> dict:
         """Token counts of the prompt against CLIP's 77 and T5's budget: what the model really sees."""
-        return prompt_truncation(self.pipe, prompt, self.config.max_sequence_length)
-
-
-def prompt_truncation(pipe, prompt: str, t5_limit: int) -> dict:
-    clip_limit = pipe.tokenizer.model_max_length
-    clip_n = len(pipe.tokenizer(prompt, truncation=False, verbose=False)["input_ids"])
-    t5_n = len(pipe.tokenizer_2(prompt, truncation=False, verbose=False)["input_ids"])
-    return {
-        "clip": {"tokens": clip_n, "limit": clip_limit, "truncated": clip_n > clip_limit},
-        "t5": {"tokens": t5_n, "limit": t5_limit, "truncated": t5_n > t5_limit},
-    }
+        clip, t5 = self.pipe.tokenizer, self.pipe.tokenizer_2
+        clip_limit, t5_limit = clip.model_max_length, self.config.max_sequence_length
+        clip_n = len(clip(prompt, truncation=False, verbose=False)["input_ids"])
+        t5_n = len(t5(prompt, truncation=False, verbose=False)["input_ids"])
+        return {
+            "clip": {"tokens": clip_n, "limit": clip_limit, "truncated": clip_n > clip_limit},
+            "t5": {"tokens": t5_n, "limit": t5_limit, "truncated": t5_n > t5_limit},
+        }
