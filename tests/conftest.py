@@ -25,6 +25,7 @@ import concurrent.futures  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
 import shutil  # noqa: E402
+import socket  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -43,23 +44,11 @@ from flux_api.settings import BF16Settings, FP4Settings  # noqa: E402
 BF16_DEFAULTS = dict(default_steps=3, default_width=256, default_height=256)
 FP4_DEFAULTS = dict(default_steps=2, default_width=256, default_height=256)
 
-# test_bench.py runs the whole benchmark (service processes of its own, for many seconds): marked
-# `socket` and `slow` here rather than in the file, which has another owner.
-OUT_OF_PROCESS_FILES = {"test_bench.py"}
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "socket: needs a real socket or a service process of its own (uvicorn, "
                                        "`python -m flux_api`, the launch scripts); left out by test.sh --quick")
     config.addinivalue_line("markers", "slow: many seconds by design (large images kept in flight); left out by "
                                        "test.sh --quick")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in OUT_OF_PROCESS_FILES:
-            item.add_marker("socket")
-            item.add_marker("slow")
 
 
 T = TypeVar("T")
@@ -75,6 +64,27 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a service process of its own, or to be refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_state(s, job_id: str, states, timeout: float = 60) -> dict:
+    """Wait until job `job_id` of service `s` is in one of `states`; its GET /jobs/{id} body."""
+    last = {}
+
+    def reached():
+        last.update(s.client.get(f"/jobs/{job_id}").json())
+        return dict(last) if last["state"] in states else None
+
+    try:
+        return wait_for(reached, timeout, 0.02)
+    except AssertionError:
+        raise AssertionError(f"job {job_id} never reached {states}: {last}") from None
 
 
 def lay_out_hub_cache(repo: str, files: dict[str, bytes]) -> None:

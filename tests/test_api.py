@@ -9,9 +9,9 @@ import threading
 import time
 
 import pytest
+from conftest import BF16_DEFAULTS, FP4_DEFAULTS, gen, wait_for
 from PIL import Image
 
-from conftest import BF16_DEFAULTS, FP4_DEFAULTS, gen, wait_for
 from flux_api.logs import RequestIdFilter
 
 

@@ -9,30 +9,24 @@ import time
 import typing
 
 import pytest
+from conftest import InProcess, gen, wait_state
 from PIL import Image
-
-from conftest import InProcess, gen
 from test_hub_errors import hub  # noqa: F401 - the stand-in Hub fixture
+
 from flux_api.app import create_app
 from flux_api.engine.backends import BACKENDS, Backend, Packages
 from flux_api.engine.backends.environment import NunchakuProbe
 from flux_api.engine.devices import Hardware
 from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+from flux_api.errors import BackendUnavailable
 from flux_api.settings import BF16Settings, FP4Backend
 
 SLOW = {"prompt": "a lighthouse", "width": 1024, "height": 1024, "num_inference_steps": 40, "seed": 1}
 
 
-def wait_until(predicate, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 def start_slow_job(s) -> str:
     job = s.client.post("/jobs", json=SLOW).json()["id"]
-    wait_until(lambda: s.client.get(f"/jobs/{job}").json()["state"] == "running")
+    wait_state(s, job, {"running"})
     return job
 
 
@@ -50,7 +44,7 @@ def test_bad_requests_fail_at_once_while_the_gpu_is_busy_and_take_no_queue_slot(
         assert bf16.client.get("/model-status").json()["queue"]["queued"] == 0  # nothing was queued
     finally:
         bf16.client.delete(f"/jobs/{job}")
-        wait_until(lambda: bf16.client.get(f"/jobs/{job}").json()["state"] in ("cancelled", "done"))
+        wait_state(bf16, job, {"cancelled", "done"})
 
 
 def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora_dir, tmp_path):
@@ -67,8 +61,7 @@ def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora
         shutil.copy(lora_dir / "detail.safetensors", own / "mine.safetensors")  # changed while it waits
         s.client.delete(f"/jobs/{slow}")
         job_id = queued.json()["id"]
-        wait_until(lambda: s.client.get(f"/jobs/{job_id}").json()["state"] not in ("queued", "running"))
-        j = s.client.get(f"/jobs/{job_id}").json()
+        j = wait_state(s, job_id, {"done", "failed", "cancelled", "timed_out"})
         assert j["state"] == "failed" and j["error"]["type"] == "invalid_lora"
         assert "changed on disk after it was checked" in j["error"]["message"]
         # the next request checks the file as it is now, and gets it
@@ -113,7 +106,7 @@ def test_a_new_backend_is_one_class_and_one_registry_entry(monkeypatch):
     pkgs = Packages(NunchakuProbe(installed=False), bitsandbytes=False, torchao=True)
     cpu = Service.choose_backend("auto", Hardware(), pkgs)
     assert cpu.name == "torchao-int8" and "not stand-in: needs a GPU" in cpu.reason
-    with pytest.raises(Exception, match="needs a GPU"):
+    with pytest.raises(BackendUnavailable, match="needs a GPU"):
         Service.choose_backend("stand-in", Hardware(), pkgs)
 
 

@@ -7,19 +7,21 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import InProcess, free_port, gen
 
-from conftest import Served, gen
 from flux_api.app import create_app
 from flux_api.bench import main, natural_image, parse_target
 from flux_api.settings import BF16Settings
 
 
+@pytest.mark.socket  # service processes of its own, for many seconds
+@pytest.mark.slow
 def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch, capsys):
     monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("FLUX_FP4_CACHE_DIR", str(cache_dir))
     out = tmp_path / "bench.json"
     main(["--model", str(tiny_dir), "--targets", "stock,bf16,fp4:torchao-int8", "--sizes", "256", "--steps", "2",
-          "--concurrency", "1", "2", "--unseen", "288", "--port", "8391", "--out", str(out)])
+          "--concurrency", "1", "2", "--unseen", "288", "--port", str(free_port()), "--out", str(out)])
     R = json.loads(out.read_text())
     assert set(R["targets"]) == {"stock", "bf16", "fp4:torchao-int8"}
     for name in ("bf16", "fp4:torchao-int8"):
@@ -44,12 +46,14 @@ def test_bench_placement_options():
         parse_target("bf16+replicas+balanced")
 
 
+@pytest.mark.socket
+@pytest.mark.slow
 def test_bench_lora_check_times_switching(tmp_path, tiny_dir, cache_dir, lora_dir, monkeypatch):
     monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
     out = tmp_path / "bench.json"
     main(["--model", str(tiny_dir), "--targets", "bf16", "--sizes", "256", "--steps", "2", "--concurrency",
           "--unseen", "256", "--repeats", "1", "--lora", "style,detail", "--lora-dir", str(lora_dir),
-          "--port", "8392", "--out", str(out)])
+          "--port", str(free_port()), "--out", str(out)])
     check = json.loads(out.read_text())["targets"]["bf16"]["lora_check"]
     assert check["status"] == 200 and check["lora_changes_image"] and check["base_after_lora_identical"]
     ms = check["lora_ms_load_then_switches"]
@@ -72,7 +76,7 @@ def test_natural_image_is_png_s_typical_case_not_its_worst():
 def test_compiled_service_refuses_lora(cache_dir, lora_dir):
     # warmup off: torch.compile is lazy, so nothing compiles unless a generation runs
     settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, compile="regional", warmup=False)
-    with Served(create_app(settings)) as s:
+    with InProcess(create_app(settings)) as s:
         s.wait_ready()
         assert s.client.get("/model-status").json()["compile"] == "regional"
         r = gen(s, lora_name="style")

@@ -2,7 +2,7 @@
 unreachable Hub apart. The real huggingface_hub client talks to a stand-in Hub on loopback that answers
 the way the Hub's API does (status codes and X-Error-Code headers); nothing leaves this machine."""
 
-import socket
+
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import huggingface_hub.constants
 import huggingface_hub.utils._http
 import pytest
+from conftest import free_port
 
 from flux_api.engine.sources import ModelSource, check_source
 from flux_api.errors import HubAuthError, HubUnreachable, ModelSourceError
@@ -81,9 +82,7 @@ def test_unreachable_hub_is_its_own_error(monkeypatch):
     # every attempt still runs, and each is refused at once by the closed port.
     waits = []
     monkeypatch.setattr(huggingface_hub.utils._http, "time", SimpleNamespace(sleep=waits.append))
-    with socket.socket() as s:  # a port with nothing listening
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # nothing listens there
     with pytest.raises(HubUnreachable, match="could not be reached"):
         check_source(src("org/anything"), None, endpoint=f"http://127.0.0.1:{port}")
     assert waits, "no back-off wait was recorded: the stand-in clock is no longer in the client's path"

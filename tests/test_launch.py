@@ -1,11 +1,11 @@
 """The launch scripts: -g validation, and the README's start command serving images on the tiny model.
 They run the scripts as processes: the socket tier."""
 
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from flux_api.service_process import running_process
 
@@ -31,12 +31,6 @@ def test_help_and_unknown_options():
     assert "-g GPUS" in run_launch("--help").stdout
     p = run_launch("--frobnicate")
     assert p.returncode == 2 and "unknown option" in p.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_start_script_serves_the_tiny_model_and_exports_the_gpus(cache_dir, tmp_path):

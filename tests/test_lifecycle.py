@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import InProcess, gen, lay_out_hub_cache
+
 from flux_api.app import create_app
 from flux_api.engine.services import BF16FluxModelManager
 from flux_api.settings import BF16Settings, FP4Settings

@@ -4,9 +4,8 @@ import base64
 import io
 
 import pytest
-from PIL import Image
-
 from conftest import gen
+from PIL import Image
 
 
 def pixels(resp) -> bytes:

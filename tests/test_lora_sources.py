@@ -10,9 +10,8 @@ from http.server import ThreadingHTTPServer
 
 import huggingface_hub.constants
 import pytest
-from PIL import Image
-
 from conftest import gen, lay_out_hub_cache
+from PIL import Image
 from test_hub_errors import StandInHub
 
 

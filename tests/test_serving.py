@@ -5,7 +5,6 @@ what needs a socket (SSE, a client that disconnects, SIGTERM to a service proces
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import InProcess, Served, free_port, gen, wait_for, wait_state
 
-from conftest import InProcess, Served, gen, wait_for
 from flux_api.app import create_app
 from flux_api.service_process import wait_until_ready
 from flux_api.settings import BF16Settings
@@ -46,19 +45,6 @@ def two_socket(cache_dir, lora_dir):
 
 def job_body(**kw):
     return {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1, **kw}
-
-
-def wait_state(s, job_id, states, timeout=60):
-    last = {}
-
-    def reached():
-        last.update(s.client.get(f"/jobs/{job_id}").json())
-        return dict(last) if last["state"] in states else None
-
-    try:
-        return wait_for(reached, timeout, 0.02)
-    except AssertionError:
-        raise AssertionError(f"job {job_id} never reached {states}: {last}") from None
 
 
 @pytest.mark.slow  # large images kept in flight for seconds
@@ -262,9 +248,7 @@ def test_finished_jobs_are_bounded(two):
 
 @pytest.mark.socket
 def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cache_dir):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
            "FLUX_BF16_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],

@@ -10,9 +10,10 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image
-
 import pytest
+from conftest import InProcess, gen
+from PIL import Image
+from test_backends import NONE, pk, select_backend
 
 from flux_api.app import create_app
 from flux_api.bench import parse_target
@@ -21,8 +22,6 @@ from flux_api.engine.devices import GPU, Hardware
 from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
 from flux_api.engine.status import precision
 from flux_api.settings import BF16Settings, FP4Settings
-from conftest import InProcess, gen
-from test_backends import NONE, pk, select_backend
 
 GiB = 2**30
 H100 = Hardware((GPU(0, "H100 (stand-in)", (9, 0), 80 * GiB),))
