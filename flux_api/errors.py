@@ -82,10 +82,35 @@ class JobNotFound(FluxAPIError):
     """No such job, or it finished long enough ago to be forgotten."""
 
 
+class JobAlreadyEnded(FluxAPIError):
+    """A cancel that came too late: the job had already ended (its state is in the details)."""
+
+
 class JobCancelled(FluxAPIError):
-    """The work was cancelled (DELETE /jobs/{id}, the client went away, or shutdown)."""
+    """The work was cancelled (DELETE /jobs/{id}, or the client went away)."""
 
     type = "cancelled"
+
+
+class ShuttingDown(JobCancelled):
+    """The service is stopping: queued work was cancelled and new work is refused; retry elsewhere."""
+
+    def __init__(self, message: str = "the service is shutting down; retry on another instance or later",
+                 retry_after_s: int = 30):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ClientDisconnected(JobCancelled):
+    """The client went away before its answer; nobody reads this error, the log and metrics count it."""
+
+
+class BodyNotAccepted(FluxAPIError):
+    """A body sent to a route that takes none (it would be silently ignored)."""
+
+
+class BodyTooLarge(FluxAPIError):
+    """The request body is larger than the service accepts."""
 
 
 class GenerationTimeout(FluxAPIError):
@@ -95,7 +120,7 @@ class GenerationTimeout(FluxAPIError):
 
 
 class GPUOutOfMemory(FluxAPIError):
-    """The GPU ran out of memory; the memory was freed and the service goes on."""
+    """The GPU (or the host) ran out of memory; the memory was freed and the service goes on."""
 
     type = "out_of_memory"
 

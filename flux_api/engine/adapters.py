@@ -3,10 +3,12 @@ that atomically. Each replica has its own set and changes it only on its own wor
 
 from __future__ import annotations
 
+import gc
+import logging
 import threading
 from collections import OrderedDict
 
-from ..errors import InvalidLora
+from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora
 from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, inspect_lora
 
 
@@ -15,6 +17,29 @@ from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256
 # leave one of them with adapter weights on the meta device (seen on two CPU replicas). Loads and
 # deletions therefore take one process-wide lock; switching with set_adapters does not need it.
 _STRUCTURE_LOCK = threading.Lock()
+log = logging.getLogger(__name__)
+
+
+def lora_load_error(e: Exception, names: str, backend: str) -> FluxAPIError:
+    """What a failed LoRA load means for the client: only a file that does not fit is its fault (422).
+    Running out of memory is the service's state (503, memory freed, retry later); anything else is
+    an unforeseen failure (500, logged with its traceback). Call it inside the `except`."""
+    import torch
+
+    if isinstance(e, FluxAPIError):
+        return e
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        gc.collect()
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        return GPUOutOfMemory(f"out of memory while loading LoRA {names} ({backend} backend); the memory was "
+                              "freed and nothing changed: retry later, or with fewer LoRAs")
+    mismatch = isinstance(e, RuntimeError) and any(w in str(e) for w in ("size mismatch", "shape"))
+    if isinstance(e, (ValueError, KeyError, TypeError)) or mismatch or type(e).__name__ == "SafetensorError":
+        return InvalidLora(f"LoRA {names} cannot be loaded into this model ({backend} backend): {e}")
+    log.exception("loading LoRA %s failed", names)
+    return GenerationFailed(f"loading LoRA {names} failed unexpectedly ({type(e).__name__}: {e}); nothing "
+                            "changed, see the server log")
 
 
 class AdapterSet:
@@ -30,10 +55,11 @@ class AdapterSet:
         self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
         self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
         self._counter = 0
+        self._names = threading.Lock()  # the worker changes the name maps, other threads read them
 
     def loaded(self) -> list[dict]:
-        # Read from other threads while the worker changes the cache: list() takes the names at once.
-        return [{"name": n, "source": self.sources.get(n)} for n in list(self.adapters)]
+        with self._names:
+            return [{"name": n, "source": self.sources.get(n)} for n in self.adapters]
 
     def files_to_load(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> dict[str, LoraFile]:
         """The file of every LoRA not loaded yet, before any is loaded: one bad name changes nothing.
@@ -82,8 +108,9 @@ class AdapterSet:
                 raise
             self.pipe.enable_lora()
             self.pipe.set_adapters(names, [s.weight for s in loras])
-            for s in loras:
-                self.adapters.move_to_end(s.name)
+            with self._names:
+                for s in loras:
+                    self.adapters.move_to_end(s.name)
         self.active = loras
 
     def _load(self, file: LoraFile, keep: set[str]) -> str:
@@ -97,10 +124,11 @@ class AdapterSet:
                 self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
         except Exception as e:
             self._delete(adapter)
-            raise InvalidLora(f"LoRA {file.name!r} cannot be loaded into this model ({self.backend} backend): {e}") from e
-        self.adapters[file.name] = adapter
-        self.sources[file.name] = file.source
-        self.hashes[file.name] = file.sha256
+            raise lora_load_error(e, repr(file.name), self.backend) from e
+        with self._names:
+            self.adapters[file.name] = adapter
+            self.sources[file.name] = file.source
+            self.hashes[file.name] = file.sha256
         self.active = None  # loading an adapter changes which adapters are active
         for name in list(self.adapters):  # evict least recently used, never what is needed now
             if len(self.adapters) <= self.cache_size:
@@ -110,9 +138,11 @@ class AdapterSet:
         return adapter
 
     def drop(self, name: str) -> None:
-        self.sources.pop(name, None)
-        self.hashes.pop(name, None)
-        self._delete(self.adapters.pop(name))
+        with self._names:
+            self.sources.pop(name, None)
+            self.hashes.pop(name, None)
+            adapter = self.adapters.pop(name)
+        self._delete(adapter)
         self.active = None
 
     def drop_all_but(self, keep: set[str], only: str | None = None) -> None:

@@ -55,14 +55,14 @@ class EngineClient(Protocol):
     async def start(self) -> None: ...  # pre-flight (raises to stop start-up), then load in the background
     async def stop(self) -> None: ...  # cancel queued work, finish running work, free the memory
     async def load(self, wait: bool) -> dict: ...  # /load-model: {"status", "started", "phase", ["error"]}
-    def health(self) -> dict: ...  # {"ready": bool, "phase": str, "error": str | None}
+    def health(self) -> dict: ...  # {"ready", "phase", "error": str | None, "replicas": {"alive": n, "dead": [i]}}
     def backend_name(self) -> str: ...
 
     # generation
     async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> JobView: ...
     def job(self, job_id: str) -> JobView: ...  # JobNotFound
     def position(self, job: JobView) -> int | None: ...
-    def cancel(self, job: JobView, reason: str) -> bool: ...
+    def cancel(self, job: JobView, reason: str, error: Exception | None = None) -> bool: ...  # False: it had ended
     def events(self, job: JobView) -> AsyncIterator[dict]: ...  # with aclose(): stop listening
 
     # LoRA and status
@@ -140,7 +140,13 @@ class LocalEngine:
         return body
 
     def health(self) -> dict:
-        return {"ready": self.manager.ready, "phase": self.manager.phase, "error": self.manager.error}
+        m = self.manager
+        sched = m.scheduler
+        dead = sorted(sched.dead.items()) if sched is not None else []
+        alive = sched.alive if sched is not None else 0
+        error = m.error or ("; ".join(why for _, why in dead) if dead else None)
+        return {"ready": m.ready and alive > 0, "phase": m.phase, "error": error,
+                "replicas": {"alive": alive, "dead": [i for i, _ in dead]}}
 
     def backend_name(self) -> str:
         return self.manager.backend_name
@@ -168,8 +174,8 @@ class LocalEngine:
     def position(self, job: Job) -> int | None:
         return self.manager.scheduler.position(job) if job.state == QUEUED and self.manager.scheduler else None
 
-    def cancel(self, job: Job, reason: str) -> bool:
-        return self.manager.scheduler.cancel(job, reason)
+    def cancel(self, job: Job, reason: str, error=None) -> bool:
+        return self.manager.scheduler.cancel(job, reason, error)
 
     def events(self, job: Job) -> JobEvents:
         """The job's progress events ({"event": "progress", step, total_steps, eta_s}) until it ends,

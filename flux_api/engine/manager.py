@@ -243,6 +243,8 @@ class FluxModelManager:
     def require_ready(self) -> None:
         if not self.ready or self.scheduler is None:
             raise ModelNotReady(self.phase, self._not_ready_message())
+        if not self.scheduler.alive:
+            raise ModelNotReady(self.phase, "no replica can generate: " + "; ".join(self.scheduler.dead.values()))
 
     def _not_ready_message(self) -> str:
         if self.phase == FAILED:
@@ -306,17 +308,21 @@ class FluxModelManager:
 
     def remove_loras(self, name: str | None = None) -> dict:
         """Unpin one LoRA, or all; their adapters are deleted from every replica."""
-        loaded = {e["name"] for e in self.replicas[0].adapters.loaded()} if self.replicas else set()
+        loaded = {e["name"] for e in self._loaded()}
         self.pinning.remove(name, loaded, self.on_every_replica)
         return self.lora_status()
 
     def lora_status(self) -> dict:
         return {
             "pinned": [s.as_dict() for s in self.pinning.pinned],
-            "loaded": self.replicas[0].adapters.loaded() if self.replicas else [],
+            "loaded": self._loaded(),
             "cache_size": self.settings.lora_cache_size,
             "lora_dir": str(self.settings.lora_dir),
         }
+
+    def _loaded(self) -> list[dict]:
+        replicas = self.replicas  # one read: an unload may empty the list meanwhile
+        return replicas[0].adapters.loaded() if replicas else []
 
     def list_loras(self) -> dict:
         return {"available": list_lora_folder(self.settings.lora_dir), **self.lora_status()}

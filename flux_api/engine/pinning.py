@@ -37,12 +37,17 @@ class LoraPinning:
                 self._pinned = loras
 
     def remove(self, name: str | None, loaded: set[str], on_every_replica: Callable) -> None:
-        """Unpin one LoRA, or all (name None); their adapters are deleted from every replica."""
+        """Unpin one LoRA, or all (name None); their adapters are deleted from every replica. All of it,
+        or the pinned set stays as it was."""
         with self._changing:
             pinned = self.pinned
             if name is not None and name not in {s.name for s in pinned} and name not in loaded:
                 raise InvalidLora(f"LoRA {name!r} is neither pinned nor loaded")
-            with self._lock:
-                self._pinned = tuple(s for s in pinned if name is not None and s.name != name)
-            keep = self.names()
+            remaining = tuple(s for s in pinned if name is not None and s.name != name)
+            keep = {s.name for s in remaining}
+            # Every replica first; the pinned set changes only once all of them have dropped it (a
+            # replica that fails leaves the set as it was, and a replica that already dropped the
+            # adapter loads it again when a pinned request needs it).
             on_every_replica(lambda r: r.adapters.drop_all_but(keep, only=name))
+            with self._lock:
+                self._pinned = remaining

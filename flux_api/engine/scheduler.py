@@ -18,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import FluxAPIError, GenerationTimeout, JobCancelled, QueueFull
+from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, QueueFull, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Job:
     error: BaseException | None = None
     reason: str | None = None
     cancel_reason: str | None = None
+    cancel_error: FluxAPIError | None = None  # what the run raises at its next step once cancelled
     future: Future = field(default_factory=Future)
     extra: dict = field(default_factory=dict)  # e.g. the encoded response, cached by the HTTP layer
     _ctx: contextvars.Context = field(default_factory=contextvars.copy_context)
@@ -61,7 +62,7 @@ class Job:
 
     def check_interrupt(self) -> None:
         if self.cancel_reason is not None:
-            raise JobCancelled(f"job cancelled: {self.cancel_reason}")
+            raise self.cancel_error or JobCancelled(f"job cancelled: {self.cancel_reason}")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
 
@@ -104,6 +105,11 @@ class Job:
 
 
 
+def _stopped_state(job: Job) -> str:
+    """The end state of a job stopped from outside: timed out when its deadline stopped it."""
+    return TIMED_OUT if isinstance(job.cancel_error, GenerationTimeout) else CANCELLED
+
+
 @dataclass
 class _Control:
     fn: Callable[..., Any]
@@ -123,6 +129,7 @@ class Scheduler:
         self._controls = {r.index: deque() for r in replicas}
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._running: dict[int, Job] = {}
+        self.dead: dict[int, str] = {}  # replica index -> why its worker stopped
         self._stop = False
         self._threads = [threading.Thread(target=self._work, args=(r,), name=f"flux-replica-{r.index}", daemon=True)
                          for r in replicas]
@@ -138,6 +145,11 @@ class Scheduler:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    @property
+    def alive(self) -> int:
+        """Replicas whose worker is running."""
+        return len(self.replicas) - len(self.dead)
 
     def get(self, job_id: str) -> Job | None:
         with self._cond:
@@ -158,7 +170,9 @@ class Scheduler:
                request_id: str | None = None) -> Job:
         with self._cond:
             if self._stop:
-                raise QueueFull("the service is shutting down", retry_after_s=30)
+                raise ShuttingDown()
+            if not self.alive:
+                raise GenerationFailed("no replica can generate: " + "; ".join(self.dead.values()))
             if len(self._queue) >= self.max_pending:
                 raise QueueFull(f"the queue is full ({self.max_pending} requests waiting); retry later",
                                 retry_after_s=self._retry_after())
@@ -180,29 +194,60 @@ class Scheduler:
         futures = []
         with self._cond:
             for r in self.replicas:
+                if r.index in self.dead:  # it serves nothing, and nobody would answer
+                    continue
                 c = _Control(fn)
                 self._controls[r.index].append(c)
                 futures.append(c.future)
             self._cond.notify_all()
         return futures
 
-    def cancel(self, job: Job, reason: str) -> bool:
-        """Cancel a queued job at once, a running one at its next step. False if it already ended."""
+    def cancel(self, job: Job, reason: str, error: FluxAPIError | None = None) -> bool:
+        """Cancel a queued job at once, a running one at its next step (or before its result is handed
+        over): True is a promise that the job ends cancelled. False if it already ended (or its result
+        was already handed over). `error` is what the job's waiter gets (JobCancelled by default)."""
         with self._cond:
             if job.state in FINAL:
                 return False
             job.cancel_reason = reason
-            if job.state == QUEUED:
+            job.cancel_error = error or JobCancelled(f"job cancelled: {reason}")
+            queued = job.state == QUEUED
+            if queued:
                 self._queue.remove(job)
-        if job.state == QUEUED:
-            job._finish(CANCELLED, error=JobCancelled(f"job cancelled: {reason}"), reason=reason)
+        if queued:
+            job._finish(_stopped_state(job), error=job.cancel_error, reason=reason)
             self._finished(job)
         return True
 
     # ------------------------------------------------------------------ the workers
 
     def _work(self, replica) -> None:
-        replica.on_thread_start()
+        try:
+            replica.on_thread_start()
+            self._serve(replica)
+        except BaseException as e:  # noqa: BLE001 - a worker that stops must say so, never vanish
+            self._died(replica, f"replica {replica.index}'s worker stopped: {type(e).__name__}: {e}")
+
+    def _died(self, replica, why: str) -> None:
+        """Record a dead worker; fail what it held. With no worker left, fail what is queued too, so
+        that nothing waits for a worker that will never come."""
+        log.error("%s", why)
+        error = GenerationFailed(why)
+        with self._cond:
+            self.dead[replica.index] = why
+            job = self._running.pop(replica.index, None)
+            controls = list(self._controls[replica.index])
+            self._controls[replica.index].clear()
+            orphans = list(self._queue) if not self.alive else []
+            if orphans:
+                self._queue.clear()
+        for c in controls:
+            c.future.set_exception(error)
+        for j in ([job] if job is not None and job.state not in FINAL else []) + orphans:
+            j._finish(FAILED, error=error, reason=why)
+            self._finished(j)
+
+    def _serve(self, replica) -> None:
         controls = self._controls[replica.index]
         while True:
             with self._cond:
@@ -238,7 +283,16 @@ class Scheduler:
             log.exception("job %s failed", job.id)
             job._finish(FAILED, error=e, reason=f"{type(e).__name__}: {e}")
         else:
-            job._finish(DONE, result=result)
+            # The result is handed over under the lock that cancel() takes: a cancel either comes
+            # first (the image is discarded and the job ends cancelled) or finds the job done (409).
+            with self._cond:
+                cancelled = job.cancel_reason is not None
+                if not cancelled:
+                    job.state = DONE
+            if cancelled:
+                job._finish(_stopped_state(job), error=job.cancel_error, reason=job.cancel_reason)
+            else:
+                job._finish(DONE, result=result)
         finally:
             with self._cond:
                 self._running.pop(replica.index, None)
@@ -268,7 +322,7 @@ class Scheduler:
             self._stop = True
             queued = list(self._queue)
         for job in queued:
-            self.cancel(job, "the service is shutting down")
+            self.cancel(job, "the service is shutting down", ShuttingDown())
         if queued:
             log.info("shutdown: cancelled %d queued job(s)", len(queued))
         with self._cond:
@@ -277,6 +331,6 @@ class Scheduler:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         for job in list(self._running.values()):
-            self.cancel(job, "the service is shutting down")
+            self.cancel(job, "the service is shutting down", ShuttingDown())
         for t in self._threads:
             t.join(10)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...errors import FluxAPIError, InvalidLora
-from ..adapters import AdapterSet
+from ...errors import FluxAPIError
+from ..adapters import AdapterSet, lora_load_error
 from ..lora import LoraSpec
 from .base import Backend
 
@@ -60,8 +60,7 @@ class NunchakuAdapters(AdapterSet):
         except Exception as e:  # leave no half-applied LoRA behind
             self.active = None
             transformer.reset_lora()
-            raise InvalidLora(f"LoRA {', '.join(s.name for s in loras)} cannot be loaded into this model "
-                              f"(nunchaku backend): {e}") from e
+            raise lora_load_error(e, ", ".join(s.name for s in loras), "nunchaku") from e
         self.active = loras
 
     def loaded(self) -> list[dict]:
