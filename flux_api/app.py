@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-import re
-import time
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from starlette.datastructures import MutableHeaders
+from fastapi import Depends, FastAPI
 
 from . import __version__
+from .api.deps import reject_unexpected_body
 from .api.errors import install_error_handlers
+from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from .api.openapi import install_body_schema
 from .api.routes import api_router
 from .engine.client import EngineClient, LocalEngine
 from .engine.manager import FluxModelManager
 from .engine.services import MANAGERS
 from .errors import FluxAPIError
-from .logs import request_id
 from .metrics import Metrics
 from .schemas import build_generate_request
 from .settings import ServiceSettings
@@ -29,37 +26,6 @@ DESCRIPTIONS = {
     "fp4": "FLUX.1-dev text-to-image with a 4-bit (or fp8/int8) quantized transformer.",
     "bf16": "FLUX.1-dev text-to-image at full precision (bf16).",
 }
-_SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-
-
-class RequestIdMiddleware:
-    """Give every request an id (the client's X-Request-ID if sane), echo it, log and count the request."""
-
-    def __init__(self, app, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _SAFE_ID.match(given) else uuid.uuid4().hex
-        token = request_id.set(rid)
-        t0, status = time.perf_counter(), [500]
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                MutableHeaders(scope=message)["X-Request-ID"] = rid
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log.info("%s %s -> %d in %.1f ms", scope["method"], scope["path"], status[0], (time.perf_counter() - t0) * 1e3)
-            route = getattr(scope.get("route"), "path", "unmatched")  # the template: /jobs/{job_id}
-            self.metrics.observe_request(scope["method"], route, status[0])
-            request_id.reset(token)
 
 
 def build_manager(settings: ServiceSettings) -> FluxModelManager:
@@ -88,6 +54,7 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         description=DESCRIPTIONS[settings.service] + " Same contract on both services (FP4 :8000, BF16 :8001).",
         version=__version__,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unexpected_body)],
     )
     metrics = Metrics(engine)
     app.state.engine = engine
@@ -98,5 +65,6 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     install_error_handlers(app)
     app.include_router(api_router)
     install_body_schema(app, app.state.generate_request)
-    app.add_middleware(RequestIdMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware, metrics=metrics)  # added last: outermost, sees every answer
     return app

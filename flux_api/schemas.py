@@ -12,19 +12,38 @@ from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, Ou
 from .settings import ServiceSettings
 
 
+# Every request body: unknown fields refused, and no coercion. `true` is not 1 step, "256" is not 256
+# pixels, NaN is not a number: each is a 422 naming the field, never a silent guess.
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class LoraRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, description="LoRA name inside the LoRA folder (no .safetensors needed).")
     weight: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength, 0-2.")
 
 
+# The cross-field rules, also in the JSON schema, so that clients and fuzzers see them: never both
+# ways of naming LoRAs, and no lora_weight without lora_name.
+# (null counts as not given, as in the validator below.)
+LORA_RULES = {
+    "not": {"required": ["lora_name", "loras"],
+            "properties": {"lora_name": {"type": "string"}, "loras": {"type": "array"}}},
+    "dependentSchemas": {"lora_weight": {"required": ["lora_name"], "properties": {"lora_name": {"type": "string"}}}},
+}
+
+
 class _LoraFields(BaseModel):
     """The seed's single `lora_name`/`lora_weight`, or `loras` for several; never both."""
 
+    model_config = ConfigDict(**STRICT, json_schema_extra=LORA_RULES)
+
     lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="One LoRA from the LoRA folder.")
-    lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2.")
-    loras: list[LoraRef] | None = Field(None, max_length=MAX_LORAS, description="Several LoRAs at once, each with its weight.")
+    lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2; only with lora_name.")
+    loras: list[LoraRef] | None = Field(
+        None, max_length=MAX_LORAS,
+        description="Several LoRAs at once, each with its weight, each name once; not together with lora_name.")
 
     @model_validator(mode="after")
     def _one_way(self):
@@ -43,16 +62,28 @@ class _LoraFields(BaseModel):
         return self.loras
 
 
+NOT_BLANK = r"\S"  # some character that is not white space
+# true_cfg_scale > 1 exactly when there is a (non-blank) negative prompt: at 1 a negative prompt would
+# be ignored, and above 1 without one it would be too.
+TRUE_CFG_RULE = {
+    "if": {"required": ["negative_prompt"], "properties": {"negative_prompt": {"type": "string", "pattern": NOT_BLANK}}},
+    "then": {"properties": {"true_cfg_scale": {"anyOf": [{"type": "number", "exclusiveMinimum": 1}, {"type": "null"}]}}},
+    "else": {"properties": {"true_cfg_scale": {"anyOf": [{"type": "number", "maximum": 1}, {"type": "null"}]}}},
+}
+
+
 def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
     """The /generate body for one service, with its configured defaults and limits."""
 
     class GenerateRequest(_LoraFields):
         model_config = ConfigDict(
-            extra="forbid",
-            json_schema_extra={"examples": [{"prompt": "a lighthouse on a cliff at dusk", "seed": 42}]},
+            **STRICT,
+            json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE],
+                               "examples": [{"prompt": "a lighthouse on a cliff at dusk", "seed": 42}]},
         )
 
-        prompt: str = Field(..., min_length=1, max_length=settings.max_prompt_chars, description="What to draw.")
+        prompt: str = Field(..., min_length=1, max_length=settings.max_prompt_chars, description="What to draw; not blank.",
+                            json_schema_extra={"pattern": NOT_BLANK})
         negative_prompt: str | None = Field(
             None, max_length=settings.max_prompt_chars,
             description="What to avoid. Uses true CFG, which doubles the cost of each step.",
@@ -140,7 +171,9 @@ class GenerateResponse(BaseModel):
 
 
 class ApplyLoraRequest(_LoraFields):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lora_name": "my-style", "lora_weight": 0.8}]})
+    model_config = ConfigDict(**STRICT, json_schema_extra={
+        **LORA_RULES, "anyOf": [{"required": ["lora_name"]}, {"required": ["loras"]}],
+        "examples": [{"lora_name": "my-style", "lora_weight": 0.8}]})
 
     @model_validator(mode="after")
     def _some(self):
@@ -150,9 +183,11 @@ class ApplyLoraRequest(_LoraFields):
 
 
 class RemoveLoraRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
-    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="Unpin this one; omit to unpin all.")
+    lora_name: str | None = Field(
+        None, min_length=1, max_length=MAX_LORA_NAME,
+        description="Unpin this one (a LoRA neither pinned nor loaded is a 422); omit to unpin all.")
 
 
 class ErrorDetail(BaseModel):

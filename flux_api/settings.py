@@ -80,6 +80,7 @@ class ServiceSettings(BaseSettings):
     default_width: ImageSide = 1024
     default_height: ImageSide = 1024
     max_prompt_chars: int = Field(2000, ge=1, le=100_000)
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted; larger is a 413.")
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token budget for the prompt.")
     output_format: OutputFormat = "png"
     png_compress_level: int = Field(1, ge=0, le=9)

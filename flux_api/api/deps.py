@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ..engine.client import EngineClient
+from ..errors import BodyNotAccepted
 from ..metrics import Metrics
 from ..settings import ServiceSettings
 
@@ -37,6 +38,19 @@ async def generate_body(raw: Annotated[Any, Body()], request: Request) -> BaseMo
         return request.app.state.generate_request.model_validate(raw, from_attributes=True)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
+
+
+async def reject_unexpected_body(request: Request) -> None:
+    """On every route: a body sent to a route that takes none is a 422, never silently ignored
+    (`POST /load-model {"wait": true}` would otherwise look like it waited)."""
+    route = request.scope.get("route")
+    if getattr(route, "body_field", True) is not None:
+        return
+    length = request.headers.get("content-length")
+    if (length is not None and length != "0") or "chunked" in request.headers.get("transfer-encoding", ""):
+        params = [p.name for p in getattr(route, "dependant").query_params] if route is not None else []
+        hint = f"; its parameters go in the query string ({', '.join(params)})" if params else ""
+        raise BodyNotAccepted(f"{request.method} {route.path} takes no request body{hint}")
 
 
 EngineDep = Annotated[EngineClient, Depends(get_engine)]

@@ -30,7 +30,12 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.LoraHubUnreachable: 503,
     E.GenerationFailed: 500,
     E.JobNotFound: 404,
+    E.JobAlreadyEnded: 409,
     E.JobCancelled: 409,
+    E.ShuttingDown: 503,
+    E.ClientDisconnected: 499,  # nginx's "client closed request": only the access log and metrics see it
+    E.BodyNotAccepted: 422,
+    E.BodyTooLarge: 413,
     E.GenerationTimeout: 504,
 }
 
@@ -54,6 +59,17 @@ def error_response(code: int, type_: str, message: str, details=None, headers: d
     return JSONResponse(body, status_code=code, headers=headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI document offers on this request's path (the spec is the contract)."""
+    import re
+
+    methods = set()
+    for template, ops in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {m.upper() for m in ops}
+    return sorted(methods)
+
+
 def _validation_message(errors: list[dict]) -> str:
     parts = []
     for err in errors:
@@ -67,7 +83,8 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(E.FluxAPIError)
     async def _domain(request: Request, exc: E.FluxAPIError):
         code = status_of(exc)
-        headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, E.QueueFull) else None
+        retry_after = getattr(exc, "retry_after_s", None)
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if code >= 500:
             log.error("%s %s -> %d %s: %s", request.method, request.url.path, code, exc.type, exc.message)
         return error_response(code, exc.type, exc.message, exc.details or None, headers)
@@ -80,7 +97,20 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers=getattr(exc, "headers", None))
+        if isinstance(exc.__cause__, E.FluxAPIError):  # raised while FastAPI read the body (BodyTooLarge)
+            return await _domain(request, exc.__cause__)
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI could not read the body at all (not UTF-8, say): as invalid as malformed JSON,
+            # which FastAPI itself answers with 422, so the same status and body.
+            msg = f"the body could not be read as JSON ({type(exc.__cause__).__name__}); send UTF-8 JSON"
+            return error_response(422, "validation_error", msg,
+                                  [{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route that matched the path; a path served
+            # by several routes (GET and DELETE /jobs/{id}) allows all of theirs.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

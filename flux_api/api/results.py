@@ -13,7 +13,7 @@ from ..engine.client import EngineClient
 from ..engine.lora import LoraSpec
 from ..engine.scheduler import Job
 from ..engine.types import GenerationParams, GenerationResult
-from ..errors import GenerationTimeout, JobCancelled
+from ..errors import ClientDisconnected, GenerationTimeout
 from ..imaging import encode_image
 from ..limits import FORMAT_OF_MEDIA_TYPE, MEDIA_TYPES
 from ..schemas import GenerateResponse, LoraRef
@@ -60,17 +60,21 @@ async def wait_for(engine: EngineClient, job: Job, request: Request) -> Generati
     """The job's result. A client that goes away cancels it (queued: dropped; running: stopped at the
     next step); past its deadline it is stopped and this raises GenerationTimeout."""
     result = asyncio.wrap_future(job.future)
+    # Whoever stops waiting, the job's own end is still seen here: an error nobody retrieves would be
+    # logged by asyncio later ("Future exception was never retrieved"), under another request's id.
+    result.add_done_callback(lambda f: f.cancelled() or f.exception())
     gone = asyncio.ensure_future(_disconnected(request))
     timeout = None if job.deadline is None else max(0.0, job.deadline - time.monotonic()) + STOP_GRACE_S
     try:
         done, _ = await asyncio.wait({result, gone}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if result in done:
             return result.result()
-        reason = "client disconnected" if gone in done else "timed out"
-        engine.cancel(job, reason)
         if gone in done:
-            raise JobCancelled(f"job cancelled: {reason}")
-        raise GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
+            error = ClientDisconnected("the client disconnected; its job was cancelled")
+        else:
+            error = GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
+        engine.cancel(job, str(error), error)
+        raise error
     finally:
         gone.cancel()
 

@@ -2,8 +2,11 @@
 
 from fastapi import APIRouter
 
+from ..errors import error_responses
 from . import admin, generation, jobs, loras
 
-api_router = APIRouter()
+# What any route may answer: 422 (a bad parameter, or a body sent to a route that takes none) and 500
+# (an unforeseen failure, with the request id that is in the log). Each route adds its own.
+api_router = APIRouter(responses=error_responses(422, 500))
 for module in (admin, generation, loras, jobs):
     api_router.include_router(module.router)

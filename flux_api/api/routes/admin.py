@@ -19,13 +19,23 @@ async def root(request: Request, engine: EngineDep) -> dict:
             "state": engine.health()["phase"], "docs": "/docs", "endpoints": routes}
 
 
-@router.get("/health", summary="Readiness: 200 once the model can generate")
+@router.get("/health", summary="Readiness: 200 once the model can generate",
+            responses={503: {"description": "Not ready: loading, failed, or no replica can generate"}})
 async def health(engine: EngineDep) -> JSONResponse:
-    """200 when the model is loaded and warmed up; 503 with the phase (or the error) before that."""
+    """200 when the model is loaded and warmed up (`degraded`, naming them, when some replicas' workers
+    stopped); 503 with the phase (or the error) before that, or when no replica can generate."""
     h = engine.health()
+    dead = h["replicas"]["dead"]
     if h["ready"]:
-        return JSONResponse({"status": "ok"})
-    body = {"status": "loading" if h["phase"] in (LOADING, WARMING_UP) else h["phase"], "phase": h["phase"]}
+        if not dead:
+            return JSONResponse({"status": "ok"})
+        # Some replicas' workers stopped: the others still serve, at less capacity.
+        return JSONResponse({"status": "degraded", "replicas": h["replicas"], "error": h["error"]})
+    if dead:
+        status = "failed"  # loaded, but no worker is left to generate
+    else:
+        status = "loading" if h["phase"] in (LOADING, WARMING_UP) else h["phase"]
+    body = {"status": status, "phase": h["phase"], "replicas": h["replicas"]}
     if h["error"]:
         body["error"] = h["error"]
     return JSONResponse(body, status_code=503)
@@ -44,7 +54,8 @@ async def model_status(engine: EngineDep) -> dict:
     return await engine.status()
 
 
-@router.post("/load-model", summary="Load the model if it is not loaded (idempotent)", responses=error_responses(422, 500, 503))
+@router.post("/load-model", summary="Load the model if it is not loaded (idempotent)",
+             responses={202: {"description": "Loading (started now or earlier)"}, **error_responses(422, 500, 503)})
 async def load_model(engine: EngineDep,
                      wait: bool = Query(False, description="Answer only once loading has finished.")) -> JSONResponse:
     """Start loading unless the model is loaded or loading. Never loads a second copy. 200 when loaded,

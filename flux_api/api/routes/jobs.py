@@ -6,13 +6,15 @@ The SSE stream uses FastAPI's own support (EventSourceResponse + ServerSentEvent
 import asyncio
 import time
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ...engine.client import EngineClient
+from ...engine.client import EngineClient, JobView
 from ...engine.scheduler import DONE, QUEUED, RUNNING, Job
-from ...errors import FluxAPIError, JobCancelled
+from ...errors import FluxAPIError, JobAlreadyEnded
 from ...logs import request_id
 from ...settings import ServiceSettings
 from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep
@@ -20,6 +22,16 @@ from ..errors import error_responses
 from ..results import build_response, to_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+async def get_job(job_id: Annotated[str, Path(max_length=64, description="The id POST /jobs returned.")],
+                  engine: EngineDep) -> JobView:
+    """The job, or JobNotFound (404) before any route body runs: a dependency, so that the event
+    stream answers 404 instead of starting a 200 stream it cannot continue."""
+    return engine.job(job_id)
+
+
+JobDep = Annotated[JobView, Depends(get_job)]
 
 
 def error_of(job: Job) -> dict | None:
@@ -53,7 +65,7 @@ async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
 
 
 @router.post("", status_code=202, summary="Queue a generation; returns its id once it is checked",
-             responses=error_responses(403, 404, 422, 429, 500, 503, 504),
+             responses=error_responses(403, 404, 413, 422, 429, 500, 503, 504),
              openapi_extra=GENERATE_BODY)
 async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -> JSONResponse:
     """The same body as /generate. Checked first (milliseconds; a Hub LoRA not in the cache is downloaded
@@ -67,28 +79,27 @@ async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -
 
 
 @router.get("/{job_id}", summary="A job's state, progress and result", responses=error_responses(404, 422))
-async def get(job_id: str, engine: EngineDep, settings: SettingsDep) -> dict:
+async def get(job: JobDep, engine: EngineDep, settings: SettingsDep) -> dict:
     """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
     ETA, and the result (as /generate returns it) once done."""
-    job = engine.job(job_id)
     return {**snapshot(engine, job), "result": await result_of(job, settings)}
 
 
 @router.delete("/{job_id}", summary="Cancel a job", responses=error_responses(404, 409, 422))
-async def cancel(job_id: str, engine: EngineDep) -> dict:
-    """A queued job is cancelled at once; a running one stops at its next denoising step, and its
-    image is discarded. 409 if it has already ended."""
-    job = engine.job(job_id)
+async def cancel(job: JobDep, engine: EngineDep) -> dict:
+    """A queued job is cancelled at once; a running one stops at its next denoising step (or before its
+    image is handed over), and it ends `cancelled`: a 200 here is always kept. 409, with the state, if
+    the job has already ended (a cancel that comes after the image was made cannot take it back)."""
     if not engine.cancel(job, "cancelled by DELETE /jobs"):
-        raise JobCancelled(f"job {job_id} has already ended ({job.state})")
+        raise JobAlreadyEnded(f"job {job.id} has already ended ({job.state}); nothing was cancelled", state=job.state)
     return snapshot(engine, job)
 
 
-@router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events")
-async def events(job_id: str, engine: EngineDep, settings: SettingsDep):
+@router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events",
+            responses=error_responses(404, 422))
+async def events(job: JobDep, engine: EngineDep, settings: SettingsDep):
     """`state` first, then one `progress` event per step ({step, total_steps, eta_s}), then `result`
-    (the /generate body) or `error` ({state, type, message})."""
-    job = engine.job(job_id)
+    (the /generate body) or `error` ({state, type, message}). An unknown or forgotten id is a 404."""
     events = engine.events(job)  # listening from here on: no step is missed after the snapshot
     try:
         yield ServerSentEvent(event="state", data=snapshot(engine, job))
