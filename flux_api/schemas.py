@@ -172,7 +172,8 @@ class GenerateResponse(BaseModel):
 
 class ApplyLoraRequest(_LoraFields):
     model_config = ConfigDict(**STRICT, json_schema_extra={
-        **LORA_RULES, "anyOf": [{"required": ["lora_name"]}, {"required": ["loras"]}],
+        **LORA_RULES, "anyOf": [{"required": ["lora_name"], "properties": {"lora_name": {"type": "string"}}},
+                                {"required": ["loras"], "properties": {"loras": {"type": "array"}}}],
         "examples": [{"lora_name": "my-style", "lora_weight": 0.8}]})
 
     @model_validator(mode="after")
