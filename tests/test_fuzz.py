@@ -21,6 +21,7 @@ stay exactly as schemathesis made them.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -64,9 +65,25 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 PIXEL_STEPS = 256 * 256 * 24  # the most work one fuzzed image may ask for: 24 steps at 256x256, 1 at 1024x1024
 
 
-def _schema(name: str):
+def _spec(name: str) -> dict:
     """The service's OpenAPI document, as its app builds it (the fixture checks the served one is the same)."""
-    schema = schemathesis.openapi.from_dict(create_app(SERVICES[name]()).openapi())
+    return create_app(SERVICES[name]()).openapi()
+
+
+JOB_LINKS = {"get": "get_jobs__job_id__get", "cancel": "cancel_jobs__job_id__delete",
+             "events": "events_jobs__job_id__events_get"}
+
+
+def _schema(name: str):
+    """The spec, with OpenAPI links from POST /jobs's answer (its `id`) to the job routes, so the stateful
+    fuzz works on real jobs. The fuzz adds them where the spec has none (schemathesis would guess
+    `job_id`, a field the answer does not have)."""
+    spec = copy.deepcopy(_spec(name))
+    created = spec["paths"]["/jobs"]["post"]["responses"]["202"]
+    if "links" not in created:
+        created["links"] = {k: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+                            for k, op in JOB_LINKS.items()}
+    schema = schemathesis.openapi.from_dict(spec)
     schema.hook("map_body")(_small_but_valid)
     return schema
 
@@ -99,7 +116,7 @@ def fuzz_services(cache_dir, lora_dir):
             s = Served(create_app(make(cache_dir=cache_dir, lora_dir=lora_dir))).__enter__()
             served[name] = s
             s.wait_ready()
-            assert s.client.get("/openapi.json").json() == _schema(name).raw_schema, "served spec differs"
+            assert s.client.get("/openapi.json").json() == _spec(name), "served spec differs"
         yield served
     finally:
         for s in served.values():
