@@ -16,7 +16,7 @@ would be costly (many steps on a large image); invalid values are never touched,
 stay exactly as schemathesis made them.
 
     FLUX_API_VENV=/work/venv-lead ./scripts/test.sh tests/test_fuzz.py
-    FUZZ_EXAMPLES=200 ... (more cases per route and mode; default 25)
+    FUZZ_EXAMPLES=200 ... (cases per route; default 100)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from flux_api.settings import BF16Settings, FP4Settings
 
 pytestmark = [pytest.mark.socket, pytest.mark.slow]
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 # Settings of the services under test. request_timeout_s bounds a request that should have been refused
 # but was not (the fuzz then reports the 504 as a server error instead of hanging).
 COMMON = {"model": "tiny", "request_timeout_s": 30.0, "queue_size": 8, "jobs_keep": 64}
@@ -137,7 +137,7 @@ def test_fuzz(case, fuzz_services):
 
 
 
-STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "15"))
+STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "20"))
 
 
 @pytest.mark.parametrize("name", list(SERVICES))
