@@ -1,0 +1,248 @@
+"""The OpenAPI fuzz (issue 10): schemathesis against both services, each a real uvicorn on the loopback
+address with the tiny model, every route, valid and invalid inputs (schemathesis' positive and negative
+generation modes), bounded in cases and time.
+
+Each generated request must get an answer that
+- is not a server error (no 5xx at all, even one the spec lists),
+- has a status code the spec declares for that route,
+- has the declared content type and matches the declared response schema,
+- rejects invalid data (negative mode) with a 4xx, and accepts valid data (positive mode) with a
+  status the spec declares for it.
+
+The services under test are their own (not the session's `bf16`/`fp4`, whose pinned LoRAs the fuzz
+would change), with small defaults. What keeps a valid /generate cheap is `_small_but_valid`: a
+field whose generated value is valid is replaced by another valid value of that field when the image
+would be costly (many steps on a large image); invalid values are never touched, so negative cases
+stay exactly as schemathesis made them.
+
+    FLUX_API_VENV=/work/venv-lead ./scripts/test.sh tests/test_fuzz.py
+    FUZZ_EXAMPLES=200 ... (cases per route; default 100)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import schemathesis
+from conftest import BF16_DEFAULTS, FP4_DEFAULTS, Served
+from hypothesis import HealthCheck, Phase, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    allow_header_conformance,
+    content_type_conformance,
+    ensure_resource_availability,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+    unsupported_method,
+)
+
+from flux_api.app import create_app
+from flux_api.limits import MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_STEP
+from flux_api.settings import BF16Settings, FP4Settings
+
+pytestmark = [pytest.mark.socket, pytest.mark.slow]
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+# Settings of the services under test. request_timeout_s bounds a request that should have been refused
+# but was not (the fuzz then reports the 504 as a server error instead of hanging).
+COMMON = {"model": "tiny", "request_timeout_s": 30.0, "queue_size": 8, "jobs_keep": 64}
+SERVICES = {
+    "bf16": lambda **kw: BF16Settings(**COMMON, **BF16_DEFAULTS, **kw),
+    "fp4": lambda **kw: FP4Settings(**COMMON, **FP4_DEFAULTS, **kw),
+}
+# No 5xx; only declared statuses, content types and bodies; invalid data refused with a 4xx; data the spec
+# calls valid not refused (a rule the service enforces must be visible in the spec, or answer a status such
+# as 404/409 that says the state, not the shape, is wrong); a method a path lacks gets 405 with an Allow
+# header that lists exactly the path's methods. Left out on purpose: use_after_free (DELETE /jobs/{id} is
+# documented as "cancel", and the cancelled job stays readable), and the auth checks (no auth here).
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+          negative_data_rejection, positive_data_acceptance, unsupported_method, allow_header_conformance]
+PIXEL_STEPS = 256 * 256 * 24  # the most work one fuzzed image may ask for: 24 steps at 256x256, 1 at 1024x1024
+
+
+def _spec(name: str) -> dict:
+    """The service's OpenAPI document, as its app builds it (the fixture checks the served one is the same)."""
+    return create_app(SERVICES[name]()).openapi()
+
+
+JOB_LINKS = {"get": "get_jobs__job_id__get", "cancel": "cancel_jobs__job_id__delete",
+             "events": "events_jobs__job_id__events_get"}
+
+
+def _schema(name: str):
+    """The spec, with OpenAPI links from POST /jobs's answer (its `id`) to the job routes, so the stateful
+    fuzz works on real jobs. The fuzz adds them where the spec has none (schemathesis would guess
+    `job_id`, a field the answer does not have)."""
+    spec = copy.deepcopy(_spec(name))
+    created = spec["paths"]["/jobs"]["post"]["responses"]["202"]
+    if "links" not in created:
+        created["links"] = {k: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+                            for k, op in JOB_LINKS.items()}
+    schema = schemathesis.openapi.from_dict(spec)
+    schema.hook("map_body")(_small_but_valid)
+    return schema
+
+
+def _is_int(v) -> bool:
+    return type(v) is int  # not bool: a boolean is not a valid number, and must stay as generated
+
+
+def _small_but_valid(context, body):
+    """map_body: keep valid images cheap. Only values that are valid for their field are changed, and
+    only into other valid values of that field, so a valid body stays valid and an invalid one stays
+    invalid for the same reason."""
+    if not isinstance(body, dict):
+        return body
+    side_ok = lambda v: _is_int(v) and MIN_SIDE <= v <= MAX_SIDE and v % SIDE_STEP == 0
+    w, h = body.get("width", 256), body.get("height", 256)
+    pixels = (w if side_ok(w) else 256) * (h if side_ok(h) else 256)
+    steps = body.get("num_inference_steps")
+    if _is_int(steps) and 1 <= steps <= MAX_STEPS and pixels * steps > PIXEL_STEPS:
+        body["num_inference_steps"] = max(1, PIXEL_STEPS // pixels)
+    return body
+
+
+@pytest.fixture(scope="module")
+def fuzz_services(cache_dir, lora_dir):
+    """Both services under test, started once for the module; name -> Served."""
+    served = {}
+    try:
+        for name, make in SERVICES.items():
+            s = Served(create_app(make(cache_dir=cache_dir, lora_dir=lora_dir))).__enter__()
+            served[name] = s
+            s.wait_ready()
+            assert s.client.get("/openapi.json").json() == _spec(name), "served spec differs"
+        yield served
+    finally:
+        for s in served.values():
+            s.__exit__(None, None, None)
+
+
+def _service_of(case) -> str:
+    return case.operation.schema.raw_schema["info"]["title"].split()[1].lower()  # "FLUX BF16 service"
+
+
+@schemathesis.pytest.parametrize(bf16=_schema("bf16"), fp4=_schema("fp4"))
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+          phases=[Phase.explicit, Phase.generate],  # no shrinking: bounded time; the first failure is reported
+          suppress_health_check=list(HealthCheck))
+def test_fuzz(case, fuzz_services):
+    s = fuzz_services[_service_of(case)]
+    case.call_and_validate(base_url=s.url, checks=CHECKS, timeout=90)
+
+
+
+STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "20"))
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_fuzz_stateful(name, fuzz_services):
+    """Chains of calls that use what earlier answers returned (POST /jobs -> its id -> GET, DELETE and the
+    events of that job, racing its end), so the job routes are fuzzed on real jobs too, not only on ids
+    that do not exist. Same checks, plus: a job that POST /jobs created can be read."""
+    s = fuzz_services[name]
+
+    class Machine(_schema(name).as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"base_url": s.url, "timeout": 90}
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, checks=[*CHECKS, ensure_resource_availability],
+                                   transport_kwargs=kwargs or None, recorder=getattr(self, "recorder", None))
+
+    Machine.run(settings=settings(max_examples=STATEFUL_EXAMPLES, stateful_step_count=6, deadline=None,
+                                  derandomize=True, database=None, phases=[Phase.generate],
+                                  suppress_health_check=list(HealthCheck)))
+
+
+# Values of every JSON type and a few that only look like numbers: each one that the spec says is wrong
+# for a field must be refused with a 422 and the one error body, whatever the field.
+ODD_VALUES = [True, False, None, 0, 1, -1, 256, 1.5, 2**64, "", "1", "256", "1.5", "true", "null", "png",
+              [], [1], {}, {"name": "style"}, "x" * 5000]
+BASE_BODIES = {
+    "/generate": {"prompt": "a red bicycle", "num_inference_steps": 1, "width": 256, "height": 256, "seed": 7},
+    "/jobs": {"prompt": "a red bicycle", "num_inference_steps": 1, "width": 256, "height": 256, "seed": 7},
+    "/apply-lora": {"lora_name": "style"},
+    "/remove-lora": {"lora_name": "style"},
+}
+
+
+def _body_schemas(spec: dict) -> dict[str, tuple[dict, dict]]:
+    """path -> (the JSON schema of its body, its properties) for each POST route that takes a JSON body."""
+    out = {}
+    for path, ops in spec["paths"].items():
+        body = ops.get("post", {}).get("requestBody", {}).get("content", {}).get("application/json")
+        if body:
+            schema = body["schema"]
+            resolved = schema
+            while "$ref" in resolved or "anyOf" in resolved:  # RemoveLoraRequest | null
+                if "$ref" in resolved:
+                    resolved = spec["components"]["schemas"][resolved["$ref"].rsplit("/", 1)[1]]
+                else:
+                    resolved = next(s for s in resolved["anyOf"] if s.get("type") != "null")
+            out[path] = (schema, resolved["properties"])
+    return out
+
+
+def _resolve(schema: dict, spec: dict) -> dict:
+    while "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def _variants(base: dict, props: dict, spec: dict):
+    """(where, body): `base` with each of ODD_VALUES in each property, and in each property of the objects
+    of an array property (loras: [{name, weight}]), one at a time."""
+    for prop, prop_schema in props.items():
+        for value in ODD_VALUES:
+            yield prop, {**base, prop: value}
+        for alt in prop_schema.get("anyOf", [prop_schema]):
+            item = _resolve(alt.get("items", {}), spec) if alt.get("type") == "array" else {}
+            for sub in item.get("properties", {}):
+                for value in ODD_VALUES:
+                    # the lora_name of the base body makes way for loras
+                    body = {k: v for k, v in base.items() if not k.startswith("lora_")}
+                    yield f"{prop}[0].{sub}", {**body, prop: [{"name": "style", sub: value}]}
+
+
+@pytest.mark.parametrize("name", list(SERVICES))
+def test_every_wrong_json_type_is_refused(name, fuzz_services):
+    """Spec-driven, not a list of known fields: for every property of every JSON body, put each of
+    ODD_VALUES in it; where the spec says the body is then invalid, the service must answer 422 with the
+    error body (a boolean is not a number, "256" is not an integer, null is not a string)."""
+    import jsonschema_rs
+
+    s = fuzz_services[name]
+    spec = s.client.get("/openapi.json").json()
+    bodies = _body_schemas(spec)
+    assert set(bodies) == set(BASE_BODIES), "a JSON body route without a base body here"
+    wrong = []
+    tried = 0
+    for path, (schema, props) in bodies.items():
+        validator = jsonschema_rs.validator_for({**schema, "components": spec["components"]})
+        assert validator.is_valid(BASE_BODIES[path]), path
+        for prop, body in _variants(BASE_BODIES[path], props, spec):
+            if validator.is_valid(body):
+                continue
+            tried += 1
+            r = s.client.post(path, json=body)
+            ok = r.status_code == 422 and r.json().get("error", {}).get("type") == "validation_error"
+            if not ok:
+                wrong.append(f"POST {path} {prop}: {json.dumps(body)[:160]} -> {r.status_code} {r.text[:100]}")
+    s.client.post("/remove-lora")  # whatever a wrongly accepted /apply-lora pinned
+    assert tried > 100
+    assert not wrong, f"{len(wrong)} of {tried} invalid bodies not refused with 422:\n" + "\n".join(wrong)
+
+
+def test_fuzz_leaves_the_services_healthy(fuzz_services):
+    """After the fuzz (this test runs after it): both services still answer /health 200 and can generate."""
+    for name, s in fuzz_services.items():
+        assert s.client.get("/health").status_code == 200, name
+        s.client.post("/remove-lora")  # whatever the fuzz pinned
+        r = s.client.post("/generate", json={"prompt": "still fine", "num_inference_steps": 1, "seed": 3})
+        assert r.status_code == 200, (name, r.text)
