@@ -58,6 +58,10 @@ class LoraNotFound(FluxAPIError):
     """The LoRA is neither in the LoRA folder nor on the Hub (or the Hub is switched off)."""
 
 
+class LoraNotPinned(LoraNotFound):
+    """/remove-lora named a LoRA that is neither pinned nor loaded: nothing to remove."""
+
+
 class InvalidLora(FluxAPIError):
     """Refused LoRA: outside the LoRA folder, not safetensors, corrupt, or not fitting this model."""
 

@@ -5,10 +5,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
+
+
+def _integral_number(v):
+    # JSON has one number type: 10.0 is the integer 10 (as JSON Schema says), 10.5 is not, and under
+    # the strict request models neither `true` nor "10" is a number at all.
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def json_int(**constraints):
+    """An integer field with `constraints` (ge, le, multiple_of) that takes 10.0 as 10. The constraints
+    come before the validator, so the JSON schema shows them as minimum/maximum/multipleOf."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral_number)]
+
 
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 16  # FLUX's latents are 1/8 of the image, packed 2x2
-ImageSide = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)]
+ImageSide = json_int(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 100

@@ -6,9 +6,11 @@ The /generate request model is built from the service's settings, so the default
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat
+from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat, json_int
 from .settings import ServiceSettings
 
 
@@ -17,10 +19,15 @@ from .settings import ServiceSettings
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+# A LoRA name: no control characters (they name no file anyone meant), in the schema as in the check.
+LORA_NAME = r"^[^\x00-\x1f\x7f]+$"
+
+
 class LoraRef(BaseModel):
     model_config = STRICT
 
-    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, description="LoRA name inside the LoRA folder (no .safetensors needed).")
+    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+                      description="LoRA name inside the LoRA folder (no .safetensors needed).")
     weight: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength, 0-2.")
 
 
@@ -39,10 +46,11 @@ class _LoraFields(BaseModel):
 
     model_config = ConfigDict(**STRICT, json_schema_extra=LORA_RULES)
 
-    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, description="One LoRA from the LoRA folder.")
+    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+                                  description="One LoRA from the LoRA folder.")
     lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2; only with lora_name.")
     loras: list[LoraRef] | None = Field(
-        None, max_length=MAX_LORAS,
+        None, max_length=MAX_LORAS, json_schema_extra={"uniqueItems": True},
         description="Several LoRAs at once, each with its weight, each name once; not together with lora_name.")
 
     @model_validator(mode="after")
@@ -93,14 +101,14 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
             description=f"True CFG strength for negative_prompt; {settings.default_true_cfg_scale} when a negative "
             "prompt is given without it. Must be > 1 with a negative prompt.",
         )
-        num_inference_steps: int = Field(settings.default_steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
+        num_inference_steps: json_int(ge=1, le=MAX_STEPS) = Field(settings.default_steps, description="Denoising steps.")
         guidance_scale: float = Field(
             settings.default_guidance, ge=0.0, le=20.0,
             description="FLUX.1-dev's distilled guidance (an embedding, not CFG). 0.0 is honoured as 0.0.",
         )
         width: ImageSide = Field(settings.default_width, description="Pixels, a multiple of 16.")
         height: ImageSide = Field(settings.default_height, description="Pixels, a multiple of 16.")
-        seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Omit for a random seed; the one used is returned.")
+        seed: json_int(ge=0, le=MAX_SEED) | None = Field(None, description="Omit for a random seed; the one used is returned.")
         output_format: OutputFormat = Field(settings.output_format, description="Image format.")
 
         @field_validator("prompt")
@@ -170,6 +178,40 @@ class GenerateResponse(BaseModel):
     request_id: str
 
 
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobState(BaseModel):
+    """A job as GET /jobs/{id} (and DELETE, and the SSE `state` event) shows it."""
+
+    id: str
+    state: Literal["queued", "running", "done", "failed", "cancelled", "timed_out"]
+    position: int | None = Field(description="Place in the queue (0 is next); null once it runs.")
+    step: int = Field(description="Denoising steps done.")
+    total_steps: int
+    eta_s: float | None = Field(description="Seconds left, from the steps so far; null until a step is done.")
+    replica: int | None = Field(description="The replica running it, once it runs.")
+    queue_ms: float = Field(description="Time spent waiting for a replica.")
+    cancel_requested: bool
+    error: JobError | None = Field(description="Why it failed, was cancelled or timed out.")
+    request_id: str | None
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+
+
+class JobCreated(JobState):
+    links: JobLinks
+
+
+class JobDetail(JobState):
+    result: GenerateResponse | None = Field(description="The /generate body, once the job is done.")
+
+
 class ApplyLoraRequest(_LoraFields):
     model_config = ConfigDict(**STRICT, json_schema_extra={
         **LORA_RULES, "anyOf": [{"required": ["lora_name"], "properties": {"lora_name": {"type": "string"}}},
@@ -187,8 +229,8 @@ class RemoveLoraRequest(BaseModel):
     model_config = STRICT
 
     lora_name: str | None = Field(
-        None, min_length=1, max_length=MAX_LORA_NAME,
-        description="Unpin this one (a LoRA neither pinned nor loaded is a 422); omit to unpin all.")
+        None, min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+        description="Unpin this one (a LoRA neither pinned nor loaded is a 404); omit to unpin all.")
 
 
 class ErrorDetail(BaseModel):

@@ -240,27 +240,12 @@ def lora_dir(tmp_path_factory, tiny_dir) -> Path:
     """Real LoRAs for the tiny transformer: peft adapters with non-zero weights, saved in the diffusers
     LoRA format, plus files that must be refused."""
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel
-    from peft import LoraConfig, get_peft_model_state_dict
     from safetensors.torch import save_file
+    from soak import make_loras
 
-    root = tmp_path_factory.mktemp("loras")
-    for name, seed, targets in (("style", 1, ["to_q", "to_k", "to_v", "to_out.0"]), ("detail", 2, ["to_q", "to_v"])):
-        tr = FluxTransformer2DModel.from_pretrained(tiny_dir, subfolder="transformer")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # init_lora_weights=False: random A and B, so the adapter really changes the output.
-            tr.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-        FluxPipeline.save_lora_weights(root, transformer_lora_layers=get_peft_model_state_dict(tr),
-                                       weight_name=f"{name}.safetensors")
-    # a kohya-style file (BFL module names, lora_down/lora_up/alpha) that diffusers converts
-    g = torch.Generator().manual_seed(3)
-    kohya = {}
-    for mod, out_f in (("double_blocks_0_img_attn_qkv", 96), ("double_blocks_0_img_attn_proj", 32)):
-        kohya[f"lora_unet_{mod}.lora_down.weight"] = torch.randn(4, 32, generator=g)
-        kohya[f"lora_unet_{mod}.lora_up.weight"] = torch.randn(out_f, 4, generator=g)
-        kohya[f"lora_unet_{mod}.alpha"] = torch.tensor(4.0)
-    save_file(kohya, root / "kohya.safetensors")
+    # style, detail (peft adapters, random non-zero A and B) and kohya (BFL names, converted by diffusers)
+    root = make_loras(tiny_dir, tmp_path_factory.mktemp("loras"))
+    g = torch.Generator().manual_seed(4)
     # a LoRA made for another model: to_q's in_features do not match (99 instead of 32)
     save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 99, generator=g),
                "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=g)},

@@ -503,7 +503,9 @@ def free_port() -> int:
 
 
 def make_loras(tiny_dir: Path, out: Path) -> Path:
-    """Real LoRAs for the tiny transformer (as conftest's lora_dir makes them): style, detail, kohya."""
+    """Real LoRAs for the tiny transformer, the ones conftest's lora_dir starts from: style and detail (peft
+    adapters with random non-zero A and B, so they change the output) and kohya (BFL module names with
+    lora_down/lora_up/alpha, which diffusers converts)."""
     import torch
     from diffusers import FluxPipeline, FluxTransformer2DModel
     from peft import LoraConfig, get_peft_model_state_dict

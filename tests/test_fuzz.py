@@ -21,7 +21,6 @@ stay exactly as schemathesis made them.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 
@@ -70,22 +69,26 @@ def _spec(name: str) -> dict:
     return create_app(SERVICES[name]()).openapi()
 
 
-JOB_LINKS = {"get": "get_jobs__job_id__get", "cancel": "cancel_jobs__job_id__delete",
-             "events": "events_jobs__job_id__events_get"}
-
-
 def _schema(name: str):
-    """The spec, with OpenAPI links from POST /jobs's answer (its `id`) to the job routes, so the stateful
-    fuzz works on real jobs. The fuzz adds them where the spec has none (schemathesis would guess
-    `job_id`, a field the answer does not have)."""
-    spec = copy.deepcopy(_spec(name))
-    created = spec["paths"]["/jobs"]["post"]["responses"]["202"]
-    if "links" not in created:
-        created["links"] = {k: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
-                            for k, op in JOB_LINKS.items()}
+    """The spec as schemathesis' input. Its OpenAPI links (POST /jobs's `id` -> the job routes) let the
+    stateful fuzz work on real jobs."""
+    spec = _spec(name)
+    assert set(spec["paths"]["/jobs"]["post"]["responses"]["202"]["links"]) == {"get", "cancel", "events"}
     schema = schemathesis.openapi.from_dict(spec)
     schema.hook("map_body")(_small_but_valid)
+    schema.hook("filter_body")(_no_name_twice_with_two_weights)
     return schema
+
+
+def _no_name_twice_with_two_weights(context, body) -> bool:
+    """filter_body: the one rule JSON Schema cannot state. `loras` naming a LoRA twice is a 422; the spec
+    says `uniqueItems`, which catches the same entry twice but not one name with two weights. Such
+    bodies are left out of the fuzz; test_api/test_reliability check that rule directly."""
+    loras = body.get("loras") if isinstance(body, dict) else None
+    if not isinstance(loras, list) or not all(isinstance(r, dict) for r in loras):
+        return True
+    names = [r.get("name") for r in loras]
+    return len(set(map(repr, names))) == len(names) or len({repr(r) for r in loras}) < len(loras)
 
 
 def _is_int(v) -> bool:

@@ -108,7 +108,8 @@ def test_failed_apply_of_a_set_leaves_the_pinned_set(clean):
 
 def test_remove_unknown_lora_is_a_clear_error(clean):
     r = clean.client.post("/remove-lora", json={"lora_name": "never-applied"})
-    assert r.status_code == 422 and "neither pinned nor loaded" in r.json()["error"]["message"]
+    assert r.status_code == 404 and r.json()["error"]["type"] == "lora_not_pinned"
+    assert "neither pinned nor loaded" in r.json()["error"]["message"]
 
 
 def test_nested_lora_name(clean):

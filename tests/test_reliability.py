@@ -131,7 +131,7 @@ def test_cancels_racing_the_end_are_always_kept_or_refused(bf16):
     ({"guidance_scale": False}, "guidance_scale"),
     ({"width": "256"}, "width"),
     ({"guidance_scale": "3.5"}, "guidance_scale"),
-    ({"num_inference_steps": 2.0}, "num_inference_steps"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps"),
     ({"lora_name": "style", "lora_weight": True}, "lora_weight"),
     ({"loras": [{"name": "style", "weight": "1"}]}, "loras.0.weight"),
     ({"prompt": 5}, "prompt"),
@@ -140,6 +140,18 @@ def test_no_type_coercion_at_the_boundary(svc, bad, field):
     r = svc.client.post("/generate", json=body(**bad))
     assert r.status_code == 422, r.text
     assert r.json()["error"]["message"].startswith(field + ":"), r.json()["error"]["message"]
+
+
+def test_one_lora_twice_is_a_422_even_with_two_weights(svc):
+    """The one rule JSON Schema cannot state (`uniqueItems` covers only the same entry twice)."""
+    for loras in ([{"name": "style"}, {"name": "style"}], [{"name": "style", "weight": 1.0}, {"name": "style", "weight": 0.5}]):
+        r = svc.client.post("/generate", json=body(loras=loras))
+        assert r.status_code == 422 and "names the same LoRA twice" in r.json()["error"]["message"]
+
+
+def test_an_integral_number_is_an_integer(svc):
+    """JSON has one number type: 2.0 is the integer 2 (JSON Schema agrees), and gives the same image."""
+    assert gen(svc, num_inference_steps=2.0, seed=7.0).json()["image"] == gen(svc, num_inference_steps=2, seed=7).json()["image"]
 
 
 @pytest.mark.parametrize("raw", [b'{"prompt": "a", "guidance_scale": NaN}', b'{"prompt": "a", "guidance_scale": Infinity}'])
@@ -229,7 +241,7 @@ def test_cross_field_rules_are_in_the_schema(svc):
     assert rule["if"]["required"] == ["negative_prompt"]
     assert {"type": "number", "exclusiveMinimum": 1} in rule["then"]["properties"]["true_cfg_scale"]["anyOf"]
     assert gen_schema["properties"]["prompt"]["pattern"] == r"\S"
-    assert "neither pinned nor loaded is a 422" in schemas["RemoveLoraRequest"]["properties"]["lora_name"]["description"]
+    assert "neither pinned nor loaded is a 404" in schemas["RemoveLoraRequest"]["properties"]["lora_name"]["description"]
 
 
 def test_a_body_sent_to_a_route_that_takes_none_is_a_422(svc):
@@ -256,6 +268,20 @@ def test_a_body_over_the_limit_is_a_413(svc):
     r = svc.client.post("/apply-lora", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["type"] == "body_too_large"
     assert gen(svc).status_code == 200
+
+
+def test_the_schema_uses_json_schema_keywords_only(svc):
+    """Constraints written as pydantic's names (ge, le, multiple_of) would be ignored by every client."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            assert not {"ge", "le", "gt", "lt", "multiple_of", "min_length", "max_length"} & set(node), where
+            for k, v in node.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}/{i}")
+
+    walk(svc.client.get("/openapi.json").json()["components"], "#/components")
 
 
 def test_every_route_declares_422_and_500(svc):
@@ -285,8 +311,9 @@ def test_remove_lora_is_all_or_nothing(two):
 
     replica.adapters.drop_all_but = broken
     try:
-        r = two.client.post("/remove-lora", json={"lora_name": "style"})
+        r = two.client.post("/remove-lora", json={"lora_name": "style"}, headers={"X-Request-ID": "rm-1"})
         assert r.status_code == 500, r.text
+        assert r.json()["error"]["request_id"] == r.headers["x-request-id"] == "rm-1"  # a 500 keeps its id
         assert two.client.get("/lora-status").json()["pinned"] == [{"name": "style", "weight": 1.0}]
     finally:
         replica.adapters.drop_all_but = real

@@ -46,7 +46,8 @@ def path_for_log(scope) -> str:
 
 class RequestIdMiddleware:
     """Give every request an id (the client's X-Request-ID if it is valid), echo it, log and count the
-    request. A request whose client went away is logged and counted as 499."""
+    request. A request whose client went away is logged and counted as 499. An unhandled error is a
+    500 with the one error body and the request id, logged with its traceback."""
 
     def __init__(self, app, metrics: Metrics):
         self.app = app
@@ -61,11 +62,11 @@ class RequestIdMiddleware:
         token = request_id.set(rid)
         if problem:
             log.info("X-Request-ID replaced: the one sent was %s", problem)
-        t0, status = time.perf_counter(), [500]
+        t0, status, started = time.perf_counter(), [500], [False]
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
                 headers = MutableHeaders(scope=message)
                 headers["X-Request-ID"] = rid
                 if problem:
@@ -74,6 +75,14 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as e:
+            # Here, not in an app exception handler: Starlette runs that one outside every middleware,
+            # where the answer would lose its request id.
+            log.exception("unhandled error on %s %s", scope["method"], path_for_log(scope))
+            if started[0]:
+                raise  # the answer is under way: only closing the connection can say it failed
+            await error_response(500, "internal_error", f"internal error ({type(e).__name__}); see the server "
+                                 f"log for request {rid}")(scope, receive, send_with_id)
         finally:
             log.info("%s %s -> %d in %.1f ms", scope["method"], path_for_log(scope), status[0],
                      (time.perf_counter() - t0) * 1e3)

@@ -9,6 +9,7 @@ off or limited to an allowlist of owners, are capped in size, and go through the
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 import threading
@@ -84,8 +85,10 @@ def file_sha256(path: Path, fresh: bool = False) -> str:
 
 
 def _check_name(name: str) -> PurePosixPath:
-    if not name or not name.strip() or "\x00" in name:
+    if not name or not name.strip():
         raise InvalidLora("LoRA name is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidLora(f"LoRA name {name!r} contains a control character")
     rel = PurePosixPath(name.replace("\\", "/"))
     if rel.is_absolute() or Path(name).is_absolute():
         raise InvalidLora(f"LoRA name {name!r} is an absolute path; give a name inside the LoRA folder")
@@ -102,11 +105,16 @@ def resolve_lora_path(lora_dir: Path, name: str) -> Path:
     if rel.suffix != SUFFIX:
         rel = rel.with_name(rel.name + SUFFIX)
     root = Path(lora_dir).resolve()
-    path = (root / rel).resolve()
-    if not path.is_relative_to(root):
-        raise InvalidLora(f"LoRA {name!r} resolves outside the LoRA folder (a symlink pointing out?)")
-    if not path.is_file():
-        raise LoraNotFound(f"LoRA {name!r} was not found in the LoRA folder {root}")
+    try:
+        path = (root / rel).resolve()
+        if not path.is_relative_to(root):
+            raise InvalidLora(f"LoRA {name!r} resolves outside the LoRA folder (a symlink pointing out?)")
+        if not path.is_file():
+            raise LoraNotFound(f"LoRA {name!r} was not found in the LoRA folder {root}")
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # no file can have that name, so none is there
+            raise LoraNotFound(f"LoRA {name!r} was not found: the name is too long for a file name here") from e
+        raise InvalidLora(f"LoRA name {name!r} cannot be looked up as a file: {e.strerror or e}") from e
     return path
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from ..errors import InvalidLora
+from ..errors import LoraNotPinned
 from .lora import LoraFile, LoraSpec
 
 
@@ -42,7 +42,7 @@ class LoraPinning:
         with self._changing:
             pinned = self.pinned
             if name is not None and name not in {s.name for s in pinned} and name not in loaded:
-                raise InvalidLora(f"LoRA {name!r} is neither pinned nor loaded")
+                raise LoraNotPinned(f"LoRA {name!r} is neither pinned nor loaded: nothing to remove")
             remaining = tuple(s for s in pinned if name is not None and s.name != name)
             keep = {s.name for s in remaining}
             # Every replica first; the pinned set changes only once all of them have dropped it (a

@@ -8,14 +8,14 @@ import time
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Path, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ...engine.client import EngineClient, JobView
 from ...engine.scheduler import DONE, QUEUED, RUNNING, Job
 from ...errors import FluxAPIError, JobAlreadyEnded
 from ...logs import request_id
+from ...schemas import JobCreated, JobDetail, JobState
 from ...settings import ServiceSettings
 from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep
 from ..errors import error_responses
@@ -64,10 +64,18 @@ async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
     return job.extra["response"]
 
 
+# OpenAPI links: the id in POST /jobs's answer is the job_id of the job routes (clients and the
+# stateful fuzz follow them).
+JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
+             for name, op in (("get", "get_jobs__job_id__get"), ("cancel", "cancel_jobs__job_id__delete"),
+                              ("events", "events_jobs__job_id__events_get"))}
+
+
 @router.post("", status_code=202, summary="Queue a generation; returns its id once it is checked",
-             responses=error_responses(403, 404, 413, 422, 429, 500, 503, 504),
+             response_model=JobCreated,
+             responses={202: {"links": JOB_LINKS}, **error_responses(403, 404, 413, 422, 429, 500, 503, 504)},
              openapi_extra=GENERATE_BODY)
-async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -> JSONResponse:
+async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep, response: Response) -> dict:
     """The same body as /generate. Checked first (milliseconds; a Hub LoRA not in the cache is downloaded
     first), then 202 with the job id; follow it with GET /jobs/{id} or its events."""
     arrived = time.perf_counter()
@@ -75,17 +83,19 @@ async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep) -
                               request_id=request_id.get())
     job.extra.update(format=body.output_format, arrived=arrived)
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
-    return JSONResponse({**snapshot(engine, job), "links": links}, status_code=202, headers={"Location": links["self"]})
+    response.headers["Location"] = links["self"]
+    return {**snapshot(engine, job), "links": links}
 
 
-@router.get("/{job_id}", summary="A job's state, progress and result", responses=error_responses(404, 422))
+@router.get("/{job_id}", summary="A job's state, progress and result", response_model=JobDetail,
+            responses=error_responses(404, 422))
 async def get(job: JobDep, engine: EngineDep, settings: SettingsDep) -> dict:
     """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
     ETA, and the result (as /generate returns it) once done."""
     return {**snapshot(engine, job), "result": await result_of(job, settings)}
 
 
-@router.delete("/{job_id}", summary="Cancel a job", responses=error_responses(404, 409, 422))
+@router.delete("/{job_id}", summary="Cancel a job", response_model=JobState, responses=error_responses(404, 409, 422))
 async def cancel(job: JobDep, engine: EngineDep) -> dict:
     """A queued job is cancelled at once; a running one stops at its next denoising step (or before its
     image is handed over), and it ends `cancelled`: a 200 here is always kept. 409, with the state, if
