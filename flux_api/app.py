@@ -11,12 +11,15 @@ from . import __version__
 from .api.deps import reject_unexpected_body
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from .api.links import ResultLinks
 from .api.openapi import install_body_schema
-from .api.routes import api_router
+from .api.routes import api_router, v1
+from .api.routes.v1 import build_openai_requests
 from .engine.client import EngineClient, LocalEngine
 from .engine.manager import FluxModelManager
 from .engine.services import MANAGERS
 from .errors import FluxAPIError
+from .limits import MAX_IMAGES
 from .metrics import Metrics
 from .schemas import build_generate_request
 from .settings import ServiceSettings
@@ -62,9 +65,12 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.generate_request = build_generate_request(settings)
+    app.state.openai_requests = build_openai_requests(app.state.generate_request, settings)
+    app.state.result_links = ResultLinks(settings.jobs_keep_s, settings.jobs_keep * MAX_IMAGES)
     install_error_handlers(app)
     app.include_router(api_router)
-    install_body_schema(app, app.state.generate_request)
+    app.include_router(v1.router)  # its own error shape and statuses (OpenAI's), not api_router's
+    install_body_schema(app, [app.state.generate_request, *app.state.openai_requests.values()])
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, metrics=metrics)  # added last: outermost, sees every answer
     return app

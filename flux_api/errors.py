@@ -86,6 +86,10 @@ class JobNotFound(FluxAPIError):
     """No such job, or it finished long enough ago to be forgotten."""
 
 
+class ResultNotFound(FluxAPIError):
+    """No image behind that result link, or the link has expired."""
+
+
 class JobAlreadyEnded(FluxAPIError):
     """A cancel that came too late: the job had already ended (its state is in the details)."""
 

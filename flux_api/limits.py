@@ -24,6 +24,7 @@ MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 16  # FLUX's latents are 1/8 of the i
 ImageSide = json_int(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
 
 MAX_SEED = 2**32 - 1
+MAX_IMAGES = 4  # in one request
 MAX_STEPS = 100
 MAX_LORA_NAME = 256  # characters
 MAX_LORAS = 8  # in one request

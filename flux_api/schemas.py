@@ -6,11 +6,12 @@ The /generate request model is built from the service's settings, so the default
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .limits import MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat, json_int
+from .limits import MAX_IMAGES, MAX_LORA_NAME, MAX_LORAS, MAX_SEED, MAX_STEPS, ImageSide, OutputFormat, json_int
 from .settings import ServiceSettings
 
 
@@ -19,14 +20,30 @@ from .settings import ServiceSettings
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-# A LoRA name: no control characters (they name no file anyone meant), in the schema as in the check.
-LORA_NAME = r"^[^\x00-\x1f\x7f]+$"
+# A LoRA name, in the schema as in the check: a relative path with "/" between its parts, none of them
+# empty, "." or ".."; no backslash, no control character. So one file has one spelling (no "./x",
+# "x/", "a//b", "a\\b"), and nothing can point outside the LoRA folder by its syntax.
+_CHAR = r"[^/\\\x00-\x1f\x7f]"
+_NOT_DOT = r"[^/\\.\x00-\x1f\x7f]"
+_PART = rf"(?:{_NOT_DOT}{_CHAR}*|\.{_NOT_DOT}{_CHAR}*|\.\.{_CHAR}+)"
+LORA_NAME = rf"^{_PART}(?:/{_PART})*$"
+_LORA_NAME = re.compile(LORA_NAME)
+
+
+def _lora_name(v: str | None) -> str | None:
+    if v is not None and not _LORA_NAME.match(v):
+        raise ValueError("a LoRA name is a path inside the LoRA folder (or owner/repo[/file] on the Hub): parts "
+                         "separated by '/', none empty, '.' or '..', no backslash or control character")
+    return v
+
+
+LoraName = Annotated[str, AfterValidator(_lora_name)]
 
 
 class LoraRef(BaseModel):
     model_config = STRICT
 
-    name: str = Field(..., min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+    name: LoraName = Field(..., min_length=1, max_length=MAX_LORA_NAME, json_schema_extra={"pattern": LORA_NAME},
                       description="LoRA name inside the LoRA folder (no .safetensors needed).")
     weight: float = Field(1.0, ge=0.0, le=2.0, description="LoRA strength, 0-2.")
 
@@ -46,7 +63,7 @@ class _LoraFields(BaseModel):
 
     model_config = ConfigDict(**STRICT, json_schema_extra=LORA_RULES)
 
-    lora_name: str | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+    lora_name: LoraName | None = Field(None, min_length=1, max_length=MAX_LORA_NAME, json_schema_extra={"pattern": LORA_NAME},
                                   description="One LoRA from the LoRA folder.")
     lora_weight: float = Field(1.0, ge=0.0, le=2.0, description="Strength of lora_name, 0-2; only with lora_name.")
     loras: list[LoraRef] | None = Field(
@@ -59,7 +76,7 @@ class _LoraFields(BaseModel):
             raise ValueError("give either lora_name/lora_weight or loras, not both")
         if "lora_weight" in self.model_fields_set and self.lora_name is None:
             raise ValueError("lora_weight was given without lora_name; it would be ignored")
-        if self.loras is not None and len({r.name for r in self.loras}) != len(self.loras):
+        if self.loras is not None and len({r.name.removesuffix(".safetensors") for r in self.loras}) != len(self.loras):
             raise ValueError("loras names the same LoRA twice")
         return self
 
@@ -70,7 +87,11 @@ class _LoraFields(BaseModel):
         return self.loras
 
 
-NOT_BLANK = r"\S"  # some character that is not white space
+# Some character that is not white space, white space as JSON Schema's (ECMAScript's) \s counts it, so
+# that the schema and the check agree on what is blank.
+_SPACE = r"\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"  # regex escapes
+NOT_BLANK = f"[^{_SPACE}]"
+_NOT_BLANK = re.compile(NOT_BLANK)
 # true_cfg_scale > 1 exactly when there is a (non-blank) negative prompt: at 1 a negative prompt would
 # be ignored, and above 1 without one it would be too.
 TRUE_CFG_RULE = {
@@ -80,13 +101,23 @@ TRUE_CFG_RULE = {
 }
 
 
+# An init image's companions need it: a mask or a strength without an image would be ignored (null
+# counts as not given, as in the validator).
+_IMAGE = {"required": ["image"], "properties": {"image": {"type": "string"}}}
+IMAGE_RULES = [{"if": {"required": ["mask"], "properties": {"mask": {"type": "string"}}}, "then": _IMAGE},
+               {"if": {"required": ["strength"], "properties": {"strength": {"type": "number"}}}, "then": _IMAGE}]
+
+
 def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
-    """The /generate body for one service, with its configured defaults and limits."""
+    """The /generate body for one service, with its configured defaults, limits and presets."""
+    presets = settings.presets
+    preset_names = tuple(presets)
+    preset_help = "; ".join(f"{name}: {p.fields()}" for name, p in presets.items()) or "none configured"
 
     class GenerateRequest(_LoraFields):
         model_config = ConfigDict(
             **STRICT,
-            json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE],
+            json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE, *IMAGE_RULES],
                                "examples": [{"prompt": "a lighthouse on a cliff at dusk", "seed": 42}]},
         )
 
@@ -108,23 +139,49 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
         )
         width: ImageSide = Field(settings.default_width, description="Pixels, a multiple of 16.")
         height: ImageSide = Field(settings.default_height, description="Pixels, a multiple of 16.")
-        seed: json_int(ge=0, le=MAX_SEED) | None = Field(None, description="Omit for a random seed; the one used is returned.")
+        seed: json_int(ge=0, le=MAX_SEED) | None = Field(
+            None, description="Omit for a random seed; the one used is returned. Image i of num_images has seed + i.")
         output_format: OutputFormat = Field(settings.output_format, description="Image format.")
+        num_images: json_int(ge=1, le=MAX_IMAGES) = Field(
+            1, description=f"Images for this prompt, 1-{MAX_IMAGES}: seeds seed, seed+1, ...; image i is the image of "
+            "the same request alone with its seed. One queue place; the timeout covers all of them.")
+        image: str | None = Field(
+            None, min_length=1, description="An init image (base64, or a data: URL): image-to-image. It must be "
+            "width x height; give neither to take its size. PNG, JPEG or WebP, opaque.")
+        mask: str | None = Field(
+            None, min_length=1, description="With image: inpainting. Base64 image of the same size; white is "
+            "repainted, black kept (diffusers' convention).")
+        strength: float | None = Field(
+            None, ge=0.01, le=1.0, description="With image: how much of it is repainted, 0.01-1 (default 0.8 without "
+            "a mask, 1.0 with one); it runs about num_inference_steps x strength steps, at least one.")
+        preset: Literal[preset_names] | None = Field(  # type: ignore[valid-type]
+            None, description=f"A named parameter set (GET /presets); fields you give win. {preset_help}.")
 
         @field_validator("prompt")
         @classmethod
         def _not_blank(cls, v: str) -> str:
-            if not v.strip():
+            if not _NOT_BLANK.search(v):
                 raise ValueError("prompt is blank")
             return v
 
         @field_validator("negative_prompt")
         @classmethod
         def _blank_negative_is_none(cls, v: str | None) -> str | None:
-            return v if v and v.strip() else None
+            return v if v and _NOT_BLANK.search(v) else None
 
         @model_validator(mode="after")
-        def _true_cfg(self):
+        def _resolve(self):
+            # One validator, in this order: the preset fills what the request left out, then the rules.
+            if self.preset is not None:
+                for name, value in presets[self.preset].fields().items():
+                    if name not in self.model_fields_set:
+                        setattr(self, name, value)
+            if self.seed is not None and self.seed + self.num_images - 1 > MAX_SEED:
+                raise ValueError(f"seed + num_images - 1 must stay within {MAX_SEED}: image i has seed + i")
+            if self.image is None and (self.mask is not None or self.strength is not None):
+                raise ValueError("mask and strength go with an init image: give image, or leave them out")
+            if self.image is not None and self.strength is None:
+                self.strength = 1.0 if self.mask is not None else 0.8
             if self.negative_prompt is not None:
                 if self.true_cfg_scale is None:
                     self.true_cfg_scale = settings.default_true_cfg_scale
@@ -160,9 +217,11 @@ class PromptTruncation(BaseModel):
 
 
 class GenerateResponse(BaseModel):
-    image: str = Field(description="The image, base64-encoded.")
+    image: str = Field(description="The image, base64-encoded (the first, with num_images > 1).")
     format: OutputFormat
     seed: int = Field(description="The seed actually used (drawn at random when the request gave none).")
+    images: list[str] | None = Field(None, description="Every image, with num_images > 1 (image is images[0]).")
+    seeds: list[int] = Field(description="The seed of each image: seed, seed+1, ...")
     width: int
     height: int
     num_inference_steps: int
@@ -189,8 +248,10 @@ class JobState(BaseModel):
     id: str
     state: Literal["queued", "running", "done", "failed", "cancelled", "timed_out"]
     position: int | None = Field(description="Place in the queue (0 is next); null once it runs.")
-    step: int = Field(description="Denoising steps done.")
-    total_steps: int
+    step: int = Field(description="Denoising steps done, over all its images.")
+    total_steps: int = Field(description="Steps of all its images (image-to-image runs steps x strength each).")
+    image: int = Field(description="The image (1-based) being made, of num_images.")
+    num_images: int
     eta_s: float | None = Field(description="Seconds left, from the steps so far; null until a step is done.")
     replica: int | None = Field(description="The replica running it, once it runs.")
     queue_ms: float = Field(description="Time spent waiting for a replica.")
@@ -228,8 +289,8 @@ class ApplyLoraRequest(_LoraFields):
 class RemoveLoraRequest(BaseModel):
     model_config = STRICT
 
-    lora_name: str | None = Field(
-        None, min_length=1, max_length=MAX_LORA_NAME, pattern=LORA_NAME,
+    lora_name: LoraName | None = Field(
+        None, min_length=1, max_length=MAX_LORA_NAME, json_schema_extra={"pattern": LORA_NAME},
         description="Unpin this one (a LoRA neither pinned nor loaded is a 404); omit to unpin all.")
 
 
@@ -243,3 +304,15 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="invalid_request_error, rate_limit_error or server_error, as OpenAI's API says.")
+    param: str | None = Field(description="The request parameter at fault, if one is.")
+    code: str | None = Field(description="This service's own error type (validation_error, lora_not_found, ...).")
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+    request_id: str

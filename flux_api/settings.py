@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from .limits import MAX_STEPS, ImageSide, OutputFormat
@@ -35,6 +35,29 @@ DType = Literal["auto", "bfloat16", "float16", "float32"]
 FP4Backend = Literal["auto", "nunchaku", "bnb-fp4", "bnb-nf4", "torchao-fp8", "torchao-int8"]
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
+
+
+class Preset(BaseModel):
+    """A named set of generation parameters; a field the request gives itself wins over its preset.
+    Only what changes a request, never the model or the service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    num_inference_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance_scale: float | None = Field(None, ge=0.0, le=20.0)
+
+    def fields(self) -> dict:
+        """The request fields this preset sets."""
+        return self.model_dump(exclude={"description"}, exclude_none=True)
+
+
+# FLUX.1-dev's steps/quality trade-off; the config files carry the same, to be edited there.
+DEFAULT_PRESETS = {
+    "fast": Preset(description="drafts: about half the time of balanced", num_inference_steps=12),
+    "balanced": Preset(description="the usual trade-off", num_inference_steps=25),
+    "quality": Preset(description="more steps for fine detail", num_inference_steps=40),
+}
 
 
 class ServiceSettings(BaseSettings):
@@ -79,8 +102,17 @@ class ServiceSettings(BaseSettings):
     default_true_cfg_scale: float = Field(1.5, gt=1.0, le=10.0, description="Used when a negative prompt is given.")
     default_width: ImageSide = 1024
     default_height: ImageSide = 1024
+    presets: dict[str, Preset] = Field(
+        default_factory=lambda: dict(DEFAULT_PRESETS),
+        description="Named parameter sets, usable as `preset` on every generation route (GET /presets lists them).")
     max_prompt_chars: int = Field(2000, ge=1, le=100_000)
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted; larger is a 413.")
+    max_body_bytes: int = Field(48 << 20, ge=1024, description="Largest request body accepted; larger is a 413.")
+    max_image_bytes: int = Field(16 << 20, ge=1024, description="Largest uploaded image or mask (decoded), in bytes.")
+    max_image_pixels: int = Field(4096 * 4096, ge=256 * 256, description="Most pixels an uploaded image may have "
+                                  "before it is decoded (a decompression bomb is refused unread).")
+    public_base_url: str | None = Field(
+        None, description="The URL clients reach this service at (behind a proxy), for result links; default: the "
+        "URL the request came in on.")
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token budget for the prompt.")
     output_format: OutputFormat = "png"
     png_compress_level: int = Field(1, ge=0, le=9)
@@ -153,6 +185,16 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return v.expanduser()
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_names(cls, v: dict) -> dict:
+        import re
+
+        bad = [name for name in v if not re.fullmatch(r"[a-z0-9_-]{1,32}", name)]
+        if bad:
+            raise ValueError(f"preset names are 1-32 of a-z 0-9 _ -: {bad}")
+        return v
 
     @model_validator(mode="after")
     def _cuda_choice(self):

@@ -34,7 +34,7 @@ def test_bad_requests_fail_at_once_while_the_gpu_is_busy_and_take_no_queue_slot(
     job = start_slow_job(bf16)
     try:
         for lora, code, says in (("no-such-lora", 404, "was not found"), ("other-model", 422, "does not fit"),
-                                 ("corrupt", 422, "not a readable safetensors"), ("../escape", 422, "outside")):
+                                 ("corrupt", 422, "not a readable safetensors"), ("../escape", 422, "a path inside the LoRA folder")):
             t = time.perf_counter()
             r = gen(bf16, lora_name=lora)
             took = time.perf_counter() - t

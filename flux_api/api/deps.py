@@ -44,8 +44,8 @@ async def reject_unexpected_body(request: Request) -> None:
     """On every route: a body sent to a route that takes none is a 422, never silently ignored
     (`POST /load-model {"wait": true}` would otherwise look like it waited)."""
     route = request.scope.get("route")
-    if getattr(route, "body_field", True) is not None:
-        return
+    if getattr(route, "body_field", True) is not None or "x-body-model" in (getattr(route, "openapi_extra", None) or {}):
+        return  # it takes a body (one it reads itself, where it declares x-body-model)
     length = request.headers.get("content-length")
     if (length is not None and length != "0") or "chunked" in request.headers.get("transfer-encoding", ""):
         params = [p.name for p in getattr(route, "dependant").query_params] if route is not None else []

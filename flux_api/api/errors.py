@@ -30,6 +30,7 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.LoraHubUnreachable: 503,
     E.GenerationFailed: 500,
     E.JobNotFound: 404,
+    E.ResultNotFound: 404,
     E.JobAlreadyEnded: 409,
     E.JobCancelled: 409,
     E.ShuttingDown: 503,
@@ -47,6 +48,13 @@ def error_responses(*codes: int) -> dict:
     return {code: {"model": ErrorBody} for code in codes}
 
 
+def openai_error_responses(*codes: int) -> dict:
+    """The same for the OpenAI-compatible routes, with OpenAI's error body."""
+    from ..schemas import OpenAIErrorBody
+
+    return {code: {"model": OpenAIErrorBody} for code in codes}
+
+
 def status_of(exc: E.FluxAPIError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
@@ -54,9 +62,43 @@ def status_of(exc: E.FluxAPIError) -> int:
     return 500
 
 
-def error_response(code: int, type_: str, message: str, details=None, headers: dict | None = None) -> JSONResponse:
+OPENAI_PREFIX = "/v1/"  # routes that answer errors as OpenAI's API does
+
+
+def error_response(code: int, type_: str, message: str, details=None, headers: dict | None = None,
+                   path: str = "") -> JSONResponse:
+    """The one error body; on the OpenAI-compatible routes (`path` under /v1/), OpenAI's."""
+    if path.startswith(OPENAI_PREFIX):
+        return openai_error_response(code, type_, message, details, headers)
     body = {"error": {"type": type_, "message": message, "code": code, "request_id": request_id.get(), "details": details}}
     return JSONResponse(body, status_code=code, headers=headers)
+
+
+def openai_error_response(code: int, type_: str, message: str, details=None, headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape and statuses: {"error": {"message", "type", "param", "code"}}; an invalid
+    parameter is a 400 there (the official client raises BadRequestError), not a 422. `code` carries
+    our own error type, `param` the field at fault."""
+    status = 400 if code == 422 else code
+    kind = ("server_error" if status >= 500 else "rate_limit_error" if status == 429
+            else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": _param_of(details), "code": type_},
+            "request_id": request_id.get()}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# Our field names on the OpenAI routes' own names.
+_OPENAI_PARAM = {"num_images": "n", "width": "size", "height": "size"}
+
+
+def _param_of(details) -> str | None:
+    if isinstance(details, dict) and details.get("field"):
+        field = details["field"]
+    elif isinstance(details, list) and details:
+        loc = [str(p) for p in details[0].get("loc", ()) if p not in ("body", "query", "path")]
+        field = loc[0] if loc else None
+    else:
+        return None
+    return _OPENAI_PARAM.get(field, field)
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -87,13 +129,13 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         if code >= 500:
             log.error("%s %s -> %d %s: %s", request.method, request.url.path, code, exc.type, exc.message)
-        return error_response(code, exc.type, exc.message, exc.details or None, headers)
+        return error_response(code, exc.type, exc.message, exc.details or None, headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errs = exc.errors()
         details = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errs]
-        return error_response(422, "validation_error", _validation_message(errs), details)
+        return error_response(422, "validation_error", _validation_message(errs), details, path=request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -104,11 +146,11 @@ def install_error_handlers(app: FastAPI) -> None:
             # which FastAPI itself answers with 422, so the same status and body.
             msg = f"the body could not be read as JSON ({type(exc.__cause__).__name__}); send UTF-8 JSON"
             return error_response(422, "validation_error", msg,
-                                  [{"loc": ["body"], "msg": msg, "type": "json_invalid"}])
+                                  [{"loc": ["body"], "msg": msg, "type": "json_invalid"}], path=request.url.path)
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             # Starlette names only the methods of the first route that matched the path; a path served
             # by several routes (GET and DELETE /jobs/{id}) allows all of theirs.
             headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
-        return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers)
+        return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers, path=request.url.path)
 

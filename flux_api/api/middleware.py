@@ -82,7 +82,7 @@ class RequestIdMiddleware:
             if started[0]:
                 raise  # the answer is under way: only closing the connection can say it failed
             await error_response(500, "internal_error", f"internal error ({type(e).__name__}); see the server "
-                                 f"log for request {rid}")(scope, receive, send_with_id)
+                                 f"log for request {rid}", path=scope["path"])(scope, receive, send_with_id)
         finally:
             log.info("%s %s -> %d in %.1f ms", scope["method"], path_for_log(scope), status[0],
                      (time.perf_counter() - t0) * 1e3)
@@ -108,7 +108,7 @@ class BodyLimitMiddleware:
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             exc = self._too_large()
-            return await error_response(status_of(exc), exc.type, exc.message)(scope, receive, send)
+            return await error_response(status_of(exc), exc.type, exc.message, path=scope["path"])(scope, receive, send)
         seen = 0
 
         async def counting_receive():

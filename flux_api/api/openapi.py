@@ -6,8 +6,12 @@ configured ones), so the module-level routes take it through a dependency (deps.
 mark themselves with `x-body-model`; this puts the model's own schema in their request body.
 """
 
+import copy
+
 from fastapi import FastAPI
 from pydantic import BaseModel
+
+from .errors import OPENAI_PREFIX
 
 
 def _errors_as_json(op: dict) -> None:
@@ -19,22 +23,39 @@ def _errors_as_json(op: dict) -> None:
             response["content"] = {"application/json": next(iter(content.values()))}
 
 
-def install_body_schema(app: FastAPI, model: type[BaseModel]) -> None:
+def install_body_schema(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put each of `models`' schema on the routes marked `x-body-model: <its name>` (multipart where the
+    route also says `x-body-multipart: [file fields]`)."""
     generate = app.openapi
 
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = generate()
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(body.pop("$defs", {}))
-            components[model.__name__] = body
-            for ops in schema["paths"].values():
+            for model in models:
+                body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(body.pop("$defs", {}))
+                components[model.__name__] = body
+            for path, ops in schema["paths"].items():
                 for op in ops.values():
                     _errors_as_json(op)
-                    if op.pop("x-body-model", None) == model.__name__:
-                        op["requestBody"] = {"required": True, "content": {
-                            "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+                    if path.startswith(OPENAI_PREFIX):  # FastAPI's own 422 is a 400 there (api/errors.py)
+                        op.get("responses", {}).pop("422", None)
+                    name = op.pop("x-body-model", None)
+                    files = op.pop("x-body-multipart", None)
+                    if name is None:
+                        continue
+                    if files:  # the same fields as a form, plus the file fields (the first one required)
+                        form = copy.deepcopy(components[name])
+                        form["properties"].update(
+                            {f: {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
+                             for f in files})
+                        form["required"] = sorted({*form.get("required", []), files[0]})
+                        components[f"{name}Form"] = form
+                        content = {"multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{name}Form"}}}
+                    else:
+                        content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+                    op["requestBody"] = {"required": True, "content": content}
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -29,7 +29,8 @@ class JobView(Protocol):
     id: str
     state: str  # queued | running | done | failed | cancelled | timed_out
     step: int
-    total_steps: int
+    total_steps: int  # over all its images
+    num_images: int
     replica: int | None
     created: float
     started: float | None
@@ -43,6 +44,7 @@ class JobView(Protocol):
     extra: dict  # the HTTP layer's own notes on the job (its format, its encoded response)
 
     def eta_s(self) -> float | None: ...
+    def image_index(self) -> int: ...  # the image (1-based) the current step belongs to
 
 
 class EngineClient(Protocol):

@@ -155,8 +155,14 @@ class LoraResolver:
     def _from_hub(self, name: str) -> Path:
         from huggingface_hub import hf_hub_download
 
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
         parts = name.split("/")
         repo, filename = "/".join(parts[:2]), "/".join(parts[2:]) or None
+        try:
+            validate_repo_id(repo)
+        except HFValidationError:  # no repo can have that id, so there is none to find
+            raise LoraNotFound(f"LoRA {name!r} is not in the LoRA folder, and {repo!r} cannot be a Hub repo id") from None
         try:
             filename = self._pick_file(repo, filename)
             path = Path(hf_hub_download(repo, filename, token=self.token or False, endpoint=self.endpoint))

@@ -279,8 +279,8 @@ class FluxModelManager:
             loras = pinned if request.params.loras is None else request.params.loras
             return replica.generate(job, request.params, loras, {s.name for s in pinned}, request.files)
 
-        return self.scheduler.submit(run, total_steps=request.params.num_inference_steps, deadline=deadline,
-                                     request_id=request_id)
+        return self.scheduler.submit(run, total_steps=request.params.total_steps, deadline=deadline,
+                                     request_id=request_id, num_images=request.params.num_images)
 
     def job(self, job_id: str) -> Job:
         job = self.scheduler.get(job_id) if self.scheduler else None

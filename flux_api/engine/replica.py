@@ -41,6 +41,7 @@ class Replica:
     config: RunConfig
     graphs: Any = None  # GraphedForward, where CUDA graphs are on
     stats: dict = field(default_factory=lambda: {"images": 0})
+    variants: dict = field(default_factory=dict)  # image-to-image and inpainting pipelines, over the same modules
 
     def on_thread_start(self) -> None:
         if self.device.startswith("cuda:"):
@@ -68,36 +69,60 @@ class Replica:
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         # 2. What the text encoders will really see.
         truncation = self.truncation(params.prompt)
-        # 3. The pipeline, stopping at a step boundary when the job is cancelled or times out.
-        image = self.run(params, job)
-        self.stats["images"] += 1
+        # 3. The pipeline, once per image (seed, seed+1, ...), stopping at a step boundary when the job
+        # is cancelled or times out. One at a time, not batched: image i is then byte-identical to the
+        # same request alone with its seed, and a batch was not faster where it was measured.
+        images = []
+        for i, seed in enumerate(params.seeds()):
+            images.append(self.run(params, job, seed=seed, steps_before=i * params.steps_per_image()))
+            self.stats["images"] += 1
         return GenerationResult(
-            image=image, params=params, loras=loras, truncation=truncation,
+            images=images, params=params, loras=loras, truncation=truncation,
             queue_ms=round((job.started - job.created) * 1e3, 2), lora_ms=lora_ms,
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
             backend=self.config.backend, model=self.config.model,
         )
 
-    def run(self, params: GenerationParams, job=None):
-        """The diffusers call for `params`; the PIL image. Domain errors out, the GPU's memory freed on OOM."""
+    def pipeline(self, kind: str):
+        """The FLUX pipeline for `kind` ("text", "image", "inpaint"). The image-to-image and inpainting
+        pipelines are built once from the loaded components themselves: the same modules (no second
+        copy, no dtype or device change, the same LoRA adapters and CUDA graphs), unlike from_pipe,
+        which defaults to float32 and moves modules."""
+        if kind == "text":
+            return self.pipe
+        if kind not in self.variants:
+            from diffusers import FluxImg2ImgPipeline, FluxInpaintPipeline
+
+            cls = FluxImg2ImgPipeline if kind == "image" else FluxInpaintPipeline
+            self.variants[kind] = cls(**self.pipe.components)
+        return self.variants[kind]
+
+    def run(self, params: GenerationParams, job=None, seed: int | None = None, steps_before: int = 0):
+        """The diffusers call for `params` (with `seed`, default params.seed); the PIL image. Progress
+        counts on from `steps_before` (the images of the request already made). Domain errors out, the
+        GPU's memory freed on OOM."""
         import torch
 
-        # A per-request CPU generator: the same seed gives the same noise whatever the device, and
+        # A per-image CPU generator: the same seed gives the same noise whatever the device, and
         # no request ever touches the global RNG.
-        generator = torch.Generator(device="cpu").manual_seed(params.seed)
+        generator = torch.Generator(device="cpu").manual_seed(params.seed if seed is None else seed)
         kwargs = {"prompt": params.prompt}
         if params.negative_prompt:
             kwargs.update(negative_prompt=params.negative_prompt, true_cfg_scale=params.true_cfg_scale)
+        if params.init_image is not None:
+            kwargs.update(image=params.init_image, strength=params.strength)
+        if params.mask_image is not None:
+            kwargs.update(mask_image=params.mask_image)
         if job is not None:
             def on_step(pipe, i, t, callback_kwargs):
-                job.on_step(i + 1)  # raises to stop at this step when cancelled or timed out
+                job.on_step(steps_before + i + 1)  # raises to stop at this step when cancelled or timed out
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = on_step
         try:
             if self.config.text_on_cpu:
                 kwargs = self._encode_on_cpu(kwargs)
-            out = self.pipe(
+            out = self.pipeline(params.kind)(
                 width=params.width, height=params.height,
                 num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
                 generator=generator, max_sequence_length=self.config.max_sequence_length,

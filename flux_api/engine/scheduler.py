@@ -29,7 +29,8 @@ FINAL = (DONE, FAILED, CANCELLED, TIMED_OUT)
 @dataclass
 class Job:
     fn: Callable[..., Any]  # fn(replica, job) -> result, run on a worker thread
-    total_steps: int = 0
+    total_steps: int = 0  # over all its images
+    num_images: int = 1
     deadline: float | None = None  # time.monotonic() by which it must be done
     request_id: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -57,7 +58,8 @@ class Job:
         """Record step `step` (1-based) done; raise to stop the run if it was cancelled or timed out."""
         self.step = step
         self.step_times.append(time.monotonic())
-        self._notify({"event": "progress", "step": step, "total_steps": self.total_steps, "eta_s": self.eta_s()})
+        self._notify({"event": "progress", "step": step, "total_steps": self.total_steps, "eta_s": self.eta_s(),
+                      "image": self.image_index(), "num_images": self.num_images})
         self.check_interrupt()
 
     def check_interrupt(self) -> None:
@@ -65,6 +67,11 @@ class Job:
             raise self.cancel_error or JobCancelled(f"job cancelled: {self.cancel_reason}")
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise GenerationTimeout("the request timed out (queue wait plus generation) and was stopped")
+
+    def image_index(self) -> int:
+        """Which image (1-based) the current step belongs to."""
+        per_image = max(1, self.total_steps // max(1, self.num_images))
+        return min(self.num_images, max(0, self.step - 1) // per_image + 1)
 
     def eta_s(self) -> float | None:
         if self.state != RUNNING or not self.step or not self.started:
@@ -167,7 +174,7 @@ class Scheduler:
     # ------------------------------------------------------------------ submitting
 
     def submit(self, fn: Callable[..., Any], total_steps: int = 0, deadline: float | None = None,
-               request_id: str | None = None) -> Job:
+               request_id: str | None = None, num_images: int = 1) -> Job:
         with self._cond:
             if self._stop:
                 raise ShuttingDown()
@@ -176,7 +183,7 @@ class Scheduler:
             if len(self._queue) >= self.max_pending:
                 raise QueueFull(f"the queue is full ({self.max_pending} requests waiting); retry later",
                                 retry_after_s=self._retry_after())
-            job = Job(fn=fn, total_steps=total_steps, deadline=deadline, request_id=request_id)
+            job = Job(fn=fn, total_steps=total_steps, deadline=deadline, request_id=request_id, num_images=num_images)
             self._queue.append(job)
             self._jobs[job.id] = job
             self._prune()

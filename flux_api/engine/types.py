@@ -22,6 +22,31 @@ class GenerationParams:
     negative_prompt: str | None = None
     true_cfg_scale: float | None = None
     loras: tuple[LoraSpec, ...] | None = None  # None: the pinned set
+    num_images: int = 1  # image i has seed + i, and is the image of the same request with that seed alone
+    init_image: Any = None  # a checked RGB PIL image of exactly width x height: image-to-image
+    mask_image: Any = None  # with init_image: a PIL "L" image, 255 = repaint (inpainting)
+    strength: float | None = None  # with init_image: how much of it is repainted (1.0: all of it)
+
+    @property
+    def kind(self) -> str:
+        """Which FLUX pipeline draws it: text-to-image, image-to-image or inpainting."""
+        if self.init_image is None:
+            return "text"
+        return "image" if self.mask_image is None else "inpaint"
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images)]
+
+    def steps_per_image(self) -> int:
+        """Denoising steps each image really runs: diffusers' image-to-image skips the first
+        (1 - strength) of the schedule (FluxImg2ImgPipeline.get_timesteps)."""
+        if self.init_image is None:
+            return self.num_inference_steps
+        return self.num_inference_steps - int(max(self.num_inference_steps - self.num_inference_steps * self.strength, 0))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_image() * self.num_images
 
 
 @dataclass(frozen=True)
@@ -35,7 +60,7 @@ class CheckedRequest:
 
 @dataclass
 class GenerationResult:
-    image: Any  # PIL.Image
+    images: list  # PIL images, one per seed of params.seeds()
     params: GenerationParams
     loras: tuple[LoraSpec, ...]
     truncation: dict

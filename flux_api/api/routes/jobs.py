@@ -19,7 +19,7 @@ from ...schemas import JobCreated, JobDetail, JobState
 from ...settings import ServiceSettings
 from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep
 from ..errors import error_responses
-from ..results import build_response, to_params
+from ..results import build_response, params_of
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -47,7 +47,8 @@ def snapshot(engine: EngineClient, job: Job) -> dict:
     now = time.monotonic()
     return {
         "id": job.id, "state": job.state, "position": engine.position(job),
-        "step": job.step, "total_steps": job.total_steps, "eta_s": job.eta_s(), "replica": job.replica,
+        "step": job.step, "total_steps": job.total_steps, "image": job.image_index(), "num_images": job.num_images,
+        "eta_s": job.eta_s(), "replica": job.replica,
         "queue_ms": round(((job.started or job.finished or now) - job.created) * 1e3, 2),
         "cancel_requested": job.cancel_reason is not None, "error": error_of(job), "request_id": job.request_id,
     }
@@ -59,7 +60,7 @@ async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
     async with job.extra.setdefault("encode_lock", asyncio.Lock()):  # encode once, on first ask
         if "response" not in job.extra:
             resp = await build_response(job.result, job.extra["format"], False, settings, job.extra["arrived"],
-                                        job.request_id)
+                                        job.request_id, job.extra.get("notes", ()))
             job.extra["response"] = resp.model_dump()  # build_response dropped the PIL image
     return job.extra["response"]
 
@@ -79,9 +80,10 @@ async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep, r
     """The same body as /generate. Checked first (milliseconds; a Hub LoRA not in the cache is downloaded
     first), then 202 with the job id; follow it with GET /jobs/{id} or its events."""
     arrived = time.perf_counter()
-    job = await engine.submit(to_params(body), deadline=time.monotonic() + settings.request_timeout_s,
+    params, inputs = await params_of(body, settings)
+    job = await engine.submit(params, deadline=time.monotonic() + settings.request_timeout_s,
                               request_id=request_id.get())
-    job.extra.update(format=body.output_format, arrived=arrived)
+    job.extra.update(format=body.output_format, arrived=arrived, notes=inputs.notes)
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
     response.headers["Location"] = links["self"]
     return {**snapshot(engine, job), "links": links}
@@ -108,7 +110,8 @@ async def cancel(job: JobDep, engine: EngineDep) -> dict:
 @router.get("/{job_id}/events", response_class=EventSourceResponse, summary="Progress as Server-Sent Events",
             responses=error_responses(404, 422))
 async def events(job: JobDep, engine: EngineDep, settings: SettingsDep):
-    """`state` first, then one `progress` event per step ({step, total_steps, eta_s}), then `result`
+    """`state` first, then one `progress` event per step ({step, total_steps, eta_s, image, num_images}:
+    steps count over all the images), then `result`
     (the /generate body) or `error` ({state, type, message}). An unknown or forgotten id is a 404."""
     events = engine.events(job)  # listening from here on: no step is missed after the snapshot
     try:

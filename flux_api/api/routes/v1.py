@@ -1,0 +1,217 @@
+"""OpenAI-compatible images API: POST /v1/images/generations, POST /v1/images/edits (multipart, as the
+official client sends it), and GET /v1/images/files/{token} for `response_format=url`.
+
+The request is translated into the native /generate body and validated by it, so every rule and
+default is the native one; OpenAI's own fields map onto ours: `n` -> num_images, `size` ("WxH" or
+"auto") -> width/height, `quality` -> a preset (low: fast; medium/standard: balanced; high/hd:
+quality; auto: none). Our own parameters (seed, steps, guidance, negative prompt, LoRAs, preset,
+strength) are extra fields, which the official client sends through `extra_body`. Errors come in
+OpenAI's shape and statuses (api/errors.py). `model` must name this service's model (the schema lists
+the names; anything else is a 400); `user` is logged. Edits: no mask is image-to-image; with one it is inpainting, edited where the mask is fully
+transparent (OpenAI's convention).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from ...errors import InvalidRequest, ResultNotFound
+from ...limits import MAX_IMAGES, MAX_SIDE, MEDIA_TYPES, MIN_SIDE, SIDE_STEP, OutputFormat, json_int
+from ...logs import request_id
+from ...schemas import LORA_RULES, STRICT, TRUE_CFG_RULE
+from ...settings import ServiceSettings
+from ..deps import EngineDep, SettingsDep
+from ..errors import openai_error_responses
+from ..results import Inputs, check_inputs, encode_all, to_params, wait_for
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/images", tags=["openai"], responses=openai_error_responses(500))
+ERRORS = openai_error_responses(400, 403, 404, 413, 429, 503, 504)
+
+QUALITY_PRESET = {"low": "fast", "medium": "balanced", "standard": "balanced", "high": "quality", "hd": "quality",
+                  "auto": None}
+# Our fields a client may send as extras (extra_body); the others have OpenAI names here.
+EXTRAS = ("negative_prompt", "true_cfg_scale", "num_inference_steps", "guidance_scale", "seed", "lora_name",
+          "lora_weight", "loras", "preset")
+
+
+class ImageData(BaseModel):
+    b64_json: str | None = None
+    url: str | None = None
+    revised_prompt: str = Field(description="The prompt as used (never rewritten here).")
+    seed: int
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+    output_format: OutputFormat
+    size: str
+    quality: str
+    background: str = "opaque"
+
+
+def build_openai_requests(native: type[BaseModel], settings: ServiceSettings) -> dict[str, type[BaseModel]]:
+    """The /v1 request models, from the service's native model: OpenAI's fields plus our extras,
+    each extra with the native field's own type, limits and description."""
+    own = {
+        "prompt": (str, native.model_fields["prompt"]),
+        "n": (json_int(ge=1, le=MAX_IMAGES), Field(1, description=f"Images, 1-{MAX_IMAGES} (seeds seed, seed+1, ...).")),
+        "size": (str, Field("auto", pattern=SIZE_PATTERN,
+                            description=f"WxH, each side {MIN_SIDE}-{MAX_SIDE} in steps of {SIDE_STEP}, or auto (the "
+                            "default size; for an edit, the image's own).")),
+        "response_format": (Literal["b64_json", "url"], Field("b64_json", description="url: a link served here, "
+                                                               "kept as long as finished jobs are.")),
+        "output_format": (OutputFormat, Field(settings.output_format)),
+        "output_compression": (json_int(ge=0, le=100) | None, Field(None, description="0-100: JPEG/WebP quality; "
+                                                                      "for PNG, the zlib effort.")),
+        "quality": (Literal[tuple(QUALITY_PRESET)], Field("auto", description="low: the fast preset; medium/standard: "
+                                                          "balanced; high/hd: quality; auto: the defaults.")),
+        "model": (Literal[tuple(sorted(_allowed_models(settings)))] | None,
+                  Field(None, description="This service's model id, or flux-fp4/flux-bf16; anything else is refused.")),
+        "user": (str | None, Field(None, max_length=256, description="Logged with the request.")),
+        **{name: (native.model_fields[name].annotation, native.model_fields[name]) for name in EXTRAS},
+    }
+    config = ConfigDict(**STRICT, json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE]})
+    generations = create_model("ImagesGenerateRequest", __config__=config, **own)
+    edits = create_model("ImagesEditRequest", __config__=ConfigDict(**STRICT, json_schema_extra=LORA_RULES), **own,
+                         strength=(native.model_fields["strength"].annotation, native.model_fields["strength"]))
+    return {"generations": generations, "edits": edits}
+
+
+# Every size the service draws, spelled out from the limits, so the schema says exactly what is valid.
+_SIDES = "|".join(str(v) for v in range(MIN_SIDE, MAX_SIDE + 1, SIDE_STEP))
+SIZE_PATTERN = rf"^(auto|({_SIDES})x({_SIDES}))$"
+
+
+def _validate(model: type[BaseModel], raw: Any, strict: bool = True) -> BaseModel:
+    try:
+        return model.model_validate(raw, strict=strict)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
+
+
+def _allowed_models(settings: ServiceSettings) -> set[str]:
+    return {settings.model, settings.model.rstrip("/").rsplit("/", 1)[-1], f"flux-{settings.service}"}
+
+
+def to_native(req: BaseModel, request: Request, edit: bool) -> BaseModel:
+    """The native /generate body for an OpenAI request (validated there: every native rule applies)."""
+    if req.user is not None:
+        log.info("images request for user %s", req.user)
+    preset = QUALITY_PRESET[req.quality]  # an explicit preset wins over the one quality names
+    native = {name: getattr(req, name) for name in EXTRAS if name in req.model_fields_set}  # only what was given
+    native.update(prompt=req.prompt, num_images=req.n, output_format=req.output_format)
+    if preset is not None and "preset" not in native:
+        native["preset"] = preset
+    if req.size != "auto":
+        native["width"], native["height"] = (int(v) for v in req.size.split("x"))
+    if edit:
+        native["image"] = "upload"  # the uploaded bytes are checked apart; this makes the native rules see one
+        if getattr(req, "strength", None) is not None:
+            native["strength"] = req.strength
+    return _validate(request.app.state.generate_request, native)
+
+
+async def _run(request: Request, req: BaseModel, body: BaseModel, inputs, engine, settings) -> dict:
+    """Queue, wait (a client that leaves cancels it), encode, answer in OpenAI's shape."""
+    params = to_params(body, inputs)
+    job = await engine.submit(params, deadline=time.monotonic() + settings.request_timeout_s, request_id=request_id.get())
+    result = await wait_for(engine, job, request)
+    quality = req.output_compression if req.output_format != "png" else None
+    level = None if req.output_compression is None or req.output_format != "png" else round(req.output_compression * 9 / 100)
+    png_settings = settings if level is None else settings.model_copy(update={"png_compress_level": level})
+    datas = await asyncio.to_thread(encode_all, result, req.output_format, png_settings, quality)
+    result.images = []
+    data = []
+    for payload, seed in zip(datas, params.seeds()):
+        item = {"revised_prompt": params.prompt, "seed": seed}
+        if req.response_format == "url":
+            token = request.app.state.result_links.put(payload, MEDIA_TYPES[req.output_format])
+            base = (settings.public_base_url or str(request.base_url)).rstrip("/")
+            item["url"] = f"{base}/v1/images/files/{token}"
+        else:
+            item["b64_json"] = base64.b64encode(payload).decode("ascii")
+        data.append(item)
+    return {"created": int(time.time()), "data": data, "output_format": req.output_format,
+            "size": f"{params.width}x{params.height}", "quality": req.quality}
+
+
+@router.post("/generations", summary="Create images (OpenAI-compatible)", response_model=ImagesResponse,
+             response_model_exclude_none=True, responses=ERRORS, openapi_extra={"x-body-model": "ImagesGenerateRequest"})
+async def generations(raw: Annotated[Any, Body()], request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+    """OpenAI's images.generate: prompt, n, size, response_format, output_format, output_compression,
+    quality, model, user; plus this service's parameters as extra fields."""
+    req = _validate(request.app.state.openai_requests["generations"], raw)
+    return await _run(request, req, to_native(req, request, edit=False), Inputs(), engine, settings)
+
+
+TEXT_FIELDS = ("prompt", "negative_prompt", "user", "lora_name")
+
+
+async def _form(request: Request, settings: ServiceSettings, model: type[BaseModel]) -> tuple[dict, bytes | None, bytes | None]:
+    """The multipart form: its fields as the schema's types (multipart sends everything as text; lists as
+    name[]), and the image and mask bytes."""
+    nullable = {name for name, f in model.model_fields.items() if f.default is None}
+    form = await request.form(max_files=3, max_fields=64, max_part_size=settings.max_image_bytes + 1)
+    fields: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    for key, value in form.multi_items():
+        name = key.removesuffix("[]")
+        if hasattr(value, "read"):
+            if name in files:
+                raise InvalidRequest(f"one {name} per edit: several were sent", field=name)
+            files[name] = await value.read()
+            continue
+        if value in ("", "null") and name in nullable and name not in TEXT_FIELDS:
+            continue  # a form has no null: an empty or "null" value of a field that may be null is none
+        if name in ("loras",):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise InvalidRequest("loras in a form is JSON: [{\"name\": ..., \"weight\": ...}]", field="loras") from None
+        fields[name] = value
+    for name in ("image", "mask"):
+        if name in fields:
+            raise InvalidRequest(f"{name} must be a file upload, not a text field", field=name)
+    if "image" not in files:
+        raise InvalidRequest("an edit needs an image (a file field named image)", field="image")
+    unknown = set(files) - {"image", "mask"}
+    if unknown:
+        raise InvalidRequest(f"unknown file field(s): {sorted(unknown)}", field=sorted(unknown)[0])
+    return fields, files["image"], files.get("mask")
+
+
+@router.post("/edits", summary="Edit an image (OpenAI-compatible): image-to-image, or inpainting with a mask",
+             response_model=ImagesResponse, response_model_exclude_none=True, responses=ERRORS,
+             openapi_extra={"x-body-model": "ImagesEditRequest", "x-body-multipart": ["image", "mask"]})
+async def edits(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+    """OpenAI's images.edit, multipart: `image` (PNG/JPEG/WebP), optional `mask` (a PNG whose fully
+    transparent pixels are edited), prompt, n, size (auto: the image's), response_format, ...; plus
+    this service's parameters (strength, seed, steps, ...)."""
+    model = request.app.state.openai_requests["edits"]
+    fields, image, mask = await _form(request, settings, model)
+    req = _validate(model, fields, strict=False)  # text fields: converted by the schema
+    body = to_native(req, request, edit=True)
+    inputs = await asyncio.to_thread(check_inputs, body, settings, image, mask, "alpha")
+    return await _run(request, req, body, inputs, engine, settings)
+
+
+@router.get("/files/{token}", summary="An image made with response_format=url",
+            responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **openai_error_responses(404)})
+async def file(token: str, request: Request) -> Response:
+    """The image bytes, while the link lives (as long as finished jobs are kept); then 404."""
+    found = request.app.state.result_links.get(token)
+    if found is None:
+        raise ResultNotFound("no such image link, or it has expired (links live as long as finished jobs)")
+    return Response(content=found[0], media_type=found[1])
