@@ -8,9 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from . import __version__
-from .api.deps import reject_unexpected_body
+from .api.deps import reject_unexpected_input
 from .api.errors import install_error_handlers
-from .api.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from .api.middleware import BodyLimitMiddleware, HeadAsGet, RequestIdMiddleware
 from .api.links import ResultLinks
 from .api.openapi import install_body_schema
 from .api.routes import api_router, v1
@@ -57,7 +57,8 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         description=DESCRIPTIONS[settings.service] + " Same contract on both services (FP4 :8000, BF16 :8001).",
         version=__version__,
         lifespan=lifespan,
-        dependencies=[Depends(reject_unexpected_body)],
+        dependencies=[Depends(reject_unexpected_input)],
+        redirect_slashes=False,  # /generate/ is a 404, not a redirect built from the client's Host header
     )
     metrics = Metrics(engine)
     app.state.engine = engine
@@ -71,6 +72,7 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     app.include_router(api_router)
     app.include_router(v1.router)  # its own error shape and statuses (OpenAI's), not api_router's
     install_body_schema(app, [app.state.generate_request, *app.state.openai_requests.values()])
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware, metrics=metrics)  # added last: outermost, sees every answer
     return app

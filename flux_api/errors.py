@@ -32,6 +32,8 @@ class ModelNotReady(FluxAPIError):
     def __init__(self, phase: str, message: str | None = None):
         super().__init__(message or f"the model is not ready (phase: {phase})", phase=phase)
         self.phase = phase
+        # While it loads, a retry soon will do (Retry-After); after a failure only /load-model helps.
+        self.retry_after_s = 5 if phase in ("loading", "warming_up") else None
 
 
 class ModelSourceError(FluxAPIError):

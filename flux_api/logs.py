@@ -46,3 +46,12 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Every library's lines in the same format, with the request id: transformers and diffusers log
+    # through handlers of their own, and Python warnings (peft's) go to stderr, unless told otherwise.
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for lib in (transformers.utils.logging, diffusers.utils.logging):
+        lib.disable_default_handler()
+        lib.enable_propagation()
+    logging.captureWarnings(True)

@@ -56,7 +56,10 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 # Presets as small as the defaults: a preset (or /v1's quality) names its steps, which the body does not show.
 SMALL_PRESETS = {"fast": {"num_inference_steps": 1}, "balanced": {"num_inference_steps": 2},
                  "quality": {"num_inference_steps": 3}}
-COMMON = {"model": "tiny", "request_timeout_s": 90.0, "queue_size": 8, "jobs_keep": 64, "presets": SMALL_PRESETS}
+# The Hub switched off: these services have no network, and a Hub LoRA name would be an honest 503
+# (unreachable) that the no-5xx check cannot tell from a defect; switched off, such a name is a 404.
+COMMON = {"model": "tiny", "request_timeout_s": 90.0, "queue_size": 8, "jobs_keep": 64, "presets": SMALL_PRESETS,
+          "lora_hub": False}
 SERVICES = {
     "bf16": lambda **kw: BF16Settings(**COMMON, **BF16_DEFAULTS, **kw),
     "fp4": lambda **kw: FP4Settings(**COMMON, **FP4_DEFAULTS, **kw),

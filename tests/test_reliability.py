@@ -21,6 +21,16 @@ from flux_api.settings import BF16Settings
 SLOW = {"width": 1024, "height": 1024, "num_inference_steps": 30}  # a few seconds on two CPU cores
 
 
+def pixels(resp) -> bytes:
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert resp.status_code == 200, resp.text
+    return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
+
+
 def body(**kw):
     return {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1, **kw}
 
@@ -253,6 +263,38 @@ def test_a_body_sent_to_a_route_that_takes_none_is_a_422(svc):
     assert svc.client.request("DELETE", "/jobs/x", content=b"{}").status_code == 422
 
 
+def test_nothing_a_client_sends_is_silently_ignored_in_the_query(svc):
+    svc.client.post("/apply-lora", json={"lora_name": "style"})
+    try:
+        r = svc.client.post("/remove-lora?lora_name=style")  # once unpinned everything, silently
+        assert r.status_code == 422 and "unknown query parameter(s) lora_name" in r.json()["error"]["message"]
+        assert svc.client.get("/lora-status").json()["pinned"] == [{"name": "style", "weight": 1.0}]
+    finally:
+        svc.client.post("/remove-lora")
+    assert svc.client.post("/generate?seed=5", json=body()).status_code == 422
+    r = svc.client.post("/load-model?wait=true&foo=1")
+    assert r.status_code == 422 and "it takes wait" in r.json()["error"]["message"]
+    assert svc.client.post("/load-model?wait=true").status_code == 200
+
+
+def test_head_works_wherever_get_does(svc):
+    for path in ("/health", "/health/live", "/", "/metrics", "/lora-status"):
+        r = svc.client.head(path)
+        assert r.status_code == 200 and r.content == b"", path
+    assert svc.client.head("/jobs/nope").status_code == 404
+    assert "HEAD" in svc.client.options("/health").headers["allow"]
+    assert svc.client.options("/openapi.json").headers["allow"]  # never an empty Allow
+    assert svc.client.post("/generate/", json=body()).status_code == 404  # no redirect from the Host header
+
+
+def test_an_empty_chunked_body_is_no_body(svc):
+    async def nothing():
+        return
+        yield
+
+    assert svc.client.post("/load-model", content=nothing()).status_code == 200
+
+
 def test_a_body_over_the_limit_is_a_413(svc):
     limit = svc.app.state.settings.max_body_bytes
     big = b'{"prompt": "' + b"a" * limit + b'"}'
@@ -407,6 +449,31 @@ def test_a_lora_file_that_disappears_is_a_404_and_nothing_else_changes(svc, lora
     r = gen(svc, lora_name="ephemeral")
     assert r.status_code == 404 and r.json()["error"]["type"] == "lora_not_found"
     assert gen(svc).status_code == 200 and svc.client.get("/health").status_code == 200
+
+
+def test_a_pinned_lora_file_overwritten_in_place_is_reloaded_not_fatal(svc, lora_dir):
+    """The adapter's weights are read into memory, never memory-mapped: an overwrite in place (which once
+    killed the process with SIGBUS on a pinned LoRA) changes nothing until the next request, which then
+    loads the file as it now is. What a request gets follows the file, not what other clients sent."""
+    pinned = lora_dir / "pinned-inplace.safetensors"
+    shutil.copy(lora_dir / "style.safetensors", pinned)
+    try:
+        assert svc.client.post("/apply-lora", json={"lora_name": "pinned-inplace"}).status_code == 200
+        as_style = gen(svc, seed=6).json()["image"]
+        with open(pinned, "r+b") as f:  # in place: same inode, truncated, then other bytes
+            f.truncate(0)
+            f.write((lora_dir / "detail.safetensors").read_bytes())
+        as_detail = gen(svc, seed=6)
+        assert as_detail.status_code == 200 and as_detail.json()["image"] != as_style
+        assert pixels(gen(svc, seed=6, lora_name="detail")) == pixels(as_detail)  # the new file's weights
+        pinned.unlink()
+        gone = gen(svc, seed=6)
+        assert gone.status_code == 404 and "pinned" in gone.json()["error"]["message"]
+        assert svc.client.get("/health").status_code == 200
+    finally:
+        pinned.unlink(missing_ok=True)
+        svc.client.post("/remove-lora")
+    assert gen(svc).status_code == 200
 
 
 def test_generate_cut_short_by_shutdown_is_a_503_with_retry_after(cache_dir, lora_dir):

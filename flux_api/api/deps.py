@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ..engine.client import EngineClient
-from ..errors import BodyNotAccepted
+from ..errors import BodyNotAccepted, InvalidRequest
 from ..metrics import Metrics
 from ..settings import ServiceSettings
 
@@ -40,16 +40,27 @@ async def generate_body(raw: Annotated[Any, Body()], request: Request) -> BaseMo
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
 
 
-async def reject_unexpected_body(request: Request) -> None:
-    """On every route: a body sent to a route that takes none is a 422, never silently ignored
-    (`POST /load-model {"wait": true}` would otherwise look like it waited)."""
+async def reject_unexpected_input(request: Request) -> None:
+    """On every route: nothing a client sends is silently ignored. A query parameter the route does not
+    take (`POST /remove-lora?lora_name=x` would unpin every LoRA) and a body sent to a route that takes
+    none (`POST /load-model {"wait": true}` would look like it waited) are 422s naming what it takes."""
     route = request.scope.get("route")
-    if getattr(route, "body_field", True) is not None or "x-body-model" in (getattr(route, "openapi_extra", None) or {}):
+    if route is None or not hasattr(route, "dependant"):
+        return
+    # What the route takes in its query string, as its OpenAPI entry (the contract) says.
+    op = request.app.openapi()["paths"].get(route.path, {}).get(request.method.lower(), {})
+    taken = [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
+    unknown = sorted(set(request.query_params) - set(taken))
+    if unknown:
+        takes = f"it takes {', '.join(taken)}" if taken else "it takes none"
+        raise InvalidRequest(f"unknown query parameter(s) {', '.join(unknown)} for {route.path}: {takes}",
+                             field=unknown[0])
+    if route.body_field is not None or "x-body-model" in (route.openapi_extra or {}):
         return  # it takes a body (one it reads itself, where it declares x-body-model)
     length = request.headers.get("content-length")
-    if (length is not None and length != "0") or "chunked" in request.headers.get("transfer-encoding", ""):
-        params = [p.name for p in getattr(route, "dependant").query_params] if route is not None else []
-        hint = f"; its parameters go in the query string ({', '.join(params)})" if params else ""
+    chunked = "chunked" in request.headers.get("transfer-encoding", "")
+    if (length is not None and length != "0") or (chunked and await request.body()):  # an empty chunked body is none
+        hint = f"; its parameters go in the query string ({', '.join(taken)})" if taken else ""
         raise BodyNotAccepted(f"{request.method} {route.path} takes no request body{hint}")
 
 

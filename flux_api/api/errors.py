@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import errors as E
 from ..logs import request_id
@@ -127,8 +128,10 @@ def install_error_handlers(app: FastAPI) -> None:
         code = status_of(exc)
         retry_after = getattr(exc, "retry_after_s", None)
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-        if code >= 500:
-            log.error("%s %s -> %d %s: %s", request.method, request.url.path, code, exc.type, exc.message)
+        if code >= 500:  # the service's own trouble: a failure or an out-of-memory is an error, the rest warnings
+            level = logging.ERROR if code == 500 or isinstance(exc, E.GPUOutOfMemory) else logging.WARNING
+            log.log(level, "%s %s -> %d %s: %s", request.method,
+                    request.url.path[:512], code, exc.type, exc.message)
         return error_response(code, exc.type, exc.message, exc.details or None, headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
@@ -141,6 +144,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException):
         if isinstance(exc.__cause__, E.FluxAPIError):  # raised while FastAPI read the body (BodyTooLarge)
             return await _domain(request, exc.__cause__)
+        if isinstance(exc.__cause__, ClientDisconnect):  # gone mid-body: nobody reads this; log and count 499
+            return await _domain(request, E.ClientDisconnected("the client disconnected while sending the body"))
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI could not read the body at all (not UTF-8, say): as invalid as malformed JSON,
             # which FastAPI itself answers with 422, so the same status and body.
@@ -150,7 +155,10 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             # Starlette names only the methods of the first route that matched the path; a path served
-            # by several routes (GET and DELETE /jobs/{id}) allows all of theirs.
-            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+            # by several routes (GET and DELETE /jobs/{id}) allows all of theirs (and HEAD with GET).
+            methods = allowed_methods(request) or [m.strip() for m in (headers or {}).get("Allow", "").split(",") if m.strip()]
+            if "GET" in methods:
+                methods = sorted({*methods, "HEAD"})
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
         return error_response(exc.status_code, "http_error", str(exc.detail), headers=headers, path=request.url.path)
 

@@ -37,11 +37,41 @@ def request_id_problem(given: bytes | None) -> str | None:
     return None
 
 
+MAX_LOGGED_PATH = 512
+
+
 def path_for_log(scope) -> str:
-    """The path as the client sent it (percent-escapes kept), never a decoded control character."""
+    """The path as the client sent it (percent-escapes kept), never a decoded control character, and
+    not more than MAX_LOGGED_PATH characters of it."""
     raw = scope.get("raw_path")
     path = raw.decode("latin-1") if raw else scope["path"]
+    if len(path) > MAX_LOGGED_PATH:
+        path = f"{path[:MAX_LOGGED_PATH]}... ({len(path)} characters)"
     return escape_controls(path)
+
+
+class HeadAsGet:
+    """HEAD wherever GET is (RFC 9110): the GET route answers, and only its status and headers go out.
+    FastAPI's routes take GET alone, and a health probe with `curl -I` must not get a 405."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        done = False
+
+        async def headers_only(message):
+            nonlocal done
+            if message["type"] == "http.response.start":
+                await send(message)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                done = True
+            elif not done:
+                await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
 
 
 class RequestIdMiddleware:

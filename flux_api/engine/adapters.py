@@ -4,12 +4,13 @@ that atomically. Each replica has its own set and changes it only on its own wor
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
 
-from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora
-from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, inspect_lora
+from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, LoraNotFound
+from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, file_version, inspect_lora
 
 
 # Loading a LoRA is not thread-safe across pipelines: diffusers/peft create the adapter layers under
@@ -52,6 +53,8 @@ class AdapterSet:
         self.adapters: OrderedDict[str, str] = OrderedDict()  # LoRA name -> adapter name, LRU order
         self.sources: dict[str, str] = {}  # LoRA name -> "folder" | "hub"
         self.hashes: dict[str, str] = {}  # LoRA name -> the sha256 of the file its adapter was loaded from
+        self.paths: dict[str, object] = {}  # LoRA name -> its file, and that file's version when loaded
+        self.versions: dict[str, tuple] = {}
         self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
         self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
         self._counter = 0
@@ -70,7 +73,7 @@ class AdapterSet:
             if s.name in self.adapters:
                 continue
             if checked and s.name in checked:
-                files[s.name] = checked[s.name].verified()
+                files[s.name] = checked[s.name]  # _load hashes the very bytes it loads against the check
             else:
                 found = self.resolver.resolve(s.name)
                 inspect_lora(found.path, self.lora_keys)  # a damaged or non-LoRA file never reaches the model
@@ -78,11 +81,24 @@ class AdapterSet:
         return files
 
     def drop_stale(self, loras: tuple[LoraSpec, ...], checked: dict[str, LoraFile] | None) -> None:
-        """Drop a loaded adapter whose file has changed since it was loaded (the request's check hashed
-        the file as it is now), so that it loads again from the new bytes."""
+        """Drop a loaded adapter whose file has changed since it was loaded, so that it loads again from
+        the new bytes: for a LoRA the request named, its check hashed the file as it is now; for one it
+        did not (the pinned set), a stat says whether the file is still the one loaded. A pinned LoRA
+        whose file is gone fails the request (LoraNotFound), as naming it would: what a request gets
+        follows the files, never what other clients happened to send before."""
         for s in loras:
+            if s.name not in self.adapters:
+                continue
             new = checked.get(s.name) if checked else None
-            if new is not None and s.name in self.adapters and self.hashes.get(s.name) != new.sha256:
+            if new is not None:
+                if self.hashes.get(s.name) != new.sha256:
+                    self.drop(s.name)
+                continue
+            try:
+                unchanged = file_version(self.paths[s.name]) == self.versions.get(s.name)
+            except FileNotFoundError:
+                raise LoraNotFound(f"LoRA {s.name!r} (pinned) is gone from disk; re-apply or remove it") from None
+            if not unchanged:
                 self.drop(s.name)
 
     def activate(self, loras: tuple[LoraSpec, ...], pinned: set[str] = frozenset(),
@@ -116,12 +132,13 @@ class AdapterSet:
     def _load(self, file: LoraFile, keep: set[str]) -> str:
         if not file.fit_checked:
             check_lora_fits(self.pipe, file.path, file.name)
+        state, version = self._read(file)
         self._counter += 1
         adapter = f"lora_{self._counter}"
         try:
             with _STRUCTURE_LOCK:
                 self._changed()
-                self.pipe.load_lora_weights(str(file.path), adapter_name=adapter)
+                self.pipe.load_lora_weights(state, adapter_name=adapter)
         except Exception as e:
             self._delete(adapter)
             raise lora_load_error(e, repr(file.name), self.backend) from e
@@ -129,6 +146,7 @@ class AdapterSet:
             self.adapters[file.name] = adapter
             self.sources[file.name] = file.source
             self.hashes[file.name] = file.sha256
+            self.paths[file.name], self.versions[file.name] = file.path, version
         self.active = None  # loading an adapter changes which adapters are active
         for name in list(self.adapters):  # evict least recently used, never what is needed now
             if len(self.adapters) <= self.cache_size:
@@ -137,10 +155,32 @@ class AdapterSet:
                 self.drop(name)
         return adapter
 
+    @staticmethod
+    def _read(file: LoraFile) -> tuple[dict, tuple]:
+        """The file's tensors, read once into memory, and its version. Never memory-mapped: diffusers
+        would keep the mapping as the adapter's weights, so a file overwritten in place would change
+        them behind our back, or kill the process with SIGBUS when it shrinks. The bytes loaded are the
+        bytes hashed: they must be the ones the request's check saw."""
+        from safetensors.torch import load
+
+        try:
+            version = file_version(file.path)
+            data = file.path.read_bytes()
+        except FileNotFoundError:
+            raise LoraNotFound(f"LoRA {file.name!r} disappeared after it was checked; send the request again") from None
+        if file.sha256 is not None and hashlib.sha256(data).hexdigest() != file.sha256:
+            raise InvalidLora(f"LoRA {file.name!r} changed on disk after it was checked; send the request again")
+        try:
+            return load(data), version
+        except Exception as e:
+            raise InvalidLora(f"LoRA {file.name!r} is not a readable safetensors file: {e}") from e
+
     def drop(self, name: str) -> None:
         with self._names:
             self.sources.pop(name, None)
             self.hashes.pop(name, None)
+            self.paths.pop(name, None)
+            self.versions.pop(name, None)
             adapter = self.adapters.pop(name)
         self._delete(adapter)
         self.active = None

@@ -40,19 +40,6 @@ class LoraFile:
     sha256: str | None = None  # set once checked
     fit_checked: bool = False  # its tensors were checked against this model's layers
 
-    def verified(self) -> "LoraFile":
-        """This file, if it still holds the bytes that were checked (hashed anew: the worker calls this
-        right before it loads the file); else InvalidLora (or LoraNotFound)."""
-        if self.sha256 is None:
-            return self
-        try:
-            now = file_sha256(self.path, fresh=True)
-        except FileNotFoundError:
-            raise LoraNotFound(f"LoRA {self.name!r} disappeared after it was checked; send the request again") from None
-        if now != self.sha256:
-            raise InvalidLora(f"LoRA {self.name!r} changed on disk after it was checked; send the request again")
-        return self
-
     def checked(self, sha256: str, fit_checked: bool = True) -> "LoraFile":
         return replace(self, sha256=sha256, fit_checked=fit_checked)
 

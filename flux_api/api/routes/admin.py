@@ -38,7 +38,8 @@ async def health(engine: EngineDep) -> JSONResponse:
     body = {"status": status, "phase": h["phase"], "replicas": h["replicas"]}
     if h["error"]:
         body["error"] = h["error"]
-    return JSONResponse(body, status_code=503)
+    retry = {"Retry-After": "5"} if status == "loading" else None
+    return JSONResponse(body, status_code=503, headers=retry)
 
 
 @router.get("/health/live", summary="Liveness: 200 whenever the process is up")

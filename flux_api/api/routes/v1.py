@@ -84,7 +84,7 @@ def build_openai_requests(native: type[BaseModel], settings: ServiceSettings) ->
     }
     config = ConfigDict(**STRICT, json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE]})
     generations = create_model("ImagesGenerateRequest", __config__=config, **own)
-    edits = create_model("ImagesEditRequest", __config__=ConfigDict(**STRICT, json_schema_extra=LORA_RULES), **own,
+    edits = create_model("ImagesEditRequest", __config__=config, **own,
                          strength=(native.model_fields["strength"].annotation, native.model_fields["strength"]))
     return {"generations": generations, "edits": edits}
 
