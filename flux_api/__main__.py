@@ -41,15 +41,23 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HF_ENDPOINT"] = settings.hub_endpoint
 
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from .app import create_app
     from .logs import configure_logging
+    from .server import EngineServer
 
     configure_logging(args.log_level.upper())
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-                log_level=args.log_level, timeout_graceful_shutdown=30)
-    return 0
+    # uvicorn.run(), with a Server that starts the engine's shutdown the moment SIGTERM arrives (server.py)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                            log_level=args.log_level, timeout_graceful_shutdown=30)
+    server = EngineServer(config, app.state.engine)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    return 0 if server.started else STARTUP_FAILURE
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
             log.error("start-up stopped: %s", getattr(e, "message", e))
             raise
         yield
-        # SIGTERM lands here after uvicorn stopped taking requests: queued work is cancelled, running
-        # work finishes (or is stopped after the grace), then the memory is freed.
+        # SIGTERM lands here after uvicorn's graceful wait. Under `python -m flux_api` the signal already
+        # cancelled queued work (server.py: engine.begin_shutdown); stop() cancels whatever is still
+        # queued, lets running work finish (or stops it after the grace), then frees the memory.
         await engine.stop()
 
     app = FastAPI(

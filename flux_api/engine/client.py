@@ -55,6 +55,7 @@ class EngineClient(Protocol):
 
     # lifecycle
     async def start(self) -> None: ...  # pre-flight (raises to stop start-up), then load in the background
+    def begin_shutdown(self) -> None: ...  # at SIGTERM, any thread, quick: no new work, queued work cancelled (503)
     async def stop(self) -> None: ...  # cancel queued work, finish running work, free the memory
     async def load(self, wait: bool) -> dict: ...  # /load-model: {"status", "started", "phase", ["error"]}
     def health(self) -> dict: ...  # {"ready", "phase", "error": str | None, "replicas": {"alive": n, "dead": [i]}}
@@ -122,6 +123,9 @@ class LocalEngine:
         await asyncio.to_thread(self.manager.preflight)
         # The model loads in the background so the process answers (/health/live, /health 503) at once.
         self.manager.start_background_load()
+
+    def begin_shutdown(self) -> None:
+        self.manager.begin_shutdown()
 
     async def stop(self, grace_s: float = 30.0) -> None:
         await asyncio.to_thread(self.manager.unload, grace_s)

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import wait as wait_futures
 from typing import ClassVar
 
-from ..errors import FluxAPIError, JobNotFound, ModelNotReady
+from ..errors import FluxAPIError, JobNotFound, ModelNotReady, ShuttingDown
 from ..settings import ServiceSettings
 from .backends import Backend, Packages, select_backend
 from .checks import LoraChecker, refuse_lora_if_compiled
@@ -67,6 +67,7 @@ class FluxModelManager:
         self._load_lock = threading.Lock()  # held for a whole load: one copy, ever
         self._state_lock = threading.Lock()  # held briefly: never blocks the event loop
         self._loading = False
+        self.shutting_down = False  # set once, by begin_shutdown(): no new work from then on
 
     # ------------------------------------------------------------------ what it is
 
@@ -173,6 +174,8 @@ class FluxModelManager:
                 self.replicas = replicas
                 self.scheduler = Scheduler(replicas, self.settings.queue_size, self.settings.jobs_keep,
                                            self.settings.jobs_keep_s, on_finish=self._job_finished)
+                if self.shutting_down:  # the signal came while loading: this scheduler takes no work either
+                    self.scheduler.drain()
                 self.load_seconds = round(time.perf_counter() - t0, 2)
                 self.phase = READY
                 log.info("model ready in %.1f s: %s, backend %s, %s", self.load_seconds, self.source.spec,
@@ -208,6 +211,15 @@ class FluxModelManager:
                            self.speed.text_on_cpu, self.free_memory)
         return Replica(index, device, pipe, adapters, config, graphs)
 
+    def begin_shutdown(self) -> None:
+        """The moment a shutdown begins (SIGTERM): take no more work and cancel what is queued, whose
+        waiters answer 503 shutting_down at once; running work goes on until `unload`. Thread-safe,
+        quick, idempotent."""
+        self.shutting_down = True
+        scheduler = self.scheduler  # one read: unload may clear it meanwhile
+        if scheduler is not None:
+            scheduler.drain()
+
     def unload(self, timeout: float = 60.0) -> None:
         """Cancel queued work, let running work finish (or cancel it after `timeout`), free the memory."""
         if self.scheduler is not None:
@@ -241,6 +253,8 @@ class FluxModelManager:
     # ------------------------------------------------------------------ requests
 
     def require_ready(self) -> None:
+        if self.shutting_down:
+            raise ShuttingDown()
         if not self.ready or self.scheduler is None:
             raise ModelNotReady(self.phase, self._not_ready_message())
         if not self.scheduler.alive:

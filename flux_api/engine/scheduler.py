@@ -200,6 +200,8 @@ class Scheduler:
         """Run fn(replica) on every replica, between generations. Not counted against the queue."""
         futures = []
         with self._cond:
+            if self._stop:  # the workers are stopping: nobody would run it
+                raise ShuttingDown()
             for r in self.replicas:
                 if r.index in self.dead:  # it serves nothing, and nobody would answer
                     continue
@@ -323,17 +325,30 @@ class Scheduler:
 
     # ------------------------------------------------------------------ shutdown
 
-    def shutdown(self, timeout: float = 60.0) -> None:
-        """Cancel what is queued, let running work finish (cancel it after `timeout`), stop the threads."""
+    def drain(self) -> int:
+        """The first half of a shutdown, at once: take no more work (submit and broadcast raise
+        ShuttingDown) and cancel what is queued with ShuttingDown (its waiters get a 503 with
+        Retry-After); running work goes on. Thread-safe, never blocks for long, idempotent. Returns how
+        many queued jobs it cancelled."""
+        reason = "the service is shutting down"
         with self._cond:
             self._stop = True
             queued = list(self._queue)
+            self._queue.clear()  # under the lock: no worker can start one of them meanwhile
+            for job in queued:
+                job.cancel_reason, job.cancel_error = reason, ShuttingDown()
+            self._cond.notify_all()  # idle workers stop; busy ones stop after their job
         for job in queued:
-            self.cancel(job, "the service is shutting down", ShuttingDown())
+            job._finish(_stopped_state(job), error=job.cancel_error, reason=reason)
+            self._finished(job)
         if queued:
             log.info("shutdown: cancelled %d queued job(s)", len(queued))
-        with self._cond:
-            self._cond.notify_all()
+        return len(queued)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        """Cancel what is queued (`drain`, if it has not run yet), let running work finish (cancel it
+        after `timeout`), stop the threads."""
+        self.drain()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
