@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from ..errors import GenerationTimeout
 from .devices import memory_report
 from .lora import LoraSpec
-from .scheduler import FINAL, QUEUED, Job
+from .scheduler import QUEUED, Job
 from .types import FAILED, LOADING, WARMING_UP, GenerationParams
 
 
@@ -95,10 +95,20 @@ class JobEvents:
         return self
 
     async def __anext__(self) -> dict:
-        while self.job.state not in FINAL:
+        # Every progress event is delivered, the last step's too: the stream ends on the job's "end"
+        # event, not on its state (which a worker sets before the loop has run the callbacks that put
+        # the last steps' events here). A listener that came after the end gets no "end" event: once
+        # the job is finished, one turn of the loop runs every callback scheduled before it.
+        while True:
+            if self.queue.empty() and self.job.finished is not None:
+                await asyncio.sleep(0)
+                if self.queue.empty():
+                    break
             event = await self.queue.get()
             if event["event"] == "progress":
                 return event
+            if event["event"] == "end":
+                break
         await self.aclose()
         raise StopAsyncIteration
 
