@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Save a random-weight FLUX.1 pipeline in the diffusers folder format.\n\n"
         "`--size full` has FLUX.1-dev's real architecture (33.7 GB in bf16): it loads, times and weighs like the\n"
-        "real model, for GPU runs where no weights can be downloaded. `--size tiny` is the test model.")
+        "real model, for GPU runs where no weights can be downloaded. `--size tiny` is the shipped tiny model's\n"
+        "architecture with random weights (the trained one is flux_api/tiny_model).")
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--device", default="cpu", help="where to build (cuda is much faster for --size full)")

@@ -75,7 +75,7 @@ class ServiceSettings(BaseSettings):
     # --- model source
     model: str = Field(
         DEFAULT_MODEL,
-        description="'tiny' (built locally), a local diffusers folder, or a Hugging Face repo id.",
+        description="'tiny' (the small trained model shipped with the package), a local diffusers folder, or a Hugging Face repo id.",
     )
     model_revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of a repo id model.")
     hf_token: SecretStr | None = Field(
@@ -83,7 +83,7 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("hf_token", "HF_TOKEN"),
         description="Hugging Face token for gated repos. HF_TOKEN is honoured.",
     )
-    cache_dir: Path = Field(Path("~/.cache/flux_api"), description="Where the tiny model is built.")
+    cache_dir: Path = Field(Path("~/.cache/flux_api"), description="Where caches go (torch.compile's inductor cache).")
 
     # --- placement and precision
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when available, else CPU.")

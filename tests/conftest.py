@@ -24,6 +24,7 @@ import asyncio  # noqa: E402
 import concurrent.futures  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import threading  # noqa: E402
@@ -225,30 +226,33 @@ class Served:
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("flux-cache")
-    ensure_tiny_model(path)
-    return path
+    return tmp_path_factory.mktemp("flux-cache")
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(cache_dir) -> Path:
-    return ensure_tiny_model(cache_dir)
+def tiny_dir() -> Path:
+    """The trained tiny model shipped in flux_api/tiny_model (read only: copy it to change it)."""
+    return ensure_tiny_model()
 
 
 @pytest.fixture(scope="session")
 def lora_dir(tmp_path_factory, tiny_dir) -> Path:
-    """Real LoRAs for the tiny transformer: peft adapters with non-zero weights, saved in the diffusers
-    LoRA format, plus files that must be refused."""
+    """Real LoRAs for the tiny transformer: the trained "green" LoRA shipped with the model (every object
+    drawn green), peft adapters with random non-zero weights saved in the diffusers LoRA format, plus
+    files that must be refused."""
     import torch
     from safetensors.torch import save_file
     from soak import make_loras
 
     # style, detail (peft adapters, random non-zero A and B) and kohya (BFL names, converted by diffusers)
     root = make_loras(tiny_dir, tmp_path_factory.mktemp("loras"))
+    shutil.copy(tiny_dir / "loras" / "green.safetensors", root / "green.safetensors")
     g = torch.Generator().manual_seed(4)
-    # a LoRA made for another model: to_q's in_features do not match (99 instead of 32)
+    config = json.loads((tiny_dir / "transformer" / "config.json").read_text())
+    inner = config["num_attention_heads"] * config["attention_head_dim"]
+    # a LoRA made for another model: to_q's in_features do not match (99 instead of the model's)
     save_file({"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 99, generator=g),
-               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=g)},
+               "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(inner, 4, generator=g)},
               root / "other-model.safetensors")
     (root / "sub").mkdir()
     shutil.copy(root / "detail.safetensors", root / "sub" / "nested.safetensors")

@@ -521,8 +521,9 @@ def make_loras(tiny_dir: Path, out: Path) -> Path:
                                        weight_name=f"{name}.safetensors")
     g = torch.Generator().manual_seed(3)
     kohya = {}
-    for mod, out_f in (("double_blocks_0_img_attn_qkv", 96), ("double_blocks_0_img_attn_proj", 32)):
-        kohya[f"lora_unet_{mod}.lora_down.weight"] = torch.randn(4, 32, generator=g)
+    inner = tr.config.num_attention_heads * tr.config.attention_head_dim  # the model's width
+    for mod, out_f in (("double_blocks_0_img_attn_qkv", 3 * inner), ("double_blocks_0_img_attn_proj", inner)):
+        kohya[f"lora_unet_{mod}.lora_down.weight"] = torch.randn(4, inner, generator=g)
         kohya[f"lora_unet_{mod}.lora_up.weight"] = torch.randn(out_f, 4, generator=g)
         kohya[f"lora_unet_{mod}.alpha"] = torch.tensor(4.0)
     save_file(kohya, out / "kohya.safetensors")

@@ -21,7 +21,7 @@ from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
 from flux_api.errors import BackendUnavailable
 from flux_api.settings import BF16Settings, FP4Backend
 
-SLOW = {"prompt": "a lighthouse", "width": 1024, "height": 1024, "num_inference_steps": 40, "seed": 1}
+SLOW = {"prompt": "a lighthouse", "width": 256, "height": 256, "num_inference_steps": 60, "seed": 1}  # a few seconds
 
 
 def start_slow_job(s) -> str:

@@ -105,7 +105,7 @@ def test_lora_for_another_model_is_refused_and_changes_nothing(clean):
     status = svc.client.get("/lora-status").json()
     r = gen(svc, lora_name="other-model")
     assert r.status_code == 422
-    assert "does not fit this model" in r.json()["error"]["message"] and "in_features 32" in r.json()["error"]["message"]
+    assert "does not fit this model" in r.json()["error"]["message"] and "in_features 128" in r.json()["error"]["message"]
     assert svc.client.get("/lora-status").json() == status
     assert pixels(gen(svc)) == base  # diffusers would have widened to_q; we refused before it could
 

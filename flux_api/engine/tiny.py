@@ -1,25 +1,26 @@
-"""The tiny random FLUX.1 pipeline: the model every machine can run, and the one the tests use.
+"""The tiny FLUX.1: the model every machine can run, the default, and the one the tests use; and the
+random-weight builders (tiny and full size) that the benchmarks and a few tests use.
 
-It has the real FLUX.1-dev architecture at toy sizes (1+1 transformer blocks, 2-layer CLIP and T5
-encoders, a 4-level VAE), tokenizers trained here with `tokenizers`, and is saved in the real
-diffusers folder format, so it loads through exactly the same `from_pretrained` path as the real
-model. Building is deterministic: the same recipe gives the same weights on every machine.
+`--model tiny` loads the trained drawing model shipped in `flux_api/tiny_model/` (FLUX.1-dev's
+architecture at toy size, 2+2 transformer blocks, 2-layer CLIP and T5 encoders, a 4-level VAE, in the
+real diffusers folder format, so through exactly the same `from_pretrained` path as the real model).
+It was trained by `flux_api.tiny_train` to draw one coloured circle, square or triangle on a
+background, as a prompt says ("a small red circle in the top left on a blue background"); nothing is
+built or trained at start.
+
+`build_random_pipeline(size)` builds the same architecture ("tiny") or FLUX.1-dev's ("full") with
+random weights, for the GPU benchmarks and `flux_api.random_model`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
-
-from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
-# Bump when the recipe changes, so that a cached build of an older recipe is never reused.
-TINY_VERSION = "v1"
+# The trained tiny model, shipped with the package (flux_api/tiny_train/export.py writes it).
+SHIPPED_TINY = Path(__file__).resolve().parent.parent / "tiny_model"
 
 # Words the tokenizers learn. Enough of them that ordinary prompts map to distinct ids instead of
 # collapsing onto the unknown token (a carelessly trained tokenizer does exactly that).
@@ -36,6 +37,7 @@ soft sharp blurry low high quality cinematic lighting dramatic warm cold vivid p
 oil watercolor pencil digital art style anime studio film camera lens bokeh depth hdr 4k 8k
 sitting standing running flying walking sleeping reading holding wearing looking smiling floating
 hat coat dress glasses book cup table chair window door car bicycle train boat ship plane rocket
+circle square triangle shape something medium large left right top bottom center middle background
 """.split()
 
 
@@ -88,13 +90,15 @@ def _train_tokenizers():
 # Component sizes. "tiny" is the test/default model; "full" is FLUX.1-dev's real architecture
 # (CLIP ViT-L/14 text, T5 v1.1 XXL encoder, the 12B MMDiT, the 16-channel VAE) with random weights:
 # it times and weighs exactly like the real model, for GPU benchmarks where no download is possible.
+# "tiny" is the shipped model's architecture (flux_api/tiny_train/model.py), so that random LoRAs made
+# for it fit the trained model.
 SIZES = {
     "tiny": dict(
-        clip=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32),
-        t5=dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4),
-        transformer=dict(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
-                         joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)),
-        vae=dict(block_out_channels=[8] * 4, layers_per_block=1, norm_num_groups=4),
+        clip=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2, projection_dim=64),
+        t5=dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+        transformer=dict(num_layers=2, num_single_layers=2, attention_head_dim=32, num_attention_heads=4,
+                         joint_attention_dim=64, pooled_projection_dim=64, axes_dims_rope=(8, 12, 12)),
+        vae=dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, norm_num_groups=8),
     ),
     "full": dict(
         clip=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
@@ -146,29 +150,17 @@ def build_random_pipeline(size: str = "tiny", device: str = "cpu", dtype=None):
     )
 
 
-def tiny_model_dir(cache_dir: Path) -> Path:
-    return Path(cache_dir).expanduser() / f"tiny-flux-{TINY_VERSION}"
+def tiny_model_dir(cache_dir: Path | None = None) -> Path:
+    """The folder of the tiny model: the trained one shipped with the package (`cache_dir`, where an
+    earlier version built a random one, is no longer used for it)."""
+    return SHIPPED_TINY
 
 
-def ensure_tiny_model(cache_dir: Path) -> Path:
-    """Return the folder of the tiny model, building and saving it once if it is not there yet.
-
-    Two services starting at once must not both write it: a file lock serialises the build, and the
-    folder appears by an atomic rename, so a reader never sees half a model.
-    """
+def ensure_tiny_model(cache_dir: Path | None = None) -> Path:
+    """The tiny model's folder, after checking that it is there (nothing is built at start)."""
     target = tiny_model_dir(cache_dir)
-    cache_dir = target.parent
-    if (target / "model_index.json").is_file():
-        return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache_dir / f".tiny-flux-{TINY_VERSION}.lock")):
-        if (target / "model_index.json").is_file():
-            return target
-        log.info("building the tiny random FLUX model in %s", target)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=cache_dir))
-        try:
-            build_random_pipeline("tiny").save_pretrained(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (target / "model_index.json").is_file():
+        raise FileNotFoundError(
+            f"the tiny model is missing from {target}: reinstall flux_api, or retrain it with "
+            "`python -m flux_api.tiny_train` (see flux_api/tiny_train/README.md)")
     return target

@@ -1,0 +1,72 @@
+"""Step 4: the adherence report. Each service loads the tiny model exactly as `--model tiny` does (the
+BF16 service; the FP4 service with each backend that runs here), draws the 200 held-out prompts at
+256x256 (seed = the prompt's number) for each step count, and the meaning checker scores them.
+
+    python -m flux_api.tiny_train.adherence [--prompts 200] [--steps 4,8,16,25,28] [--services bf16,fp4:torchao-int8]
+
+Prints a markdown table (the one in docs/QUALITY.md) and, with --json, writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+
+def load(service: str):
+    """A loaded manager of `service` ("bf16", or "fp4:<backend>") over the tiny model, on the CPU."""
+    from ..engine.services import MANAGERS
+    from ..settings import BF16Settings, FP4Settings
+
+    name, _, backend = service.partition(":")
+    extra = {"backend": backend} if backend else {}
+    settings = (BF16Settings if name == "bf16" else FP4Settings)(model="tiny", device="cpu", warmup=False, **extra)
+    manager = MANAGERS[name](settings)
+    manager.load()
+    return manager
+
+
+def measure(manager, prompts, steps: int) -> tuple[dict, float]:
+    from ..engine.types import GenerationParams
+    from ..meaning import adherence
+
+    replica = manager.replicas[0]
+    pairs, t0 = [], time.perf_counter()
+    for i, (text, spec) in enumerate(prompts):
+        image = replica.run(GenerationParams(prompt=text, seed=i, width=256, height=256, num_inference_steps=steps,
+                                             guidance_scale=manager.settings.default_guidance))
+        pairs.append((spec, image))
+    return adherence(pairs), (time.perf_counter() - t0) / len(prompts)
+
+
+def main(argv=None) -> None:
+    from .grammar import eval_prompts
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--steps", default="4,8,16,25,28")
+    ap.add_argument("--services", default="bf16,fp4:torchao-int8")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    prompts = eval_prompts(a.prompts)
+    rows = []
+    print("| service | backend | steps | colour | shape | position | background | size | s/image |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+    for service in a.services.split(","):
+        manager = load(service)
+        for steps in (int(s) for s in a.steps.split(",")):
+            score, seconds = measure(manager, prompts, steps)
+            row = dict(service=service.split(":")[0], backend=manager.backend.name, steps=steps, **score,
+                       seconds_per_image=round(seconds, 3))
+            rows.append(row)
+            print(f"| {row['service']} | {row['backend']} | {steps} | {score['colour']} | {score['shape']} | "
+                  f"{score['position']} | {score['background']} | {score['size']} | {seconds:.2f} |", flush=True)
+        manager.unload()
+    if a.json:
+        a.json.write_text(json.dumps(dict(prompts=a.prompts, size=256, rows=rows), indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

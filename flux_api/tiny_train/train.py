@@ -1,0 +1,388 @@
+"""Step 2: train the tiny drawing model from `prepare.py`'s tokens, seeded, on one GPU in minutes (or
+the CPU, slower). Needs torch, diffusers and transformers' model classes; no tokenizer.
+
+1. The VAE, on scenes rendered on the fly: reconstruction (MSE) plus a small KL term. Its latents'
+   mean and spread become the VAE's shift_factor and scaling_factor, as FLUX's VAE has.
+2. The transformer with both text encoders, jointly, with FLUX's rectified-flow objective: for clean
+   latents x0, noise e and sigma in (0, 1), x = (1 - sigma) x0 + sigma e and the model predicts
+   e - x0. Sigma is drawn half logit-normal, half uniform, then shifted as the pipeline's scheduler
+   shifts it at 256x256 (mu = 0.5). The distilled-guidance input is drawn at random, so the model
+   learns to ignore it. Held-out prompts are never drawn. An EMA of the weights is what is saved.
+3. A LoRA on the transformer's attention projections only, trained on the same prompts with every
+   object drawn green (the background never green): the "green" LoRA.
+
+Writes DIR/{text_encoder,text_encoder_2,transformer,vae,lora_green}.safetensors and DIR/train.json;
+`export.py` turns them into the diffusers folder.
+
+    python -m flux_api.tiny_train.train --prepared DIR --out DIR [--device cuda] [--scale 0.01]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+# attention projections of the double and single blocks: what the LoRA may touch
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+GREEN = 3  # index of "green" in grammar.COLOURS
+OBJECT_WEIGHT = 10.0
+
+
+class Prompts:
+    """The prepared prompt table on one device; `sample` draws training prompts."""
+
+    def __init__(self, path: Path, device):
+        import torch
+
+        d = torch.load(path / "prompts.pt")
+        self.texts = d["texts"]
+        self.attrs = d["attrs"].long().to(device)
+        self.clip_ids = d["clip_ids"].long().to(device)
+        t5 = d["t5_ids"].long()
+        self.t5_ids = torch.cat([t5, t5.new_zeros(t5.shape[0], 512 - t5.shape[1])], 1).to(device)
+        self.train_idx = d["train"].nonzero().squeeze(1).to(device)
+        self.device = device
+
+    def sample(self, n: int, gen):
+        import torch
+
+        pick = torch.randint(0, len(self.train_idx), (n,), generator=gen, device=gen.device).to(self.device)
+        return self.train_idx[pick]
+
+
+def _sigmas(n: int, gen, device):
+    import torch
+
+    u = torch.rand(n, generator=gen, device=gen.device).to(device)
+    ln = torch.sigmoid(torch.randn(n, generator=gen, device=gen.device).to(device))
+    s = torch.where(torch.arange(n, device=device) % 2 == 0, ln, u).clamp(1e-3, 1 - 1e-3)
+    m = math.exp(0.5)  # the scheduler's time shift at 256 image tokens
+    return m / (m + (1 / s - 1))
+
+
+def _lr(step: int, total: int, peak: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+
+def _fit(step: int, steps: int, t0: float, time_limit: float) -> int:
+    """The phase's step count: as planned, or (measured over its first 40 steps) what fits its time
+    limit, so that the learning-rate schedule still ends at zero."""
+    if step == 40 and time_limit < 1e9:
+        fits = int(time_limit / ((time.time() - t0) / 40))
+        if fits < steps:
+            print(f"{steps} steps would not fit {time_limit:.0f} s: {fits}", flush=True)
+            return max(fits, 41)
+    return steps
+
+
+class Trainer:
+    def __init__(self, prepared: Path, device: str, seed: int = 0, size: int = 256):
+        import torch
+
+        from .model import build
+
+        self.device, self.size = device, size
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        torch.manual_seed(seed)
+        self.prompts = Prompts(prepared, device)
+        self.models = build(seed, device)
+        self.amp = dict(device_type="cuda", dtype=torch.bfloat16) if device.startswith("cuda") else dict(device_type="cpu", enabled=False)
+        from diffusers import FluxPipeline
+
+        self.img_ids = FluxPipeline._prepare_latent_image_ids(1, size // 16, size // 16, device, torch.float32)
+        self.txt_ids = torch.zeros(512, 3, device=device)
+        self.shift, self.scale = 0.0, 1.0
+        self.log: dict = {"device": device, "seed": seed}
+
+    # ---------------------------------------------------------------- data
+
+    def scenes(self, n: int, green: bool = False, cover: bool = False):
+        """n training prompts' indices and their scenes (unsaid attributes drawn at random); with
+        `cover`, the scenes are (images, object coverage)."""
+        import torch
+
+        from .render import fill_unsaid, render
+
+        idx = self.prompts.sample(n, self.gen)
+        attrs = fill_unsaid(self.prompts.attrs[idx], self.gen)
+        if green:
+            attrs[:, 1] = GREEN
+            clash = attrs[:, 4] == GREEN  # the background must not be green: any other colour
+            other = torch.randint(0, 8, (n,), generator=self.gen, device=self.gen.device).to(self.device)
+            attrs[:, 4] = torch.where(clash, other + (other >= GREEN).long(), attrs[:, 4])
+        return idx, render(attrs, self.size, self.gen, cover=cover)
+
+    def latents(self, images):
+        import torch
+
+        from diffusers import FluxPipeline
+
+        with torch.no_grad(), torch.autocast(**self.amp):
+            lat = self.models["vae"].encode(images).latent_dist.mean.float()
+        lat = (lat - self.shift) * self.scale
+        b, c, h, w = lat.shape
+        return FluxPipeline._pack_latents(lat, b, c, h, w)
+
+    # ---------------------------------------------------------------- 1. VAE
+
+    def resume(self, path: Path) -> None:
+        """Go on from an earlier run's text encoders and transformer (its EMA weights)."""
+        from safetensors.torch import load_file
+
+        for k in ("text_encoder", "text_encoder_2", "transformer"):
+            self.models[k].load_state_dict(load_file(path / f"{k}.safetensors"))
+        self.log["resumed_from"] = dict(json.loads((path / "train.json").read_text()), path=str(path))
+
+    def load_vae(self, path: Path) -> None:
+        """Take the VAE (and its latent statistics) of an earlier run of this script instead of training it."""
+        from safetensors.torch import load_file
+
+        vae = self.models["vae"]
+        vae.load_state_dict(load_file(path / "vae.safetensors"))
+        self.shift, self.scale = (json.loads((path / "train.json").read_text())["vae"][k] for k in ("shift", "scale"))
+        vae.register_to_config(shift_factor=self.shift, scaling_factor=self.scale)
+        self.log["vae"] = dict(json.loads((path / "train.json").read_text())["vae"], from_run=str(path))
+
+    def train_vae(self, steps: int, batch: int, lr: float = 1e-3, kl: float = 1e-4, time_limit: float = 1e9):
+        import torch
+
+        vae = self.models["vae"].train()
+        opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+        t0 = time.time()
+        planned, step = steps, 0
+        while step < steps:
+            steps = _fit(step, steps, t0, time_limit)
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, steps, lr, warmup=100)
+            _, x = self.scenes(batch)
+            with torch.autocast(**self.amp):
+                post = vae.encode(x).latent_dist
+                z = post.sample(generator=None)
+                rec = vae.decode(z).sample.float()
+            mse = torch.nn.functional.mse_loss(rec, x)
+            loss = mse + kl * post.kl().mean() / z[0].numel()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            if step % 200 == 0 or step == steps - 1:
+                print(f"vae {step:5d}/{steps} mse {mse.item():.5f} ({time.time() - t0:.0f} s)", flush=True)
+            step += 1
+        vae.eval()
+        with torch.no_grad():
+            lats = []
+            for _ in range(8):
+                _, x = self.scenes(batch)
+                with torch.autocast(**self.amp):
+                    lats.append(vae.encode(x).latent_dist.mean.float())
+            lats = torch.cat(lats)
+        self.shift, self.scale = lats.mean().item(), 1.0 / lats.std().item()
+        vae.register_to_config(shift_factor=self.shift, scaling_factor=self.scale)
+        self.log["vae"] = dict(steps=steps, planned=planned, batch=batch, mse=mse.item(), shift=self.shift, scale=self.scale,
+                               seconds=round(time.time() - t0, 1))
+
+    # ---------------------------------------------------------------- 2. transformer and text encoders
+
+    def predict(self, modules, x, sigma, idx, guidance):
+        clip, t5, tr = modules
+        pooled = clip(self.prompts.clip_ids[idx]).pooler_output
+        text = t5(self.prompts.t5_ids[idx]).last_hidden_state
+        return tr(hidden_states=x, timestep=sigma, guidance=guidance, pooled_projections=pooled,
+                  encoder_hidden_states=text, txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
+
+    def flow_loss(self, modules, batch: int, green: bool = False):
+        import torch
+
+        idx, (images, cover) = self.scenes(batch, green, cover=True)
+        x0 = self.latents(images)
+        # The object is a few percent of the image: its tokens weigh OBJECT_WEIGHT times the background's,
+        # or the loss is all background and the object's colour and shape are learnt last.
+        w = 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.avg_pool2d(cover, 16).flatten(1).unsqueeze(2)
+        noise = torch.randn(x0.shape, generator=self.gen, device=self.gen.device).to(self.device)
+        sigma = _sigmas(batch, self.gen, self.device)
+        s = sigma.view(-1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        guidance = torch.rand(batch, generator=self.gen, device=self.gen.device).to(self.device) * 10
+        pred = self.predict(modules, xt, sigma, idx, guidance).float()  # float32 (TF32 on CUDA): see train_flow
+        return (w * (pred - (noise - x0)) ** 2).mean() / w.mean()
+
+    def train_flow(self, steps: int, batch: int, lr: float = 3e-4, ema: float = 0.999, time_limit: float = 1e9):
+        import copy
+
+        import torch
+
+        modules = [self.models[k].train() for k in ("text_encoder", "text_encoder_2", "transformer")]
+        params = [p for m in modules for p in m.parameters()]
+        averaged = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+        t0, done, smooth, skipped = time.time(), 0, None, 0
+        planned, step = steps, 0
+        while step < steps:
+            steps = _fit(step, steps, t0, time_limit)
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, steps, lr)
+            loss = self.flow_loss(modules, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if not (torch.isfinite(loss) and torch.isfinite(norm)):
+                skipped += 1  # never let one bad batch poison the weights (bf16 autocast here went NaN)
+                step += 1
+                continue
+            opt.step()
+            decay = min(ema, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for m, a in zip(modules, averaged):
+                    for pa, pm in zip(a.parameters(), m.parameters()):
+                        pa.lerp_(pm, 1 - decay)
+            smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+            done = step + 1
+            if step % 250 == 0 or step == steps - 1:
+                print(f"flow {step:5d}/{steps} loss {smooth:.4f} skipped {skipped} ({time.time() - t0:.0f} s)", flush=True)
+            step += 1
+        for k, a in zip(("text_encoder", "text_encoder_2", "transformer"), averaged):
+            self.models[k] = a
+        self.log["flow"] = dict(steps=done, planned=planned, skipped=skipped, batch=batch, lr=lr, ema=ema, loss=smooth,
+                                seconds=round(time.time() - t0, 1))
+
+    # ---------------------------------------------------------------- 3. the green LoRA
+
+    def train_lora(self, steps: int, batch: int, rank: int = 8, lr: float = 1e-3, time_limit: float = 1e9):
+        """A LoRA (scale 1: alpha = rank) on the attention projections; returns its diffusers-format
+        state dict ("transformer.<module>.lora_A/B.weight")."""
+        import torch
+
+        tr = self.models["transformer"]
+        for m in (self.models["text_encoder"], self.models["text_encoder_2"], tr):
+            m.requires_grad_(False)
+        loras = {}
+        for name, mod in tr.named_modules():
+            if isinstance(mod, torch.nn.Linear) and name.endswith(LORA_TARGETS) and "blocks." in name:
+                a = torch.nn.Parameter(torch.randn(rank, mod.in_features, generator=self.gen, device=self.gen.device).to(self.device) / rank)
+                b = torch.nn.Parameter(torch.zeros(mod.out_features, rank, device=self.device))
+                loras[name] = (mod, a, b)
+                mod.forward = (lambda m, a, b: lambda x: torch.nn.functional.linear(x, m.weight, m.bias) + (x @ a.t().to(x.dtype)) @ b.t().to(x.dtype))(mod, a, b)
+        params = [p for _, a, b in loras.values() for p in (a, b)]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        modules = [self.models["text_encoder"], self.models["text_encoder_2"], tr]
+        t0, planned, step = time.time(), steps, 0
+        while step < steps:
+            steps = _fit(step, steps, t0, time_limit)
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, steps, lr, warmup=50)
+            loss = self.flow_loss(modules, batch, green=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+            if torch.isfinite(loss) and torch.isfinite(norm):
+                opt.step()
+            if step % 100 == 0 or step == steps - 1:
+                print(f"lora {step:5d}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
+            step += 1
+        state = {}
+        for name, (mod, a, b) in loras.items():
+            del mod.forward  # back to the class's forward
+            state[f"transformer.{name}.lora_A.weight"] = a.detach().float().cpu().contiguous()
+            state[f"transformer.{name}.lora_B.weight"] = b.detach().float().cpu().contiguous()
+        self.log["lora_green"] = dict(steps=steps, planned=planned, batch=batch, rank=rank, lr=lr, loss=loss.item(),
+                                      seconds=round(time.time() - t0, 1))
+        return state
+
+    # ---------------------------------------------------------------- sampling (a quick check, no pipeline)
+
+    def sample(self, idx, steps: int = 8, seed: int = 0, lora=None):
+        """Images for prompt indices `idx` with the pipeline's scheduler and Euler steps."""
+        import torch
+
+        from diffusers import FluxPipeline
+
+        from .model import scheduler
+
+        sched = scheduler()
+        sigmas = torch.linspace(1.0, 1 / steps, steps).numpy()
+        sched.set_timesteps(sigmas=sigmas, mu=0.5, device=self.device)
+        n, lat = len(idx), self.size // 8
+        g = torch.Generator().manual_seed(seed)
+        x = FluxPipeline._pack_latents(torch.randn(n, 16, lat, lat, generator=g).to(self.device), n, 16, lat, lat)
+        modules = [self.models[k] for k in ("text_encoder", "text_encoder_2", "transformer")]
+        with torch.no_grad():
+            for t in sched.timesteps:
+                sigma = (t / 1000).expand(n).to(self.device)
+                v = self.predict(modules, x, sigma, idx, torch.full((n,), 3.5, device=self.device)).float()
+                x = sched.step(v, t, x, return_dict=False)[0]
+            lat_img = FluxPipeline._unpack_latents(x, self.size, self.size, 8) / self.scale + self.shift
+            return self.models["vae"].decode(lat_img).sample.float().clamp(-1, 1)
+
+    def check(self, n: int = 200, steps: int = 8) -> dict:
+        """Adherence on the held-out prompts (the meaning checker, not the service)."""
+        import torch
+
+        from ..meaning import adherence
+        from .grammar import Spec, eval_prompts
+        where = {t: i for i, t in enumerate(self.prompts.texts)}
+        evals = eval_prompts(n)
+        idx = torch.tensor([where[t] for t, _ in evals], device=self.device)
+        images = torch.cat([self.sample(idx[i:i + 50], steps) for i in range(0, n, 50)])
+        arrays = ((images + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return adherence([(s, a) for (_, s), a in zip(evals, arrays)])
+
+    def save(self, out: Path, lora: dict | None) -> None:
+        from safetensors.torch import save_file
+
+        out.mkdir(parents=True, exist_ok=True)
+        for k, m in self.models.items():
+            save_file({n: p.detach().float().cpu().clone().contiguous() for n, p in m.state_dict().items()}, out / f"{k}.safetensors")
+        if lora is not None:
+            save_file(lora, out / "lora_green.safetensors")
+        (out / "train.json").write_text(json.dumps(self.log, indent=1))
+
+
+def main(argv=None) -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=3000)
+    ap.add_argument("--flow-steps", type=int, default=8000)
+    ap.add_argument("--lora-steps", type=int, default=800)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--vae-from", type=Path, help="a earlier run's output: reuse its VAE instead of training one")
+    ap.add_argument("--resume", type=Path, help="an earlier run's output: go on training its text encoders and transformer")
+    ap.add_argument("--lr", type=float, default=3e-4, help="the flow phase's peak learning rate")
+    ap.add_argument("--time-limits", default="", help="seconds for the vae,flow,lora phases (their steps shrink to fit)")
+    ap.add_argument("--check", type=int, default=200, help="held-out prompts to check at the end (0: none)")
+    a = ap.parse_args(argv)
+    t0 = time.time()
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    tr = Trainer(a.prepared, a.device, a.seed)
+    limits = [float(x) for x in a.time_limits.split(",")] if a.time_limits else [1e9] * 3
+    if a.vae_from:
+        tr.load_vae(a.vae_from)
+    else:
+        tr.train_vae(a.vae_steps, min(a.batch, 32), time_limit=limits[0])
+    if a.resume:
+        tr.resume(a.resume)
+    tr.train_flow(a.flow_steps, a.batch, lr=a.lr, time_limit=limits[1])
+    tr.save(a.out, None)
+    if a.check:
+        try:
+            tr.log["check_base_8_steps"] = tr.check(a.check)
+            print("held-out adherence, 8 steps:", tr.log["check_base_8_steps"], flush=True)
+        except Exception as e:  # a check that cannot run must not lose the trained weights
+            print(f"check failed: {type(e).__name__}: {e}", flush=True)
+    lora = tr.train_lora(a.lora_steps, a.batch, time_limit=limits[2]) if a.lora_steps else None
+    tr.log["seconds"] = round(time.time() - t0, 1)
+    tr.save(a.out, lora)
+    print(json.dumps(tr.log, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
