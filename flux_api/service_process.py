@@ -79,14 +79,19 @@ def running_process(cmd: list[str], port: int, env: dict | None = None, log_path
             wait_until_ready(client, timeout_s, exited, poll_s=0.2)
             yield client, round(time.perf_counter() - t0, 2)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(90)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, 90)
         logf.close()
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 60) -> None:
+    """SIGTERM to the process group of a service started with start_new_session; SIGKILL after `grace_s`."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def running_service(kind: str, model: str, port: int, backend: str | None = None, env: dict | None = None,

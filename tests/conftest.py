@@ -27,6 +27,8 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -65,6 +67,18 @@ def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def bf16_process(cache_dir) -> tuple[subprocess.Popen, int]:
+    """`python -m flux_api bf16 --model tiny` as a process of its own, stdout and stderr piped together:
+    for the tests that signal it and read its exit and its log (running_process would hide it)."""
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
+           "FLUX_BF16_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],
+                            cwd=Path(__file__).resolve().parent.parent, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return proc, port
 
 
 def free_port() -> int:
@@ -282,6 +296,14 @@ def fp4(cache_dir, lora_dir):
 def svc(request) -> InProcess:
     """Each test that takes `svc` runs against both services."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def clean(svc):
+    """`svc` with nothing pinned, before and after the test (LoRA tests)."""
+    svc.client.post("/remove-lora")
+    yield svc
+    svc.client.post("/remove-lora")
 
 
 def gen(svc: "InProcess | Served", **body) -> httpx.Response:

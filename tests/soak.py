@@ -30,7 +30,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from flux_api.service_process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = {"done", "failed", "cancelled", "timed_out"}
@@ -441,13 +442,7 @@ def start_service(service: str, port: int, cache_dir: Path, lora_dir: Path, log_
 
 
 def stop_service(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_process(proc, 60)
 
 
 def log_problems(text: str) -> list[str]:

@@ -13,14 +13,6 @@ def pixels(resp) -> bytes:
     return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
 
 
-@pytest.fixture
-def clean(svc):
-    """Every LoRA test starts and ends with nothing pinned."""
-    svc.client.post("/remove-lora")
-    yield svc
-    svc.client.post("/remove-lora")
-
-
 def test_loras_lists_the_folder_with_rank_and_targets(svc):
     body = svc.client.get("/loras").json()
     by_name = {e["name"]: e for e in body["available"]}

@@ -30,13 +30,6 @@ def hub_loras(lora_dir):
     return {"style": style}
 
 
-@pytest.fixture
-def clean(svc):
-    svc.client.post("/remove-lora")
-    yield svc
-    svc.client.post("/remove-lora")
-
-
 def test_hub_lora_from_the_cache_offline(clean, hub_loras):
     svc = clean
     folder = pixels(gen(svc, lora_name="style"))

@@ -66,15 +66,8 @@ def test_a_negative_prompt_steers_away(svc):
     assert plain >= 2 and steered <= plain / 2, (plain, steered)
 
 
-@pytest.fixture
-def unpinned(svc):
-    svc.client.post("/remove-lora")
-    yield svc
-    svc.client.post("/remove-lora")
-
-
-def test_the_green_lora_recolours_and_weight_0_and_removal_give_the_base(unpinned):
-    svc = unpinned
+def test_the_green_lora_recolours_and_weight_0_and_removal_give_the_base(clean):
+    svc = clean
     prompts = [(t, s) for t, s in eval_prompts(40) if s.colour != 3 and s.background != 3][:6]  # not green
     base = [gen(svc, prompt=t, seed=i, num_inference_steps=STEPS) for i, (t, _) in enumerate(prompts)]
     green = [draw(svc, t, i, lora_name="green").colour for i, (t, _) in enumerate(prompts)]

@@ -3,17 +3,14 @@ replicas, metrics and shutdown. The real pipeline on the tiny model, two CPU rep
 what needs a socket (SSE, a client that disconnects, SIGTERM to a service process: marked `socket`)."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-from conftest import InProcess, Served, free_port, gen, wait_for, wait_state
+from conftest import bf16_process, InProcess, Served, gen, wait_for, wait_state
 
 from flux_api.app import create_app
 from flux_api.service_process import wait_until_ready
@@ -249,11 +246,7 @@ def test_finished_jobs_are_bounded(two):
 
 @pytest.mark.socket
 def test_sigterm_cancels_queued_work_finishes_running_work_and_exits_cleanly(cache_dir):
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
-           "FLUX_BF16_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port = bf16_process(cache_dir)
     # running_process() would hide the process, and this test signals it and reads its exit and log
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:

@@ -3,17 +3,14 @@ signal arrives, so the /generate calls that wait in the queue answer 503 `shutti
 Retry-After) at once, not after uvicorn's graceful wait; the running one finishes; the process exits
 cleanly. And the scheduler's drain, in process: queued work cancelled, running work kept, new work refused."""
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, wait_for
+from conftest import bf16_process, wait_for
 
 from flux_api.engine.scheduler import CANCELLED, DONE, RUNNING, Scheduler
 from flux_api.errors import ShuttingDown
@@ -33,11 +30,7 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.mark.socket
 def test_sigterm_answers_queued_generate_calls_503_at_once_and_lets_the_running_one_finish(cache_dir):
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")},
-           "FLUX_BF16_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, port = bf16_process(cache_dir)
     base = f"http://127.0.0.1:{port}"
     answers: dict[str, tuple[float, httpx.Response | Exception]] = {}
 

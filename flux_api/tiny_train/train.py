@@ -323,7 +323,7 @@ class Trainer:
         import torch
 
         from ..meaning import adherence
-        from .grammar import Spec, eval_prompts
+        from .grammar import eval_prompts
         where = {t: i for i, t in enumerate(self.prompts.texts)}
         evals = eval_prompts(n)
         idx = torch.tensor([where[t] for t, _ in evals], device=self.device)
