@@ -23,6 +23,11 @@ def json_int(**constraints):
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 16  # FLUX's latents are 1/8 of the image, packed 2x2
 ImageSide = json_int(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
 
+
+def valid_side(v: int) -> bool:
+    """What ImageSide accepts, for a size that comes from an image rather than a field."""
+    return MIN_SIDE <= v <= MAX_SIDE and v % SIDE_STEP == 0
+
 MAX_SEED = 2**32 - 1
 MAX_IMAGES = 4  # in one request
 MAX_STEPS = 100

@@ -306,6 +306,17 @@ def clean(svc):
     svc.client.post("/remove-lora")
 
 
+def pixels(resp: httpx.Response) -> bytes:
+    """The decoded pixels of a /generate answer's image (not its PNG bytes, whose metadata names the LoRAs)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert resp.status_code == 200, resp.text
+    return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
+
+
 def gen(svc: "InProcess | Served", **body) -> httpx.Response:
     """POST /generate with small fast defaults; `body` overrides them."""
     payload = {"prompt": "a red bicycle on a bridge", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 1}

@@ -1,16 +1,9 @@
 """LoRA by name from the LoRA folder, per request and pinned, on both services (real peft adapters)."""
 
-import base64
-import io
 
 import pytest
-from conftest import gen
-from PIL import Image
+from conftest import pixels, gen
 
-
-def pixels(resp) -> bytes:
-    assert resp.status_code == 200, resp.text
-    return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
 
 
 def test_loras_lists_the_folder_with_rank_and_targets(svc):

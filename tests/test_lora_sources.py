@@ -2,22 +2,15 @@
 loopback), the allowlist, the size cap, a kohya-format file, a LoRA made for another model, the LRU
 cache, and interleaved requests with and without LoRAs. On both services."""
 
-import base64
-import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 
 import huggingface_hub.constants
 import pytest
-from conftest import gen, lay_out_hub_cache
-from PIL import Image
+from conftest import pixels, gen, lay_out_hub_cache
 from test_hub_errors import StandInHub
 
-
-def pixels(resp) -> bytes:
-    assert resp.status_code == 200, resp.text
-    return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 import torch
-from conftest import InProcess, Served, gen, wait_for, wait_state
+from conftest import pixels, InProcess, Served, gen, wait_for, wait_state
 
 from flux_api.app import create_app
 from flux_api.logs import OneLineFormatter, RequestIdFilter
@@ -21,15 +21,6 @@ from flux_api.settings import BF16Settings
 # a few seconds on two CPU cores (the trained tiny model: ~35 ms a step at 256x256, its VAE ~5 s at 1024x1024)
 SLOW = {"width": 256, "height": 256, "num_inference_steps": 60}
 
-
-def pixels(resp) -> bytes:
-    import base64
-    import io
-
-    from PIL import Image
-
-    assert resp.status_code == 200, resp.text
-    return Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).tobytes()
 
 
 def body(**kw):

@@ -17,7 +17,7 @@ from ..engine.scheduler import Job
 from ..engine.types import GenerationParams, GenerationResult
 from ..errors import ClientDisconnected, GenerationTimeout, InvalidRequest
 from ..imaging import encode_image
-from ..limits import FORMAT_OF_MEDIA_TYPE, MAX_SEED, MAX_SIDE, MEDIA_TYPES, MIN_SIDE, SIDE_STEP
+from ..limits import FORMAT_OF_MEDIA_TYPE, MAX_SEED, MAX_SIDE, MEDIA_TYPES, MIN_SIDE, SIDE_STEP, valid_side
 from ..uploads import decode_base64_image, read_init_image, read_mask
 from ..schemas import GenerateResponse, LoraRef
 from ..settings import ServiceSettings
@@ -67,7 +67,7 @@ def check_inputs(body, settings: ServiceSettings, image_data: bytes | None, mask
                              field="image")
     if not given:
         w, h = size
-        if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE and w % SIDE_STEP == 0 and h % SIDE_STEP == 0):
+        if not (valid_side(w) and valid_side(h)):
             raise InvalidRequest(f"the image is {w}x{h}; its sides must be {MIN_SIDE}-{MAX_SIDE}, multiples of "
                                  f"{SIDE_STEP} (nothing is resized)", field="image")
         body.width, body.height = w, h
@@ -160,10 +160,12 @@ def _warnings(truncation: dict) -> list[str]:
     return out
 
 
-def encode_all(result: GenerationResult, fmt: str, settings: ServiceSettings, quality: int | None = None) -> list[bytes]:
-    """Every image of `result` as `fmt` bytes (blocking)."""
-    return [encode_image(img, fmt, _metadata(result, settings.service, seed), settings.png_compress_level,
-                         quality or settings.jpeg_quality)
+def encode_all(result: GenerationResult, fmt: str, settings: ServiceSettings, quality: int | None = None,
+               png_level: int | None = None) -> list[bytes]:
+    """Every image of `result` as `fmt` bytes (blocking); `quality` and `png_level` override the settings'."""
+    return [encode_image(img, fmt, _metadata(result, settings.service, seed),
+                         settings.png_compress_level if png_level is None else png_level,
+                         settings.jpeg_quality if quality is None else quality)
             for img, seed in zip(result.images, result.params.seeds())]
 
 

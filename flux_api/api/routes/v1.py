@@ -128,10 +128,10 @@ async def _run(request: Request, req: BaseModel, body: BaseModel, inputs, engine
     params = to_params(body, inputs)
     job = await engine.submit(params, deadline=time.monotonic() + settings.request_timeout_s, request_id=request_id.get())
     result = await wait_for(engine, job, request)
-    quality = req.output_compression if req.output_format != "png" else None
-    level = None if req.output_compression is None or req.output_format != "png" else round(req.output_compression * 9 / 100)
-    png_settings = settings if level is None else settings.model_copy(update={"png_compress_level": level})
-    datas = await asyncio.to_thread(encode_all, result, req.output_format, png_settings, quality)
+    # output_compression: JPEG/WebP quality, or PNG's zlib effort (0-100 onto zlib's 0-9)
+    c, png = req.output_compression, req.output_format == "png"
+    datas = await asyncio.to_thread(encode_all, result, req.output_format, settings,
+                                    None if c is None or png else c, round(c * 9 / 100) if c is not None and png else None)
     result.images = []
     data = []
     for payload, seed in zip(datas, params.seeds()):
