@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..service_process import running_service
 from .images import decode_b64, encoding_costs, natural_image
-from .measure import measure_service
+from .measure import measure_images, measure_service
 from .report import table, without_images
 from .stock import run_stock, stock_child
 from .targets import parse_target, service_env
@@ -55,7 +55,7 @@ def run(args) -> dict:
         kind, backend, options = parse_target(target)
         try:
             if kind == "stock":
-                R["targets"][target] = run_stock(model, args.sizes, args.steps)
+                R["targets"][target] = run_stock(model, args.sizes, args.steps, args.images)
             else:
                 env = service_env(kind, options, args.sizes, lora_dir)
                 with running_service(kind, model, args.port + i, backend=backend, env=env,
@@ -65,6 +65,9 @@ def run(args) -> dict:
                                           args.unseen, args.concurrency_px or min(args.sizes),
                                           args.lora if "COMPILE" not in options else None, args.repeats)
                     res["ready_s"] = ready_s
+                    if args.images > 1:
+                        res["images"] = measure_images(client, args.concurrency_px or max(args.sizes), args.steps, args.images,
+                                                       repeats=args.repeats)
                     R["targets"][target] = res
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
             R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
@@ -94,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
                     "second is timed (--model full makes two random ones)")
     ap.add_argument("--lora-dir", help="the services' LoRA folder (default: --model full's random LoRAs)")
     ap.add_argument("--unseen", type=int, default=768, help="a size no warm-up ran, for the first-request cost")
+    ap.add_argument("--images", type=int, default=0, help="n > 1: images/min of one request of n images against n "
+                    "requests of one, image-to-image and inpainting latency (at --concurrency-px or the largest size), "
+                    "and stock diffusers batching n images against n calls")
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--out", default="bench.json")
     ap.add_argument("--stock-child", help=argparse.SUPPRESS)
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             ap.error(str(e))
     if args.stock_child:
-        print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps)), flush=True)
+        print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps, args.images)), flush=True)
         return
     R = run(args)
     Path(args.out).write_text(json.dumps(R, indent=1, default=str))

@@ -35,6 +35,9 @@ def table(R: dict) -> str:
         if t.get("lora_check") or t.get("memory"):
             rows.append(f"\n{name}: placement {t.get('placement')}; compile {t.get('compile')}; CUDA graphs "
                         f"{t.get('cuda_graphs')}; memory {t.get('memory')}; LoRA check {t.get('lora_check')}")
+    for name, t in R["targets"].items():
+        if t.get("images") or t.get("batching"):
+            rows.append(f"\n{name}: several images / edits {t.get('images') or t.get('batching')}")
     enc = "; ".join(f"{label}: " + ", ".join(f"{k} {v['ms']} ms/{v['kib']} KiB" for k, v in d.items())
                     for label, d in R.get("encoding_ms", {}).items())
     return "\n".join(rows) + f"\n\nImage encoding at {max(R['sizes'])}px (host CPU): {enc}\n" + \

@@ -14,7 +14,7 @@ from ..service_process import ROOT
 from .measure import PROMPT
 
 
-def stock_child(model: str, sizes: list[int], steps: int) -> dict:
+def stock_child(model: str, sizes: list[int], steps: int, images: int = 0) -> dict:
     import torch
     from diffusers import FluxPipeline
 
@@ -39,15 +39,26 @@ def stock_child(model: str, sizes: list[int], steps: int) -> dict:
         buf = io.BytesIO()
         img.save(buf, "PNG")
         out["sizes"][px] = {"latency_s": min(ts), "all_latency_s": ts, "png_b64": base64.b64encode(buf.getvalue()).decode()}
+    if images > 1:  # is batching n images in one call faster than n calls? (issue 13: batch only where it is)
+        px = max(sizes)
+        sync()
+        t = time.perf_counter()
+        pipe(PROMPT, width=px, height=px, num_inference_steps=steps, num_images_per_prompt=images,
+             generator=torch.Generator().manual_seed(1))
+        sync()
+        batched = time.perf_counter() - t
+        out["batching"] = {"px": px, "n": images, "batched_s": round(batched, 3),
+                           "sequential_s": round(images * out["sizes"][px]["latency_s"], 3),
+                           "batched_vs_sequential": round(batched / (images * out["sizes"][px]["latency_s"]), 3)}
     if cuda:
         out["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
 
 
-def run_stock(model: str, sizes: list[int], steps: int) -> dict:
+def run_stock(model: str, sizes: list[int], steps: int, images: int = 0) -> dict:
     """`stock_child` in a child process; its result, or {"error": its stderr tail}."""
     p = subprocess.run([sys.executable, "-m", "flux_api.bench", "--stock-child", model, "--sizes", *map(str, sizes),
-                        "--steps", str(steps)], cwd=ROOT, capture_output=True, text=True)
+                        "--steps", str(steps), "--images", str(images)], cwd=ROOT, capture_output=True, text=True)
     line = [x for x in p.stdout.splitlines() if x.startswith("STOCK ")]
     if not line:
         return {"error": p.stderr[-3000:]}

@@ -3,6 +3,7 @@ BF16 service; the FP4 service with each backend that runs here), draws the 200 h
 256x256 (seed = the prompt's number) for each step count, and the meaning checker scores them.
 
     python -m flux_api.tiny_train.adherence [--prompts 200] [--steps 4,8,16,25,28] [--services bf16,fp4:torchao-int8]
+    python -m flux_api.tiny_train.adherence --device cuda --services bf16,fp4:torchao-fp8,fp4:torchao-int8  # a GPU
 
 Prints a markdown table (the one in docs/QUALITY.md) and, with --json, writes the numbers.
 """
@@ -15,14 +16,17 @@ import time
 from pathlib import Path
 
 
-def load(service: str):
-    """A loaded manager of `service` ("bf16", or "fp4:<backend>") over the tiny model, on the CPU."""
+def load(service: str, device: str = "cpu"):
+    """A loaded manager of `service` ("bf16", or "fp4:<backend>") over the tiny model, on `device`. On
+    CUDA without compiling: meaning does not depend on it, and the run stays short."""
     from ..engine.services import MANAGERS
     from ..settings import BF16Settings, FP4Settings
 
     name, _, backend = service.partition(":")
     extra = {"backend": backend} if backend else {}
-    settings = (BF16Settings if name == "bf16" else FP4Settings)(model="tiny", device="cpu", warmup=False, **extra)
+    if device != "cpu":
+        extra["compile"] = "none"
+    settings = (BF16Settings if name == "bf16" else FP4Settings)(model="tiny", device=device, warmup=False, **extra)
     manager = MANAGERS[name](settings)
     manager.load()
     return manager
@@ -48,6 +52,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--steps", default="4,8,16,25,28")
     ap.add_argument("--services", default="bf16,fp4:torchao-int8")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU backends (fp4:torchao-fp8, ...)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     prompts = eval_prompts(a.prompts)
@@ -55,7 +60,7 @@ def main(argv=None) -> None:
     print("| service | backend | steps | colour | shape | position | background | size | s/image |", flush=True)
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for service in a.services.split(","):
-        manager = load(service)
+        manager = load(service, a.device)
         for steps in (int(s) for s in a.steps.split(",")):
             score, seconds = measure(manager, prompts, steps)
             row = dict(service=service.split(":")[0], backend=manager.backend.name, steps=steps, **score,

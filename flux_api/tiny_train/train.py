@@ -130,20 +130,31 @@ class Trainer:
 
     # ---------------------------------------------------------------- 1. VAE
 
-    def resume(self, path: Path) -> None:
-        """Go on from an earlier run's text encoders and transformer (its EMA weights)."""
+    @staticmethod
+    def _weights(path: Path, name: str) -> dict:
+        """One component's weights from an earlier run of this script, or from an exported diffusers
+        folder (the shipped flux_api/tiny_model: go on from what ships)."""
         from safetensors.torch import load_file
 
+        if (path / "model_index.json").exists():
+            from diffusers import AutoencoderKL, FluxTransformer2DModel
+            from transformers import CLIPTextModel, T5EncoderModel
+
+            cls = dict(text_encoder=CLIPTextModel, text_encoder_2=T5EncoderModel, transformer=FluxTransformer2DModel,
+                       vae=AutoencoderKL)[name]
+            return cls.from_pretrained(path / name).state_dict()  # tied weights come back whole
+        return load_file(path / f"{name}.safetensors")
+
+    def resume(self, path: Path) -> None:
+        """Go on from an earlier run's text encoders and transformer (its EMA weights)."""
         for k in ("text_encoder", "text_encoder_2", "transformer"):
-            self.models[k].load_state_dict(load_file(path / f"{k}.safetensors"))
+            self.models[k].load_state_dict(self._weights(path, k))
         self.log["resumed_from"] = dict(json.loads((path / "train.json").read_text()), path=str(path))
 
     def load_vae(self, path: Path) -> None:
         """Take the VAE (and its latent statistics) of an earlier run of this script instead of training it."""
-        from safetensors.torch import load_file
-
         vae = self.models["vae"]
-        vae.load_state_dict(load_file(path / "vae.safetensors"))
+        vae.load_state_dict(self._weights(path, "vae"))
         self.shift, self.scale = (json.loads((path / "train.json").read_text())["vae"][k] for k in ("shift", "scale"))
         vae.register_to_config(shift_factor=self.shift, scaling_factor=self.scale)
         self.log["vae"] = dict(json.loads((path / "train.json").read_text())["vae"], from_run=str(path))
@@ -159,13 +170,18 @@ class Trainer:
             steps = _fit(step, steps, t0, time_limit)
             for g in opt.param_groups:
                 g["lr"] = _lr(step, steps, lr, warmup=100)
-            _, x = self.scenes(batch)
+            _, (x, cover) = self.scenes(batch, cover=True)
             with torch.autocast(**self.amp):
                 post = vae.encode(x).latent_dist
                 z = post.sample(generator=None)
                 rec = vae.decode(z).sample.float()
-            mse = torch.nn.functional.mse_loss(rec, x)
-            loss = mse + kl * post.kl().mean() / z[0].numel()
+            # The object is a few percent of the pixels, and its edges are what tell a triangle from a
+            # circle: its pixels (dilated, so the edge's both sides count) weigh OBJECT_WEIGHT times the
+            # background's, and an L1 term keeps edges from being averaged into blobs.
+            w = 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.max_pool2d(cover, 9, stride=1, padding=4)
+            err = rec - x
+            mse = (err ** 2).mean()
+            loss = (w * (err ** 2 + 0.1 * err.abs())).mean() / w.mean() + kl * post.kl().mean() / z[0].numel()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -184,7 +200,7 @@ class Trainer:
         self.shift, self.scale = lats.mean().item(), 1.0 / lats.std().item()
         vae.register_to_config(shift_factor=self.shift, scaling_factor=self.scale)
         self.log["vae"] = dict(steps=steps, planned=planned, batch=batch, mse=mse.item(), shift=self.shift, scale=self.scale,
-                               seconds=round(time.time() - t0, 1))
+                               seconds=round(time.time() - t0, 1), **({"from_run": self.log["vae"]} if "vae" in self.log else {}))
 
     # ---------------------------------------------------------------- 2. transformer and text encoders
 
@@ -195,14 +211,40 @@ class Trainer:
         return tr(hidden_states=x, timestep=sigma, guidance=guidance, pooled_projections=pooled,
                   encoder_hidden_states=text, txt_ids=self.txt_ids, img_ids=self.img_ids, return_dict=False)[0]
 
+    def build_bank(self, n: int, batch: int = 256) -> None:
+        """Encode `n` training scenes once (a prompt each, its unsaid attributes and jitter drawn at
+        random) and keep their latents and object weights on the device: the VAE's encoder at full
+        resolution, not the tiny transformer, is what a flow step spends its time on otherwise."""
+        import torch
+
+        t0, idx, lats, ws = time.time(), [], [], []
+        for i in range(0, n, batch):
+            k, (images, cover) = self.scenes(min(batch, n - i), cover=True)
+            idx.append(k)
+            lats.append(self.latents(images).to(torch.bfloat16))
+            ws.append(self._object_weight(cover).to(torch.bfloat16))
+        self.bank = (torch.cat(idx), torch.cat(lats), torch.cat(ws))
+        self.log["bank"] = dict(scenes=n, seconds=round(time.time() - t0, 1))
+        print(f"bank of {n} encoded scenes ({time.time() - t0:.0f} s)", flush=True)
+
+    @staticmethod
+    def _object_weight(cover):
+        import torch
+
+        # The object is a few percent of the image: its tokens weigh OBJECT_WEIGHT times the background's,
+        # or the loss is all background and the object's colour and shape are learnt last.
+        return 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.avg_pool2d(cover, 16).flatten(1).unsqueeze(2)
+
     def flow_loss(self, modules, batch: int, green: bool = False):
         import torch
 
-        idx, (images, cover) = self.scenes(batch, green, cover=True)
-        x0 = self.latents(images)
-        # The object is a few percent of the image: its tokens weigh OBJECT_WEIGHT times the background's,
-        # or the loss is all background and the object's colour and shape are learnt last.
-        w = 1 + (OBJECT_WEIGHT - 1) * torch.nn.functional.avg_pool2d(cover, 16).flatten(1).unsqueeze(2)
+        if getattr(self, "bank", None) is not None and not green:
+            pick = torch.randint(0, len(self.bank[0]), (batch,), generator=self.gen, device=self.gen.device).to(self.device)
+            idx, x0, w = (t[pick] for t in self.bank)
+            x0, w = x0.float(), w.float()
+        else:
+            idx, (images, cover) = self.scenes(batch, green, cover=True)
+            x0, w = self.latents(images), self._object_weight(cover)
         noise = torch.randn(x0.shape, generator=self.gen, device=self.gen.device).to(self.device)
         sigma = _sigmas(batch, self.gen, self.device)
         s = sigma.view(-1, 1, 1)
@@ -219,6 +261,7 @@ class Trainer:
         modules = [self.models[k].train() for k in ("text_encoder", "text_encoder_2", "transformer")]
         params = [p for m in modules for p in m.parameters()]
         averaged = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        ema_params = [p for a in averaged for p in a.parameters()]
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
         t0, done, smooth, skipped = time.time(), 0, None, 0
         planned, step = steps, 0
@@ -236,10 +279,8 @@ class Trainer:
                 continue
             opt.step()
             decay = min(ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for m, a in zip(modules, averaged):
-                    for pa, pm in zip(a.parameters(), m.parameters()):
-                        pa.lerp_(pm, 1 - decay)
+            with torch.no_grad():  # one fused call, not a kernel launch per tensor: the model is tiny
+                torch._foreach_lerp_(ema_params, params, 1 - decay)
             smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
             done = step + 1
             if step % 250 == 0 or step == steps - 1:
@@ -354,8 +395,11 @@ def main(argv=None) -> None:
     ap.add_argument("--flow-steps", type=int, default=8000)
     ap.add_argument("--lora-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--vae-from", type=Path, help="a earlier run's output: reuse its VAE instead of training one")
+    ap.add_argument("--vae-from", type=Path, help="an earlier run's output (or an exported model folder): start from its VAE")
+    ap.add_argument("--vae-more", action="store_true", help="with --vae-from: train that VAE further (--vae-steps)")
     ap.add_argument("--resume", type=Path, help="an earlier run's output: go on training its text encoders and transformer")
+    ap.add_argument("--bank", type=int, default=0, help="encode this many scenes once for the flow phase "
+                    "(0: render and encode every batch; the encoder then dominates a step)")
     ap.add_argument("--lr", type=float, default=3e-4, help="the flow phase's peak learning rate")
     ap.add_argument("--time-limits", default="", help="seconds for the vae,flow,lora phases (their steps shrink to fit)")
     ap.add_argument("--check", type=int, default=200, help="held-out prompts to check at the end (0: none)")
@@ -366,10 +410,12 @@ def main(argv=None) -> None:
     limits = [float(x) for x in a.time_limits.split(",")] if a.time_limits else [1e9] * 3
     if a.vae_from:
         tr.load_vae(a.vae_from)
-    else:
-        tr.train_vae(a.vae_steps, min(a.batch, 32), time_limit=limits[0])
+    if a.vae_more or not a.vae_from:
+        tr.train_vae(a.vae_steps, min(a.batch, 64), time_limit=limits[0])
     if a.resume:
         tr.resume(a.resume)
+    if a.bank:
+        tr.build_bank(a.bank, a.batch)
     tr.train_flow(a.flow_steps, a.batch, lr=a.lr, time_limit=limits[1])
     tr.save(a.out, None)
     if a.check:
