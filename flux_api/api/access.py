@@ -49,9 +49,11 @@ class AccessRule:
     Works on request paths and on the OpenAPI document's path templates alike."""
 
     def __init__(self, app: FastAPI, metrics_open: bool):
-        docs = [app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url]
-        self.exact = {p for p in docs if p} | {"/health", "/health/live", "/ui"} | ({"/metrics"} if metrics_open else set())
-        self.prefixes = ("/ui/", "/v1/images/files/", *([f"{app.docs_url}/"] if app.docs_url else []))
+        # The docs' paths are fixed, not read from app.docs_url/redoc_url: the pages may be served by
+        # routes of their own (self-hosted assets under /docs/...), with FastAPI's turned off (None).
+        docs = {"/docs", "/redoc", app.openapi_url, app.swagger_ui_oauth2_redirect_url} - {None}
+        self.exact = docs | {"/health", "/health/live", "/ui"} | ({"/metrics"} if metrics_open else set())
+        self.prefixes = ("/docs/", "/ui/", "/v1/images/files/")
 
     def is_open(self, method: str, path: str) -> bool:
         return method.upper() in OPEN_METHODS and (path in self.exact or path.startswith(self.prefixes))
