@@ -214,11 +214,19 @@ class ServiceSettings(BaseSettings):
 
     @field_validator("api_keys")
     @classmethod
-    def _keys_not_blank(cls, v: list[SecretStr]) -> list[SecretStr]:
-        blank = [i for i, key in enumerate(v) if not key.get_secret_value().strip()]
-        if blank:  # which one, by position: the keys themselves are never printed
-            raise ValueError(f"API key number {', '.join(str(i + 1) for i in blank)} of {len(v)} is blank or only "
-                             "whitespace: give each key a value, or remove it")
+    def _keys_usable(cls, v: list[SecretStr]) -> list[SecretStr]:
+        def numbers(bad: list[int]) -> str:  # which keys, by position: the keys themselves are never printed
+            return f"API key number {', '.join(str(i + 1) for i in bad)} of {len(v)}"
+
+        keys = [key.get_secret_value() for key in v]
+        blank = [i for i, key in enumerate(keys) if not key.strip()]
+        if blank:
+            raise ValueError(f"{numbers(blank)} is blank or only whitespace: give each key a value, or remove it")
+        # What a client can send in `Authorization: Bearer <key>` as it is: printable ASCII, no spaces.
+        odd = [i for i, key in enumerate(keys) if not all("!" <= c <= "~" for c in key)]
+        if odd:
+            raise ValueError(f"{numbers(odd)} has a space or a character outside printable ASCII: an HTTP header "
+                             "cannot carry it reliably")
         return v
 
     @field_validator("cors_origins")

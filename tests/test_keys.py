@@ -261,6 +261,13 @@ def test_a_blank_key_is_a_start_up_error_that_prints_no_key(keys):
     assert "api_keys" in text and "blank" in text and K1 not in text
 
 
+@pytest.mark.parametrize("key", [f" {K1}", f"{K1} x", f"{K1}é"])
+def test_a_key_a_header_cannot_carry_is_a_start_up_error_that_prints_no_key(key):
+    with pytest.raises(ValidationError, match="printable ASCII") as e:
+        BF16Settings(api_keys=[K2, key])
+    assert "number 2 of 2" in str(e.value) and K1 not in str(e.value) and K2 not in str(e.value)
+
+
 def test_a_malformed_key_setting_prints_no_key(monkeypatch, tmp_path):
     with pytest.raises(ValidationError) as e:
         BF16Settings(api_keys=K1)  # a string, not a list: the error must not quote it
@@ -282,7 +289,7 @@ def test_a_malformed_key_setting_prints_no_key(monkeypatch, tmp_path):
 def test_a_blank_key_stops_python_m_flux_api_naming_the_setting():
     env = {"FLUX_BF16_API_KEYS": json.dumps([K1, " "]), "PATH": "/usr/bin:/bin"}
     run = subprocess.run([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(free_port())],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 2, run.stderr
     assert "api_keys" in run.stderr and "blank" in run.stderr and "FLUX_BF16_API_KEYS" in run.stderr
     assert K1 not in run.stdout + run.stderr
