@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from . import __version__
+from .api.access import install_access
 from .api.deps import reject_unexpected_input
 from .api.errors import install_error_handlers
 from .api.middleware import BodyLimitMiddleware, HeadAsGet, RequestIdMiddleware
@@ -75,5 +76,6 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     install_body_schema(app, [app.state.generate_request, *app.state.openai_requests.values()])
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_access(app, settings)  # API keys (401 before a body is read), CORS around them
     app.add_middleware(RequestIdMiddleware, metrics=metrics)  # added last: outermost, sees every answer
     return app

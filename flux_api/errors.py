@@ -123,6 +123,10 @@ class BodyTooLarge(FluxAPIError):
     """The request body is larger than the service accepts."""
 
 
+class Unauthorized(FluxAPIError):
+    """API keys are on and the request has no key, or not a valid one (the key is never repeated)."""
+
+
 class GenerationTimeout(FluxAPIError):
     """Queue wait plus generation took longer than the request timeout; the run was stopped."""
 

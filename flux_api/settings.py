@@ -66,7 +66,10 @@ class ServiceSettings(BaseSettings):
     service: ClassVar[str] = "base"
     config_file: ClassVar[str] = ""
 
-    model_config = SettingsConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+    # hide_input_in_errors: a setting's value is never quoted in its error (it may be a secret: an API key
+    # given as a string instead of a list, HF_TOKEN); the error names the setting and says what is wrong.
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     # --- network
     host: str = Field("127.0.0.1", description="Bind address. 0.0.0.0 exposes the service: a deliberate choice.")
@@ -155,6 +158,19 @@ class ServiceSettings(BaseSettings):
         "do not pay for it.",
     )
 
+    # --- access: API keys, /metrics, CORS (api/access.py)
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="API keys: when any is set, every route but the open ones (/health, /health/live, the docs, /ui, "
+        "result links, and /metrics if metrics_open) needs `Authorization: Bearer <key>`; 401 otherwise. Empty: no "
+        "keys needed. A JSON list in the environment: FLUX_FP4_API_KEYS='[\"k1\", \"k2\"]'.")
+    metrics_open: bool = Field(True, description="GET /metrics needs no API key (for a Prometheus scraper without "
+                               "one). false: it needs a key, as every other route does.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) whose browser pages may call this service (CORS); '*' for any. "
+        "Empty: no CORS headers at all.")
+
     # --- start-up
     warmup: bool = Field(True, description="Run one small generation before /health reports ready.")
 
@@ -195,6 +211,44 @@ class ServiceSettings(BaseSettings):
         if bad:
             raise ValueError(f"preset names are 1-32 of a-z 0-9 _ -: {bad}")
         return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_usable(cls, v: list[SecretStr]) -> list[SecretStr]:
+        def numbers(bad: list[int]) -> str:  # which keys, by position: the keys themselves are never printed
+            return f"API key number {', '.join(str(i + 1) for i in bad)} of {len(v)}"
+
+        keys = [key.get_secret_value() for key in v]
+        blank = [i for i, key in enumerate(keys) if not key.strip()]
+        if blank:
+            raise ValueError(f"{numbers(blank)} is blank or only whitespace: give each key a value, or remove it")
+        # What a client can send in `Authorization: Bearer <key>` as it is: printable ASCII, no spaces.
+        odd = [i for i, key in enumerate(keys) if not all("!" <= c <= "~" for c in key)]
+        if odd:
+            raise ValueError(f"{numbers(odd)} has a space or a character outside printable ASCII: an HTTP header "
+                             "cannot carry it reliably")
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        import re
+
+        # A browser's Origin header is scheme://host[:port], nothing after: "https://app.example/" never matches.
+        bad = [o for o in v if o != "*" and not re.fullmatch(r"https?://[^/\s?#]+", o)]
+        if bad:
+            raise ValueError(f"CORS origins are scheme://host[:port] (no path, no trailing slash) or '*': {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _body_fits_an_edit(self):
+        # The largest legitimate body: an image and a mask of max_image_bytes each, base64 in JSON (4/3 of
+        # their size) on /generate, plus room for the other fields. Multipart edits need less (raw bytes).
+        needed = 2 * 4 * -(-self.max_image_bytes // 3) + (64 << 10)
+        if self.max_body_bytes < needed:
+            raise ValueError(f"max_body_bytes ({self.max_body_bytes}) is too small for an image and a mask of "
+                             f"max_image_bytes ({self.max_image_bytes}) each: it must be at least {needed}")
+        return self
 
     @model_validator(mode="after")
     def _cuda_choice(self):

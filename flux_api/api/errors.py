@@ -38,6 +38,7 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.ClientDisconnected: 499,  # nginx's "client closed request": only the access log and metrics see it
     E.BodyNotAccepted: 422,
     E.BodyTooLarge: 413,
+    E.Unauthorized: 401,
     E.GenerationTimeout: 504,
 }
 
