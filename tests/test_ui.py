@@ -17,6 +17,7 @@ saves one in the test's tmp folder.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -275,3 +276,96 @@ def test_docs_and_redoc_list_the_operations_offline(server, context):
     assert [s for s in summaries if s not in text] == []
 
     offline.check()
+
+
+KEY = "ui-test-key-0123456789abcdef"
+
+
+def _key_recorder(context) -> list[tuple[str, str, str | None]]:
+    """(method, path, Authorization header) of every request the page makes with fetch()."""
+    calls: list[tuple[str, str, str | None]] = []
+    context.on("request", lambda r: r.resource_type == "fetch" and calls.append(
+        (r.method, urlsplit(r.url).path, r.headers.get("authorization"))))
+    return calls
+
+
+@pytest.mark.socket
+def test_the_page_sends_the_key_on_every_call(server, context):
+    """Whatever the service asks: a key entered once is stored and sent on every call, the event stream
+    included (which is why the page reads it with fetch, not EventSource), and after a reload."""
+    from playwright.sync_api import expect
+
+    offline = Offline(context)
+    calls = _key_recorder(context)
+    page = context.new_page()
+    page.goto(f"{server.url}/ui/")
+    expect(page.locator("#lora_name option[value=green]")).to_have_count(1)
+    assert calls and all(auth is None for _, _, auth in calls)  # no key yet: none sent
+    page.fill("#api-key", KEY)
+    page.click("#key-form button")
+    assert page.evaluate("localStorage.getItem('flux_api.api_key')") == KEY
+    calls.clear()
+    page.fill("#prompt", "a small green triangle")
+    page.fill("#num_inference_steps", "2")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("Done: 1 image")
+    page.reload()
+    expect(page.locator("#api-key")).to_have_value(KEY)
+    expect(page.locator("#lora_name option[value=green]")).to_have_count(1)
+    # A preset fills the fields it sets and leaves them to the service (a field given would win).
+    page.select_option("#preset", "fast")
+    expect(page.locator("#num_inference_steps")).to_have_value("12")
+    page.fill("#prompt", "a small green triangle")
+    with page.expect_request(lambda r: r.method == "POST" and urlsplit(r.url).path == "/jobs") as sent:
+        page.click("#generate")
+    body = json.loads(sent.value.post_data)
+    assert body["preset"] == "fast" and "num_inference_steps" not in body, body
+    expect(page.locator("#images figcaption")).to_contain_text("12 steps")
+    paths = {(m, re.sub(r"/jobs/[0-9a-f]+", "/jobs/{id}", p)) for m, p, _ in calls}
+    assert {("POST", "/jobs"), ("GET", "/jobs/{id}/events"), ("GET", "/loras"), ("GET", "/openapi.json")} <= paths
+    assert [c for c in calls if c[2] != f"Bearer {KEY}"] == []
+    offline.check()
+
+
+@pytest.mark.socket
+def test_with_api_keys_on_the_page_asks_for_the_key(tmp_path_factory, tiny_dir, context):
+    """With keys on: the page's own files load without one, the first refused call asks for it, and
+    with it the page works."""
+    from playwright.sync_api import expect
+
+    if "api_keys" not in BF16Settings.model_fields:
+        pytest.skip("the service has no API keys in this tree yet (settings.api_keys); this test runs once they do")
+    settings = BF16Settings(model="tiny", cache_dir=tmp_path_factory.mktemp("ui-keys-cache"), lora_dir=tiny_dir / "loras",
+                            api_keys=[KEY], **BF16_DEFAULTS)
+    with Served(create_app(settings)) as s:
+        s.client.headers["Authorization"] = f"Bearer {KEY}"
+        s.wait_ready()
+        offline = Offline(context)
+        calls = _key_recorder(context)
+        page = context.new_page()
+        page.goto(f"{s.url}/ui")
+        expect(page.locator("#service-state")).not_to_have_text("connecting...")
+        page.fill("#prompt", "a small green triangle")
+        page.fill("#num_inference_steps", "2")
+        page.click("#generate")
+        expect(page.locator("#key-needed")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("needs an API key")
+        page.fill("#api-key", KEY)
+        page.click("#key-form button")
+        expect(page.locator("#key-needed")).to_be_hidden()
+        expect(page.locator("#lora_name option[value=green]")).to_have_count(1)  # listed now, with the key
+        page.click("#generate")
+        expect(page.locator("#status")).to_contain_text("Done: 1 image")
+        expect(page.locator("#images img")).to_have_count(1)
+        page.goto(f"{s.url}/docs")
+        page.wait_for_selector(".opblock-summary-path")
+    # Only API calls made before the key was given were refused; the page, its files and the docs never.
+    refused = offline.errors
+    assert refused and all(status == 401 for _, _, status in refused), refused
+    assert ("POST", "/jobs", 401) in refused
+    assert not [p for _, p, _ in refused if p.startswith(("/ui", "/docs", "/redoc", "/openapi.json"))]
+    offline.errors = []
+    offline.check()
+    keyed = [c for c in calls if c[2] == f"Bearer {KEY}"]
+    assert any(m == "POST" and p == "/jobs" for m, p, _ in keyed)
+    assert any(p.endswith("/events") for _, p, _ in keyed)
