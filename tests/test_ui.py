@@ -35,12 +35,14 @@ SCREENSHOT = ROOT / "docs" / "images" / "ui.png"
 # Debian's package: the binary itself, not /usr/bin/chromium's launcher, which adds flags of its own
 # (remote extensions among them).
 CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if os.access(p, os.X_OK)), None)
+# Background networking off. (Playwright passes most of these too, with a --disable-features list of
+# its own, OptimizationHints and NetworkTimeServiceQuerying among them; a second --disable-features
+# here would replace that list, so there is none.)
 CHROMIUM_ARGS = [
     "--no-sandbox",  # CI runs as root, where Chromium's sandbox refuses to start
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-default-apps",
     "--disable-extensions", "--no-first-run", "--no-default-browser-check", "--disable-domain-reliability",
     "--disable-client-side-phishing-detection", "--no-pings", "--metrics-recording-only",
-    "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication,CertificateTransparencyComponentUpdater",
     # Anything the browser itself still sends to another host goes to a closed loopback port (loopback
     # is never proxied): it cannot leave the machine.
     "--proxy-server=http://127.0.0.1:9",
