@@ -14,6 +14,7 @@ from .api.errors import install_error_handlers
 from .api.middleware import BodyLimitMiddleware, HeadAsGet, RequestIdMiddleware
 from .api.links import ResultLinks
 from .api.openapi import install_body_schema
+from .api.pages import install_pages
 from .api.routes import api_router, v1
 from .api.routes.v1 import build_openai_requests
 from .engine.client import EngineClient, LocalEngine
@@ -61,6 +62,7 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         lifespan=lifespan,
         dependencies=[Depends(reject_unexpected_input)],
         redirect_slashes=False,  # /generate/ is a 404, not a redirect built from the client's Host header
+        docs_url=None, redoc_url=None,  # served by install_pages from the app's own files: no CDN
     )
     metrics = Metrics(engine)
     app.state.engine = engine
@@ -74,6 +76,7 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     app.include_router(api_router)
     app.include_router(v1.router)  # its own error shape and statuses (OpenAI's), not api_router's
     install_body_schema(app, [app.state.generate_request, *app.state.openai_requests.values()])
+    install_pages(app)  # /ui, /docs, /redoc
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     install_access(app, settings)  # API keys (401 before a body is read), CORS around them

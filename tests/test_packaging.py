@@ -1,5 +1,5 @@
-"""The package installs with what it needs: the services' TOML defaults travel in the wheel, and an
-installed service finds them (not only a checkout)."""
+"""The package installs with what it needs: the services' TOML defaults and the web page's files travel
+in the wheel, and an installed service finds them (not only a checkout)."""
 
 import shutil
 import subprocess
@@ -27,6 +27,8 @@ def test_the_wheel_carries_the_config_files(tmp_path):
     for name in ("fp4.toml", "bf16.toml"):
         packed = wheel.read(f"{wheel.filename.split('/')[-1].split('-py')[0]}.data/data/share/flux_api/config/{name}")
         assert packed == (ROOT / "config" / name).read_bytes()
+    for name in ("index.html", "app.js", "style.css", "favicon.svg"):  # the web page at /ui
+        assert wheel.read(f"flux_api/ui/{name}") == (ROOT / "flux_api" / "ui" / name).read_bytes()
 
 
 def test_an_installed_package_reads_its_installed_config(tmp_path, monkeypatch):
