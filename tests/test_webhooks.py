@@ -18,17 +18,23 @@ import hmac
 import io
 import json
 import logging
+import os
 import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import httpx
 from conftest import BF16_DEFAULTS, InProcess, free_port, wait_for, wait_state
 from PIL import Image
 
 from flux_api.app import create_app
+from flux_api.service_process import wait_until_ready
 from flux_api.settings import BF16Settings
 from flux_api.webhook_policy import AddressPolicy
 
@@ -426,3 +432,37 @@ def test_shutdown_makes_a_last_attempt_and_logs_what_is_undelivered(cache_dir, l
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "webhook" in r.getMessage()]
     assert any(job_id in line and receiver.url + "/hook " in line and "HTTP 500" in line for line in lines), lines
     assert not any("token=secret" in line for line in lines)
+
+
+@pytest.mark.socket
+def test_sigterm_makes_the_last_attempt_and_logs_the_undelivered(cache_dir, receiver):
+    """`python -m flux_api` with webhooks on, a receiver that answers 500 and a retry due in a minute:
+    SIGTERM makes that retry at once, then logs the callback as undelivered, and the process exits."""
+    receiver.answers = [500, 500]
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}, "PYTHONUNBUFFERED": "1",
+           "FLUX_BF16_CACHE_DIR": str(cache_dir), "FLUX_BF16_WEBHOOK_SECRET": SECRET,
+           "FLUX_BF16_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]', "FLUX_BF16_WEBHOOK_BACKOFF_S": "60"}
+    proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port)],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            wait_until_ready(client, 90, lambda: None if proc.poll() is None else f"exit status {proc.returncode}",
+                             poll_s=0.2)
+            r = client.post("/jobs", json={**JOB, "width": 256, "height": 256, "callback_url": receiver.url + "/hook"})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_for(lambda: (w := client.get(f"/jobs/{job_id}").json()["webhook"])["attempts"]
+                     and w["next_attempt_in_s"], 30, what="the retry to be scheduled")
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert len(receiver.requests) == 2 and receiver.requests[1]["at"] - signalled < 10
+    verified(receiver.requests[1])
+    assert f"WARNING [-] flux_api.api.webhooks: webhook for job {job_id} to {receiver.url}/hook not delivered" in out, out[-3000:]
+    assert proc.returncode in (0, -signal.SIGTERM), out[-2000:]
