@@ -346,6 +346,19 @@ def test_the_delivery_connects_to_the_address_it_checked_with_the_original_host(
         hooked.app.state.webhooks.policy = policy
 
 
+def test_an_address_that_does_not_connect_gives_way_to_the_next_checked_one(hooked, receiver):
+    port = int(receiver.url.rsplit(":", 1)[1])
+    policy = hooked.app.state.webhooks.policy
+    hooked.app.state.webhooks.policy = AddressPolicy(["127.0.0.0/8"], resolver=StandInResolver(
+        {"two.invalid": ["127.0.0.2", "127.0.0.1"]}))  # nothing listens on 127.0.0.2:port
+    try:
+        webhook = webhook_of(hooked, job_with_callback(hooked, f"http://two.invalid:{port}/hook"))
+        assert webhook["state"] == "delivered" and len(webhook["attempts"]) == 1
+        assert webhook["attempts"][0]["address"] == "127.0.0.1"
+    finally:
+        hooked.app.state.webhooks.policy = policy
+
+
 def test_a_name_with_one_refused_address_among_its_addresses_is_refused_whole(hooked, receiver):
     port = int(receiver.url.rsplit(":", 1)[1])
     policy = hooked.app.state.webhooks.policy

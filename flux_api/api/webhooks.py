@@ -196,17 +196,23 @@ class Webhooks:
         url = d.url
         try:
             async with asyncio.timeout(max(0.001, timeout)):
-                address = (await self.policy.resolve(url.host, url.port or (443 if url.scheme == "https" else 80)))[0]
+                addresses = await self.policy.resolve(url.host, url.port or (443 if url.scheme == "https" else 80))
                 timestamp = str(int(time.time()))
                 headers = {"Host": url.netloc.decode("ascii"), "Content-Type": "application/json",
                            "User-Agent": f"flux_api/{__version__} webhook", "X-Flux-Timestamp": timestamp,
                            "X-Flux-Signature": signature(self._secret, timestamp, body),
                            "X-Flux-Job-Id": d.job_id, "X-Flux-Delivery-Id": d.delivery_id, "X-Flux-Attempt": str(n)}
                 async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=timeout) as client:
-                    async with client.stream("POST", url.copy_with(host=address), content=body, headers=headers,
-                                             extensions={"sni_hostname": url.host}) as r:
-                        status = r.status_code  # the answer's body is not read: only its status counts
-                        retry_after = r.headers.get("retry-after", "")
+                    for i, address in enumerate(addresses):  # each checked address in turn, until one connects
+                        try:
+                            async with client.stream("POST", url.copy_with(host=address), content=body,
+                                                     headers=headers, extensions={"sni_hostname": url.host}) as r:
+                                status = r.status_code  # the answer's body is not read: only its status counts
+                                retry_after = r.headers.get("retry-after", "")
+                            break
+                        except httpx.ConnectError:
+                            if i == len(addresses) - 1:
+                                raise
             if 200 <= status < 300:
                 return self._record(d, at, t0, address, status, None, Outcome(delivered=True))
             if status == 429 or status >= 500:
