@@ -15,6 +15,7 @@ from .api.middleware import BodyLimitMiddleware, HeadAsGet, RequestIdMiddleware
 from .api.links import ResultLinks
 from .api.openapi import install_body_schema
 from .api.pages import install_pages
+from .api.webhooks import Webhooks
 from .api.routes import api_router, v1
 from .api.routes.v1 import build_openai_requests
 from .engine.client import EngineClient, LocalEngine
@@ -23,7 +24,7 @@ from .engine.services import MANAGERS
 from .errors import FluxAPIError
 from .limits import MAX_IMAGES
 from .metrics import Metrics
-from .schemas import build_generate_request
+from .schemas import build_generate_request, build_job_request
 from .settings import ServiceSettings
 
 log = logging.getLogger("flux_api")
@@ -54,6 +55,7 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
         # cancelled queued work (server.py: engine.begin_shutdown); stop() cancels whatever is still
         # queued, lets running work finish (or stops it after the grace), then frees the memory.
         await engine.stop()
+        await app.state.webhooks.close()  # after the engine: every job has ended; last attempts, the rest logged
 
     app = FastAPI(
         title=f"FLUX {settings.service.upper()} service",
@@ -71,11 +73,13 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     app.state.metrics = metrics
     app.state.generate_request = build_generate_request(settings)
     app.state.openai_requests = build_openai_requests(app.state.generate_request, settings)
+    app.state.job_request = build_job_request(app.state.generate_request, settings)
+    app.state.webhooks = Webhooks(settings, engine)
     app.state.result_links = ResultLinks(settings.jobs_keep_s, settings.jobs_keep * MAX_IMAGES)
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(v1.router)  # its own error shape and statuses (OpenAI's), not api_router's
-    install_body_schema(app, [app.state.generate_request, *app.state.openai_requests.values()])
+    install_body_schema(app, [app.state.generate_request, app.state.job_request, *app.state.openai_requests.values()])
     install_pages(app)  # /ui, /docs, /redoc
     app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

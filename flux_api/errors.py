@@ -84,6 +84,11 @@ class QueueFull(FluxAPIError):
         self.retry_after_s = retry_after_s
 
 
+class CallbackNotAllowed(FluxAPIError):
+    """A callback_url this service will not call: webhooks are off (no secret), or its address is refused
+    by the address policy (not public and not in webhook_allow_hosts)."""
+
+
 class JobNotFound(FluxAPIError):
     """No such job, or it finished long enough ago to be forgotten."""
 

@@ -197,6 +197,51 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
     return GenerateRequest
 
 
+# A callback URL, as the schema can say it: http or https, lower-case scheme, an ASCII host name or an
+# IP literal (IPv6 in brackets), an optional port 1-65535, then a path or query of printable ASCII; no
+# user:password@ (a secret that GET /jobs/{id} and the log would show) and no #fragment (never sent).
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+CALLBACK_URL = rf"^https?://(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::{_PORT})?(?:[/?][!-\"$-~]*)?$"
+MAX_CALLBACK_URL = 2048
+# callback_images goes with a callback_url (null counts as not given, as in the validator).
+CALLBACK_RULE = {"required": ["callback_url"], "properties": {"callback_url": {"type": "string"}}}
+
+
+def build_job_request(generate: type[BaseModel], settings: ServiceSettings) -> type[BaseModel]:
+    """The POST /jobs body: the /generate body, plus callback_url and callback_images where webhooks are
+    on (webhook_secret set). Where they are off the schema does not offer them (a callback_url is then
+    refused by api/deps.job_body, saying why)."""
+    extra = generate.model_config["json_schema_extra"]
+    if settings.webhook_secret is None:
+        class JobRequest(generate):
+            """The /generate body (webhooks are off on this service: no callback_url)."""
+
+        return JobRequest
+
+    class JobRequest(generate):
+        model_config = ConfigDict(**STRICT, json_schema_extra={
+            **extra, "dependentSchemas": {**extra["dependentSchemas"], "callback_images": CALLBACK_RULE},
+            "examples": [{"prompt": "a lighthouse on a cliff at dusk", "seed": 42,
+                          "callback_url": "https://example.com/hooks/flux"}]})
+
+        callback_url: str | None = Field(
+            None, max_length=MAX_CALLBACK_URL, pattern=CALLBACK_URL,
+            description="Where to POST the job's final state when it ends (done, failed, cancelled or timed out), "
+            "signed with HMAC-SHA256 (README: Webhooks). Public addresses only, unless the service's "
+            "webhook_allow_hosts lists it; redirects are not followed.")
+        callback_images: bool = Field(
+            False, description="With callback_url: put the images in the callback as base64. Default: links "
+            "(GET /v1/images/files/{token}, kept as long as finished jobs).")
+
+        @model_validator(mode="after")
+        def _callback(self):
+            if "callback_images" in self.model_fields_set and self.callback_url is None:
+                raise ValueError("callback_images goes with a callback_url; without one it would be ignored")
+            return self
+
+    return JobRequest
+
+
 class Timings(BaseModel):
     queue_ms: float = Field(description="Waiting for the GPU.")
     lora_ms: float = Field(description="Loading or switching LoRA adapters for this request (0 when nothing changed).")
@@ -269,8 +314,48 @@ class JobCreated(JobState):
     links: JobLinks
 
 
+class WebhookAttempt(BaseModel):
+    at: float = Field(description="When it started (Unix time, seconds).")
+    duration_ms: float
+    address: str | None = Field(description="The checked IP address connected to (none if refused or unresolved).")
+    status_code: int | None = Field(description="The receiver's HTTP status; null when there was no answer.")
+    error: str | None = Field(description="Why it failed, when it did (timeout, connection error, refused, ...).")
+
+
+class WebhookStatus(BaseModel):
+    url: str = Field(description="The callback URL, without its query string (which may carry a token).")
+    delivery_id: str = Field(description="X-Flux-Delivery-Id: the same on every attempt, for de-duplication.")
+    state: Literal["waiting", "delivering", "delivered", "failed"] = Field(
+        description="waiting: for the job to end, or for the next attempt; failed: every attempt used, the deadline "
+        "passed, the address was refused, the receiver answered a 3xx or 4xx other than 429, or the service shut down.")
+    attempts: list[WebhookAttempt]
+    next_attempt_in_s: float | None = Field(description="Seconds until the next attempt, while one is scheduled.")
+    error: str | None = Field(description="Why it failed, once it has.")
+
+
 class JobDetail(JobState):
     result: GenerateResponse | None = Field(description="The /generate body, once the job is done.")
+    webhook: WebhookStatus | None = Field(None, description="The callback's delivery, when the job has a callback_url.")
+
+
+class CallbackResult(GenerateResponse):
+    """The /generate body in a callback: the images as links (`urls`) unless callback_images was true."""
+
+    image: str | None = Field(None, description="The image, base64, with callback_images; else null.")
+    urls: list[str] | None = Field(None, description="A link to each image (GET /v1/images/files/{token}), "
+                                   "without callback_images.")
+
+
+class CallbackJob(JobState):
+    result: CallbackResult | None
+
+
+class WebhookPayload(BaseModel):
+    """The body POSTed to a callback_url (README: Webhooks)."""
+
+    type: Literal["job.ended"]
+    delivery_id: str
+    job: CallbackJob
 
 
 class ApplyLoraRequest(_LoraFields):

@@ -125,6 +125,26 @@ class ServiceSettings(BaseSettings):
     jobs_keep: int = Field(256, ge=1, description="Finished jobs kept for GET /jobs/{id}.")
     jobs_keep_s: float = Field(3600.0, gt=0, description="How long a finished job is kept.")
 
+    # --- webhooks: POST /jobs's callback_url (api/webhooks.py, api/webhook_policy.py)
+    webhook_secret: SecretStr | None = Field(
+        None, description="HMAC-SHA256 key that signs every callback (X-Flux-Signature over '{timestamp}.{body}'); at "
+        "least 16 characters. Unset: webhooks are off, and a callback_url is refused (422), never sent unsigned.")
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list, description="Host names, IP addresses or CIDR ranges a callback may reach although they "
+        "are not public (loopback, private, link-local, CGNAT, reserved), e.g. [\"127.0.0.1\", \"10.2.0.0/16\", "
+        "\"hooks.internal\"]. A name listed here may resolve to any address.")
+    webhook_allow_public: bool = Field(
+        True, description="Callbacks may reach any public address; false: only what webhook_allow_hosts lists.")
+    webhook_max_attempts: int = Field(5, ge=1, le=20, description="Attempts per callback, the first included.")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=300, description="One attempt (resolve, connect, send, answer).")
+    webhook_backoff_s: float = Field(1.0, gt=0, le=3600, description="Wait before the first retry; doubled before "
+                                     "each next one (retries follow connection errors, timeouts, 5xx and 429).")
+    webhook_deadline_s: float = Field(
+        900.0, gt=0, description="No attempt starts later than this after the job ended; never later than jobs_keep_s "
+        "(the job's record, where the attempts show, outlives every delivery).")
+    webhook_shutdown_s: float = Field(5.0, ge=0, le=60, description="At shutdown, callbacks not yet delivered get one "
+                                      "last attempt within this; those still undelivered are logged (WARNING).")
+
     # --- LoRA
     lora_dir: Path = Field(Path("loras"), description="Folder of .safetensors LoRA files.")
     lora_hub: bool = Field(True, description="Allow LoRAs from the Hugging Face Hub (owner/repo[/file.safetensors]).")
@@ -249,6 +269,22 @@ class ServiceSettings(BaseSettings):
             raise ValueError(f"max_body_bytes ({self.max_body_bytes}) is too small for an image and a mask of "
                              f"max_image_bytes ({self.max_image_bytes}) each: it must be at least {needed}")
         return self
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _secret_long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("webhook_secret must be at least 16 characters (a guessable key signs nothing)")
+        return v
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, v: list[str]) -> list[str]:
+        from .webhook_policy import parse_allow_entry
+
+        for entry in v:
+            parse_allow_entry(entry)  # ValueError names the entry
+        return v
 
     @model_validator(mode="after")
     def _cuda_choice(self):

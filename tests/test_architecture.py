@@ -71,10 +71,12 @@ def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora
 
 def test_openapi_shows_each_services_body_schema_on_generate_and_jobs(bf16):
     doc = bf16.client.get("/openapi.json").json()
-    ref = {"$ref": "#/components/schemas/GenerateRequest"}
-    for path in ("/generate", "/jobs"):
+    for path, model in (("/generate", "GenerateRequest"), ("/jobs", "JobRequest")):  # JobRequest: plus the callback
         body = doc["paths"][path]["post"]["requestBody"]
-        assert body["required"] is True and body["content"]["application/json"]["schema"] == ref
+        assert body["required"] is True and body["content"]["application/json"]["schema"] == {
+            "$ref": f"#/components/schemas/{model}"}
+    job = doc["components"]["schemas"]["JobRequest"]
+    assert job["properties"] == doc["components"]["schemas"]["GenerateRequest"]["properties"]  # webhooks off here
     width = doc["components"]["schemas"]["GenerateRequest"]["properties"]["width"]
     assert (width["minimum"], width["maximum"], width["multipleOf"], width["default"]) == (256, 1024, 16, 256)
     assert "x-body-model" not in str(doc)

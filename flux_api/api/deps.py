@@ -11,9 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from ..engine.client import EngineClient
-from ..errors import BodyNotAccepted, InvalidRequest
+from ..errors import BodyNotAccepted, CallbackNotAllowed, InvalidRequest
 from ..metrics import Metrics
 from ..settings import ServiceSettings
+from .webhooks import Webhooks
 
 
 # async: none of them blocks, and a sync dependency would cost each request a hop to a worker thread.
@@ -34,8 +35,26 @@ async def generate_body(raw: Annotated[Any, Body()], request: Request) -> BaseMo
     FastAPI parses the JSON; errors come out as FastAPI's own would for a body of that model (at
     `body.<field>`; from_attributes as FastAPI validates). The OpenAPI document shows the model itself
     (api/openapi.py)."""
+    callback = sorted(CALLBACK_FIELDS & set(raw)) if isinstance(raw, dict) else []
+    if callback:  # not merely "extra inputs are not permitted": say where it belongs
+        msg = f"{callback[0]} is taken by POST /jobs, which answers at once and calls back; /generate answers with the image"
+        raise RequestValidationError([{"loc": ("body", callback[0]), "msg": msg, "type": "extra_forbidden"}])
+    return _validate(request.app.state.generate_request, raw)
+
+
+async def job_body(raw: Annotated[Any, Body()], request: Request) -> BaseModel:
+    """The POST /jobs body: the /generate body, plus callback_url/callback_images where webhooks are on.
+    Where they are off (no webhook_secret), a callback_url is refused saying so: never sent unsigned."""
+    if isinstance(raw, dict) and request.app.state.settings.webhook_secret is None and CALLBACK_FIELDS & set(raw):
+        raise CallbackNotAllowed("webhooks are off on this service (no webhook_secret is set), so a callback could not "
+                                 "be signed; follow the job with GET /jobs/{id} or its events instead",
+                                 field=sorted(CALLBACK_FIELDS & set(raw))[0])
+    return _validate(request.app.state.job_request, raw)
+
+
+def _validate(model: type[BaseModel], raw: Any) -> BaseModel:
     try:
-        return request.app.state.generate_request.model_validate(raw, from_attributes=True)
+        return model.model_validate(raw, from_attributes=True)
     except ValidationError as e:
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
 
@@ -64,10 +83,18 @@ async def reject_unexpected_input(request: Request) -> None:
         raise BodyNotAccepted(f"{request.method} {route.path} takes no request body{hint}")
 
 
+async def get_webhooks(request: Request) -> Webhooks:
+    return request.app.state.webhooks
+
+
+CALLBACK_FIELDS = {"callback_url", "callback_images"}
 EngineDep = Annotated[EngineClient, Depends(get_engine)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 GenerateBody = Annotated[BaseModel, Depends(generate_body)]
+JobBody = Annotated[BaseModel, Depends(job_body)]
+WebhooksDep = Annotated[Webhooks, Depends(get_webhooks)]
 
 # Routes whose body is the service's GenerateRequest say so; api/openapi.py puts its schema there.
 GENERATE_BODY = {"x-body-model": "GenerateRequest"}
+JOB_BODY = {"x-body-model": "JobRequest"}  # GenerateRequest, plus the callback where webhooks are on

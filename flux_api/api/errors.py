@@ -30,6 +30,7 @@ STATUS: dict[type[E.FluxAPIError], int] = {
     E.LoraNotAllowed: 403,
     E.LoraHubUnreachable: 503,
     E.GenerationFailed: 500,
+    E.CallbackNotAllowed: 422,
     E.JobNotFound: 404,
     E.ResultNotFound: 404,
     E.JobAlreadyEnded: 409,

@@ -4,20 +4,23 @@
 The SSE stream uses FastAPI's own support (EventSourceResponse + ServerSentEvent)."""
 
 import asyncio
+import base64
 import time
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ...engine.client import EngineClient, JobView
 from ...engine.scheduler import DONE, QUEUED, RUNNING, Job
 from ...errors import FluxAPIError, JobAlreadyEnded
+from ...limits import MEDIA_TYPES
 from ...logs import request_id
 from ...schemas import JobCreated, JobDetail, JobState
 from ...settings import ServiceSettings
-from ..deps import GENERATE_BODY, EngineDep, GenerateBody, SettingsDep
+from ..deps import JOB_BODY, EngineDep, JobBody, SettingsDep, WebhooksDep
+from ..links import ResultLinks
 from ..errors import error_responses
 from ..results import build_response, params_of
 
@@ -65,6 +68,21 @@ async def result_of(job: Job, settings: ServiceSettings) -> dict | None:
     return job.extra["response"]
 
 
+async def final_state(engine: EngineClient, job: Job, settings: ServiceSettings, images: bool, links: ResultLinks,
+                      base_url: str, delivery_id: str) -> dict:
+    """A callback's body: the job as GET /jobs/{id} shows it at its end, with its images as links to
+    GET /v1/images/files/{token} (kept as long as finished jobs), or inline as base64 when `images`."""
+    result = await result_of(job, settings)
+    if result is not None and images:
+        result = {**result, "urls": None}
+    elif result is not None:
+        datas = await asyncio.to_thread(lambda: [base64.b64decode(b) for b in result["images"] or [result["image"]]])
+        media_type = MEDIA_TYPES[result["format"]]
+        result = {**result, "image": None, "images": None,
+                  "urls": [f"{base_url}/v1/images/files/{links.put(d, media_type)}" for d in datas]}
+    return {"type": "job.ended", "delivery_id": delivery_id, "job": {**snapshot(engine, job), "result": result}}
+
+
 # OpenAPI links: the id in POST /jobs's answer is the job_id of the job routes (clients and the
 # stateful fuzz follow them).
 JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#/id"}}
@@ -75,15 +93,24 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
 @router.post("", status_code=202, summary="Queue a generation; returns its id once it is checked",
              response_model=JobCreated,
              responses={202: {"links": JOB_LINKS}, **error_responses(403, 404, 413, 422, 429, 500, 503, 504)},
-             openapi_extra=GENERATE_BODY)
-async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep, response: Response) -> dict:
-    """The same body as /generate. Checked first (milliseconds; a Hub LoRA not in the cache is downloaded
-    first), then 202 with the job id; follow it with GET /jobs/{id} or its events."""
+             openapi_extra=JOB_BODY)
+async def create(body: JobBody, request: Request, engine: EngineDep, settings: SettingsDep, webhooks: WebhooksDep,
+                 response: Response) -> dict:
+    """The same body as /generate (plus callback_url and callback_images where webhooks are on). Checked
+    first (milliseconds; a Hub LoRA not in the cache is downloaded first), then 202 with the job id;
+    follow it with GET /jobs/{id} or its events, or wait for the callback."""
     arrived = time.perf_counter()
+    callback = getattr(body, "callback_url", None)
+    url = webhooks.check(callback) if callback is not None else None  # refused (422) before anything queues
     params, inputs = await params_of(body, settings)
     job = await engine.submit(params, deadline=time.monotonic() + settings.request_timeout_s,
                               request_id=request_id.get())
     job.extra.update(format=body.output_format, arrived=arrived, notes=inputs.notes)
+    if url is not None:
+        result_links, images = request.app.state.result_links, body.callback_images
+        base_url = (settings.public_base_url or str(request.base_url)).rstrip("/")
+        webhooks.register(job, url, lambda delivery_id: final_state(engine, job, settings, images, result_links,
+                                                                    base_url, delivery_id))
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
     response.headers["Location"] = links["self"]
     return {**snapshot(engine, job), "links": links}
@@ -93,8 +120,10 @@ async def create(body: GenerateBody, engine: EngineDep, settings: SettingsDep, r
             responses=error_responses(404, 422))
 async def get(job: JobDep, engine: EngineDep, settings: SettingsDep) -> dict:
     """State (queued, running, done, failed, cancelled, timed_out), queue position, step i/N with an
-    ETA, and the result (as /generate returns it) once done."""
-    return {**snapshot(engine, job), "result": await result_of(job, settings)}
+    ETA, the result (as /generate returns it) once done, and the callback's delivery attempts."""
+    webhook = job.extra.get("webhook")
+    return {**snapshot(engine, job), "result": await result_of(job, settings),
+            "webhook": webhook.view() if webhook is not None else None}
 
 
 @router.delete("/{job_id}", summary="Cancel a job", response_model=JobState, responses=error_responses(404, 409, 422))
