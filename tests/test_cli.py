@@ -11,7 +11,6 @@ request headers (the API key; the server's side of keys is another branch), answ
 
 import base64
 import http.server
-import io
 import json
 import os
 import queue
@@ -282,6 +281,16 @@ def test_answers_that_are_not_the_api_are_one_line_too():
         r = cli("jobs", "html", "-s", recv.url)
         assert r.exit_code == EXIT_UNREACHABLE
         one_error_line(r, f"{recv.url} answered 200 with something that is not the API's JSON (text/html)")
+
+
+@pytest.mark.socket
+def test_status_of_a_loading_service_is_shown_and_exits_1():
+    loading = {"status": "loading", "phase": "loading_weights", "replicas": {"alive": 0, "dead": []}}
+    with Receiver({"/health": (503, "application/json", json.dumps(loading), 0),
+                   "/model-status": (200, "application/json", json.dumps({"service": "fp4", "state": "loading_weights"}), 0)}) as recv:
+        r = cli("status", "-s", recv.url)
+    assert r.exit_code == EXIT_SERVER and not r.stderr
+    assert "health     loading (phase loading_weights)" in r.stdout and "flux-fp4" in r.stdout
 
 
 # --- serve --------------------------------------------------------------------------------------------------

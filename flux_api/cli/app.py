@@ -200,7 +200,8 @@ def serve(
     if dry_run:
         say(launch.shell())
         return
-    say(f"starting the {service.value} service (CUDA_VISIBLE_DEVICES={launch.env.get('CUDA_VISIBLE_DEVICES', os.environ.get('CUDA_VISIBLE_DEVICES', '<all>'))})", err=True)
+    visible = {**os.environ, **launch.env}.get("CUDA_VISIBLE_DEVICES", "<all>")
+    say(f"starting the {service.value} service (CUDA_VISIBLE_DEVICES={visible})", err=True)  # as launch.sh says
     try:
         os.execvpe(launch.argv[0], launch.argv, {**os.environ, **launch.env})  # the service replaces this process
     except OSError as e:
