@@ -29,6 +29,9 @@ def test_the_wheel_carries_the_config_files(tmp_path):
         assert packed == (ROOT / "config" / name).read_bytes()
     for name in ("index.html", "app.js", "style.css", "favicon.svg"):  # the web page at /ui
         assert wheel.read(f"flux_api/ui/{name}") == (ROOT / "flux_api" / "ui" / name).read_bytes()
+    # the console script (pip install and pip install -e both make bin/flux-api from this)
+    entry_points = next(n for n in wheel.namelist() if n.endswith(".dist-info/entry_points.txt"))
+    assert "flux-api = flux_api.cli:main" in wheel.read(entry_points).decode().splitlines()
 
 
 def test_an_installed_package_reads_its_installed_config(tmp_path, monkeypatch):
