@@ -3,6 +3,7 @@ the OpenAI-compatible images API, driven by the official `openai` client against
 
 import base64
 import io
+import json
 
 import httpx
 import pytest
@@ -237,3 +238,22 @@ def test_openai_quality_maps_to_a_preset_and_multipart_fields_are_converted(clie
                    data={"prompt": "a", "n": "2", "seed": "7", "num_inference_steps": "2", "strength": "0.5"})
     assert r.status_code == 200, r.text
     assert [d["seed"] for d in r.json()["data"]] == [7, 8]
+
+
+@pytest.mark.socket
+def test_edits_take_loras_as_one_json_part_or_one_part_per_item(served):
+    """OpenAPI's multipart encoding of an array (what generated clients, and the fuzz, send) is one part
+    per item; a hand-written client sends the JSON list in one part. Both give the same LoRAs, and a
+    form's "null" is not a value: the form schema has no nulls (leave the field out)."""
+    buf = io.BytesIO()
+    picture().save(buf, "PNG")
+    image = {"image": ("i.png", buf.getvalue(), "image/png")}
+    base = {"prompt": "a", "seed": "3", "num_inference_steps": "2", "strength": "0.5"}
+    one = httpx.post(served.url + "/v1/images/edits", files=image,
+                     data={**base, "loras": '[{"name": "style", "weight": 0.5}, {"name": "detail", "weight": 0.2}]'})
+    per_item = httpx.post(served.url + "/v1/images/edits", files=image, data={
+        **base, "loras": ['{"name": "style", "weight": 0.5}', '{"name": "detail", "weight": 0.2}']})
+    assert one.status_code == 200 == per_item.status_code, (one.text, per_item.text)
+    assert one.json()["data"][0]["b64_json"] == per_item.json()["data"][0]["b64_json"]
+    form = served.client.get("/openapi.json").json()["components"]["schemas"]["ImagesEditRequestForm"]
+    assert "null" not in json.dumps(form["properties"])

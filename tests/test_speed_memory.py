@@ -100,4 +100,4 @@ def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
             images[mode + "-768"] = _pixels(large.json()["image"])
     assert images["low"] == images["default"]
     diff = np.abs(images["low-768"] - images["default-768"])
-    assert diff.max() > 0 and diff.mean() < 8  # tiled above 512 px: blended seams, same picture
+    assert diff.max() > 0 and diff.mean() < 12  # tiled above 512 px: blended seams, same picture (another image: ~50+)

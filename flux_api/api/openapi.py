@@ -47,6 +47,13 @@ def install_body_schema(app: FastAPI, models: list[type[BaseModel]]) -> None:
                         continue
                     if files:  # the same fields as a form, plus the file fields (the first one required)
                         form = copy.deepcopy(components[name])
+                        for prop in form["properties"].values():  # a form has no null: leaving a field out is none
+                            branches = [b for b in prop.get("anyOf", []) if b != {"type": "null"}]
+                            if len(branches) == 1 and len(prop["anyOf"]) == 2:
+                                prop.pop("anyOf")
+                                prop.update(branches[0])
+                            if prop.get("default", 0) is None:
+                                prop.pop("default")
                         form["properties"].update(
                             {f: {"type": "string", "contentMediaType": "application/octet-stream", "minLength": 1}
                              for f in files})

@@ -176,10 +176,15 @@ async def _form(request: Request, settings: ServiceSettings, model: type[BaseMod
         if value in ("", "null") and name in nullable and name not in TEXT_FIELDS:
             continue  # a form has no null: an empty or "null" value of a field that may be null is none
         if name in ("loras",):
+            # One part holding the JSON list, or (OpenAPI's multipart encoding of an array, as generated
+            # clients send it) one part per item, each a JSON object: either way, every part counts.
             try:
                 value = json.loads(value)
             except ValueError:
-                raise InvalidRequest("loras in a form is JSON: [{\"name\": ..., \"weight\": ...}]", field="loras") from None
+                raise InvalidRequest("loras in a form is JSON: [{\"name\": ..., \"weight\": ...}], or one "
+                                     "{\"name\": ..., \"weight\": ...} per part", field="loras") from None
+            fields.setdefault(name, []).extend(value if isinstance(value, list) else [value])
+            continue
         fields[name] = value
     for name in ("image", "mask"):
         if name in fields:
