@@ -305,6 +305,12 @@ class JobState(BaseModel):
     request_id: str | None
 
 
+class JobList(BaseModel):
+    """GET /jobs: the jobs still on record, newest first."""
+
+    jobs: list[JobState]
+
+
 class JobLinks(BaseModel):
     self: str
     events: str

@@ -173,6 +173,13 @@ def test_status_loras_and_jobs(served, tmp_path):
     assert (tmp_path / "again.png").read_bytes() == (tmp_path / "a.png").read_bytes()
     body = json.loads(cli("jobs", job_id, "-s", served.url, "--json").stdout)
     assert body["state"] == "done" and "image" not in body["result"] and body["result"]["seeds"] == [9]
+    r = cli("jobs", "-s", served.url)  # the list (GET /jobs), newest first
+    assert r.exit_code == 0 and job_id in r.stdout and "done" in r.stdout, r.stdout
+    listed = json.loads(cli("jobs", "-s", served.url, "--json", "--limit", 1).stdout)["jobs"]
+    assert [j["id"] for j in listed] == [job_id] and "result" not in listed[0]
+    assert job_id not in {j["id"] for j in served.client.get("/jobs", params={"state": "queued"}).json()["jobs"]}
+    assert served.client.get("/jobs", params={"state": ["done", "failed"]}).json()["jobs"][0]["id"] == job_id
+    assert cli("jobs", "-s", served.url, "-o", tmp_path / "x.png").exit_code == EXIT_USAGE
     r = cli("jobs", "no-such-job", "-s", served.url)
     assert r.exit_code == EXIT_SERVER
     one_error_line(r, "404 job_not_found: ")

@@ -139,13 +139,25 @@ def loras(server: Server = DEFAULT_URL, api_key: ApiKey = None, timeout: Timeout
 @app.command()
 @handled
 def jobs(
-    job_id: Annotated[str, typer.Argument(metavar="JOB_ID", help="The id `generate` printed (the API lists no jobs).")],
+    job_id: Annotated[Optional[str], typer.Argument(metavar="[JOB_ID]", help="The id `generate` printed; "
+                                                    "without it, the jobs on record, newest first.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many jobs in the list.")] = 20,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write a done job's images (as generate does).")] = None,
     server: Server = DEFAULT_URL, api_key: ApiKey = None, timeout: Timeout = 60.0, as_json: AsJson = False,
 ) -> None:
-    """One job (GET /jobs/{id}): its state, progress, error or seeds.
-
-    The API has no route that lists jobs, so this takes the id that `generate` printed."""
+    """The jobs on record (GET /jobs), or one job (GET /jobs/{id}): its state, progress, error or seeds."""
+    if job_id is None:
+        if out is not None:
+            raise CLIError("-o writes one job's images: give its id", USAGE_ERROR)
+        with Api(server, api_key, timeout) as api:
+            listed = api.json("GET", "/jobs", params={"limit": limit})
+        if as_json:
+            say(json.dumps(listed, indent=2))
+        elif not listed.get("jobs"):
+            say("no jobs on record")
+        else:
+            Console(soft_wrap=True).print(show.jobs_table(listed["jobs"]))
+        return
     with Api(server, api_key, timeout) as api:
         job = api.json("GET", f"/jobs/{job_id}")
     if as_json:

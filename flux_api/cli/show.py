@@ -57,6 +57,17 @@ def loras_table(body: dict) -> Table:
     return table
 
 
+def jobs_table(jobs: list[dict]) -> Table:
+    table = Table(title="jobs on record, newest first", title_justify="left", box=None, pad_edge=False)
+    for col in ("id", "state", "steps", "images", "error"):
+        table.add_column(col, justify="right" if col in ("steps", "images") else "left")
+    for job in jobs:
+        err = job.get("error") or {}
+        table.add_row(job.get("id", "?"), job.get("state", "?"), f"{job.get('step', '?')}/{job.get('total_steps', '?')}",
+                      str(job.get("num_images", "?")), err.get("type", ""))
+    return table
+
+
 def job_lines(job: dict) -> list[tuple[str, str]]:
     lines = [("job", job.get("id", "?")), ("state", job.get("state", "?"))]
     if job.get("state") == "queued":

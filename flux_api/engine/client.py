@@ -64,6 +64,7 @@ class EngineClient(Protocol):
     # generation
     async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> JobView: ...
     def job(self, job_id: str) -> JobView: ...  # JobNotFound
+    def jobs(self, limit: int, states: frozenset[str] | None = None) -> list[JobView]: ...  # newest first
     def position(self, job: JobView) -> int | None: ...
     def cancel(self, job: JobView, reason: str, error: Exception | None = None) -> bool: ...  # False: it had ended
     def events(self, job: JobView) -> AsyncIterator[dict]: ...  # with aclose(): stop listening
@@ -186,6 +187,9 @@ class LocalEngine:
 
     def job(self, job_id: str) -> Job:
         return self.manager.job(job_id)
+
+    def jobs(self, limit: int, states: frozenset[str] | None = None) -> list[Job]:
+        return self.manager.jobs(limit, states)
 
     def position(self, job: Job) -> int | None:
         return self.manager.scheduler.position(job) if job.state == QUEUED and self.manager.scheduler else None

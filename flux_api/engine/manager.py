@@ -296,6 +296,9 @@ class FluxModelManager:
         return self.scheduler.submit(run, total_steps=request.params.total_steps, deadline=deadline,
                                      request_id=request_id, num_images=request.params.num_images)
 
+    def jobs(self, limit: int, states: frozenset[str] | None = None) -> list[Job]:
+        return self.scheduler.recent(limit, states) if self.scheduler else []
+
     def job(self, job_id: str) -> Job:
         job = self.scheduler.get(job_id) if self.scheduler else None
         if job is None:

@@ -163,6 +163,13 @@ class Scheduler:
             self._prune()
             return self._jobs.get(job_id)
 
+    def recent(self, limit: int, states: frozenset[str] | None = None) -> list[Job]:
+        """The jobs still on record (queued, running, and finished ones not yet forgotten), newest first."""
+        with self._cond:
+            self._prune()
+            jobs = [j for j in reversed(self._jobs.values()) if states is None or j.state in states]
+        return jobs[:limit]
+
     def position(self, job: Job) -> int | None:
         """0 = next to run; None when not queued."""
         with self._cond:

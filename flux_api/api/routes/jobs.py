@@ -7,9 +7,9 @@ import asyncio
 import base64
 import time
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from ...engine.client import EngineClient, JobView
@@ -17,7 +17,7 @@ from ...engine.scheduler import DONE, QUEUED, RUNNING, Job
 from ...errors import FluxAPIError, JobAlreadyEnded
 from ...limits import MEDIA_TYPES
 from ...logs import request_id
-from ...schemas import JobCreated, JobDetail, JobState
+from ...schemas import JobCreated, JobDetail, JobList, JobState
 from ...settings import ServiceSettings
 from ..deps import JOB_BODY, EngineDep, JobBody, SettingsDep, WebhooksDep
 from ..links import ResultLinks
@@ -114,6 +114,19 @@ async def create(body: JobBody, request: Request, engine: EngineDep, settings: S
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}
     response.headers["Location"] = links["self"]
     return {**snapshot(engine, job), "links": links}
+
+
+JobStateName = Literal["queued", "running", "done", "failed", "cancelled", "timed_out"]
+
+
+@router.get("", summary="The jobs on record, newest first", response_model=JobList, responses=error_responses(422))
+async def list_jobs(engine: EngineDep,
+                    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 50,
+                    state: Annotated[list[JobStateName] | None, Query(description="Only jobs in these states "
+                                                                       "(repeat the parameter for several).")] = None) -> dict:
+    """Queued and running jobs, and finished ones until they are forgotten (settings jobs_keep and
+    jobs_keep_s): each as GET /jobs/{id} shows it, without its result."""
+    return {"jobs": [snapshot(engine, j) for j in engine.jobs(limit, frozenset(state) if state else None)]}
 
 
 @router.get("/{job_id}", summary="A job's state, progress and result", response_model=JobDetail,
