@@ -39,7 +39,7 @@ def build_app(args: dict | None = None) -> serve.Application:
         d: dict = getattr(config, service).model_dump()
         options = getattr(config, service).deployment_options()
         deployment = serve.deployment(FluxModelDeployment, name=DEPLOYMENT_NAMES[service]).options(**options)
-        handles[service] = deployment.bind(service, {"model": config.model, **d["settings"]})
+        handles[service] = deployment.bind(service, {"model": config.model, **d["settings"]}, d["torch_threads"])
     ingress = serve.deployment(FluxIngress, name="FluxIngress").options(
         ray_actor_options={"num_cpus": config.ingress_num_cpus})
     return ingress.bind(config.model_dump(), **handles)

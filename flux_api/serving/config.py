@@ -28,6 +28,10 @@ class DeploymentConfig(BaseModel):
     downscale_delay_s: float = Field(30.0, ge=0, description="Idle time before a replica is removed.")
     num_gpus: float = Field(0, ge=0, description="GPUs per replica: 1 on a GPU machine, 0 with the tiny model on the CPU.")
     num_cpus: float = Field(1, gt=0, description="CPUs per replica (fractions let several share a small machine).")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads torch uses in a replica (Ray sets OMP_NUM_THREADS to the replica's "
+        "whole num_cpus, 1 for a fraction). On the CPU the thread count changes a float sum's order, so the same "
+        "seed gives the plain service's bytes only with its thread count.")
     settings: dict[str, Any] = Field(
         default_factory=dict, description="The service's settings (flux_api.settings; FLUX_FP4_*/FLUX_BF16_* env too).")
 

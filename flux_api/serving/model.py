@@ -4,7 +4,7 @@ The replica reuses the plain service's engine whole (checks, scheduler, LoRA ada
 step). `generate` is a streaming method: it yields the job's progress events, then one
 {"event": "result"} with the GenerationResult (PIL images travel pickled; the ingress encodes them).
 When the caller stops listening (the ingress cancelled the request), the job is cancelled here too.
-No Ray import: Ray wraps this class in app.py, and the class runs without Ray in a test if need be.
+Ray wraps this class in app.py (serve.deployment); only `actor` imports Ray.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ log = logging.getLogger(__name__)
 
 
 class FluxModelDeployment:
-    def __init__(self, service: str, settings: dict):
+    def __init__(self, service: str, settings: dict, torch_threads: int | None = None):
+        if torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(torch_threads)
         self.service = service
         self.settings = SETTINGS_CLASSES[service](**{"replicas": 1, **settings})
         self.manager = build_manager(self.settings)
@@ -42,6 +46,14 @@ class FluxModelDeployment:
         m = self.manager
         return {"service": self.service, "model": m.settings.model, "backend": m.backend_name, "phase": m.phase,
                 "queued": m.scheduler.queued if m.scheduler else 0, "running": m.scheduler.running if m.scheduler else 0}
+
+    def actor(self) -> dict:
+        """This replica's process and Ray actor (tests kill it to see Ray replace it)."""
+        import os
+
+        import ray
+
+        return {"pid": os.getpid(), "actor": ray.get_runtime_context().current_actor}
 
     async def check_loras(self, loras: tuple[LoraSpec, ...]) -> list[dict]:
         """Check a LoRA set as /apply-lora would (found, fits this model); raises the domain error."""
