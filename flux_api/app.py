@@ -71,7 +71,8 @@ def create_app(settings: ServiceSettings, manager: FluxModelManager | None = Non
     app.state.manager = getattr(engine, "manager", None)  # the local engine's manager, for tests and tools
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.generate_request = build_generate_request(settings)
+    # a front that routes between services (Ray Serve's ingress) offers them in a `service` field
+    app.state.generate_request = build_generate_request(settings, getattr(engine, "routes", ()))
     app.state.openai_requests = build_openai_requests(app.state.generate_request, settings)
     app.state.job_request = build_job_request(app.state.generate_request, settings)
     app.state.webhooks = Webhooks(settings, engine)

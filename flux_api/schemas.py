@@ -108,8 +108,9 @@ IMAGE_RULES = [{"if": {"required": ["mask"], "properties": {"mask": {"type": "st
                {"if": {"required": ["strength"], "properties": {"strength": {"type": "number"}}}, "then": _IMAGE}]
 
 
-def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
-    """The /generate body for one service, with its configured defaults, limits and presets."""
+def build_generate_request(settings: ServiceSettings, services: tuple[str, ...] = ()) -> type[BaseModel]:
+    """The /generate body for one service, with its configured defaults, limits and presets. `services`:
+    a front that routes between services (Ray Serve) offers them, and "auto", in a `service` field."""
     presets = settings.presets
     preset_names = tuple(presets)
     preset_help = "; ".join(f"{name}: {p.fields()}" for name, p in presets.items()) or "none configured"
@@ -194,7 +195,18 @@ def build_generate_request(settings: ServiceSettings) -> type[BaseModel]:
                 raise ValueError("true_cfg_scale > 1 needs a negative_prompt; without one it would be ignored")
             return self
 
-    return GenerateRequest
+    if not services:
+        return GenerateRequest
+    choices = (*services, "auto")
+
+    class RoutedGenerateRequest(GenerateRequest):
+        service: Literal[choices] = Field(  # type: ignore[valid-type]
+            "auto", description="Which service draws it: " + ", ".join(services) + ", or auto (the one with the "
+            "shorter expected wait). The same seed gives other bytes on another service: the response names "
+            "the one that drew it.")
+
+    RoutedGenerateRequest.__name__ = RoutedGenerateRequest.__qualname__ = "GenerateRequest"
+    return RoutedGenerateRequest
 
 
 # A callback URL, as the schema can say it: http or https, lower-case scheme, an ASCII host name or an
@@ -275,6 +287,7 @@ class GenerateResponse(BaseModel):
     true_cfg_scale: float | None
     model: str
     backend: str
+    service: str = Field(description="The service that drew it (fp4 or bf16): reproducing an image means naming it.")
     loras: list[LoraRef] = Field(description="The LoRAs applied to this image (per-request or pinned).")
     prompt_truncation: PromptTruncation
     warnings: list[str]

@@ -202,3 +202,14 @@ def test_a_lora_file_that_cannot_be_read_is_a_422_not_a_500(lora_dir, monkeypatc
     monkeypatch.setattr(checks, "file_sha256", unreadable)
     with pytest.raises(InvalidLora, match="cannot be read: .*Permission denied"):
         checks.LoraChecker(LoraResolver(lora_dir, hub=False)).check([LoraSpec("style", 1.0)], pipe=None)
+
+
+def test_the_plain_services_never_import_ray():
+    """Ray is an optional extra (issue 15): only flux_api.serving imports it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flux_api.__main__, flux_api.app, flux_api.cli.app, flux_api.bench.cli; "
+            "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out

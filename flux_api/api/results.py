@@ -87,6 +87,7 @@ def to_params(body, inputs: Inputs = Inputs()) -> GenerationParams:
         loras=lora_specs(body.lora_refs()),
         num_images=body.num_images, init_image=inputs.image, mask_image=inputs.mask,
         strength=body.strength if inputs.image is not None else None,
+        service=getattr(body, "service", None),  # only a routing front's body has it (Ray Serve)
     )
 
 
@@ -163,7 +164,7 @@ def _warnings(truncation: dict) -> list[str]:
 def encode_all(result: GenerationResult, fmt: str, settings: ServiceSettings, quality: int | None = None,
                png_level: int | None = None) -> list[bytes]:
     """Every image of `result` as `fmt` bytes (blocking); `quality` and `png_level` override the settings'."""
-    return [encode_image(img, fmt, _metadata(result, settings.service, seed),
+    return [encode_image(img, fmt, _metadata(result, result.service or settings.service, seed),
                          settings.png_compress_level if png_level is None else png_level,
                          settings.jpeg_quality if quality is None else quality)
             for img, seed in zip(result.images, result.params.seeds())]
@@ -187,7 +188,8 @@ async def build_response(result: GenerationResult, fmt: str, raw: bool, settings
     if raw:
         truncated = ",".join(k for k in ("clip", "t5") if result.truncation[k]["truncated"]) or "none"
         headers = {"X-Seed": str(p.seed), "X-Width": str(p.width), "X-Height": str(p.height),
-                   "X-Backend": result.backend, "X-Prompt-Truncated": truncated,
+                   "X-Backend": result.backend, "X-Service": result.service or settings.service,
+                   "X-Prompt-Truncated": truncated,
                    **{f"X-Timing-{k.removesuffix('_ms').title()}-Ms": str(v) for k, v in timings.items()}}
         return Response(content=datas[0], media_type=MEDIA_TYPES[fmt], headers=headers)
     return GenerateResponse(
@@ -195,7 +197,7 @@ async def build_response(result: GenerationResult, fmt: str, raw: bool, settings
         width=p.width, height=p.height,
         num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
         negative_prompt=p.negative_prompt, true_cfg_scale=p.true_cfg_scale,
-        model=result.model, backend=result.backend,
+        model=result.model, backend=result.backend, service=result.service or settings.service,
         loras=[LoraRef(name=s.name, weight=s.weight) for s in result.loras],
         prompt_truncation=result.truncation, warnings=[*notes, *_warnings(result.truncation)], timings=timings,
         request_id=request_id,

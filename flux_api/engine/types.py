@@ -26,6 +26,7 @@ class GenerationParams:
     init_image: Any = None  # a checked RGB PIL image of exactly width x height: image-to-image
     mask_image: Any = None  # with init_image: a PIL "L" image, 255 = repaint (inpainting)
     strength: float | None = None  # with init_image: how much of it is repainted (1.0: all of it)
+    service: str | None = None  # Ray Serve's routing (fp4 | bf16 | auto); None on a plain service: itself
 
     @property
     def kind(self) -> str:
@@ -69,3 +70,4 @@ class GenerationResult:
     inference_ms: float
     backend: str
     model: str
+    service: str | None = None  # the service that drew it, where a front routes between two (Ray Serve)

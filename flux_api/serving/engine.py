@@ -1,0 +1,231 @@
+"""RayEngine: the EngineClient of the Ray Serve ingress. The routes are the plain service's, unchanged.
+
+What must outlive one model replica lives here, in the ingress: the jobs (the engine's own Scheduler,
+whose "replicas" are slots that each forward one job to a deployment), their progress events, result
+links (the app's), and the pinned LoRAs, which travel with every request, so a replica started later
+by the autoscaler draws them too (a handle never brings a follow-up call back to the same replica).
+
+A job runs as one streaming call to the deployment its `service` names (or `auto`'s pick): each
+progress event the replica yields becomes the ingress job's step. Failures map onto the domain
+errors: Ray's backpressure -> QueueFull (429, Retry-After); a replica that died before the job's first
+step -> retried once on another replica (no event was sent, so none is repeated); after it -> failed,
+saying why; a domain error raised in the replica -> that error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
+
+from ..engine.client import JobEvents
+from ..engine.lora import LoraSpec, list_lora_folder
+from ..engine.scheduler import QUEUED, Job, Scheduler
+from ..engine.types import READY, GenerationParams
+from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, JobNotFound, LoraNotPinned, QueueFull
+from ..settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+class _Slot:
+    """One generation in flight from the ingress to a deployment (the Scheduler's "replica")."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def on_thread_start(self) -> None:
+        pass
+
+
+class RayEngine:
+    def __init__(self, settings: ServiceSettings, handles: dict, slots: int = 8):
+        self.settings = settings
+        self.handles = handles  # service -> DeploymentHandle of its FluxModelDeployment
+        self.routes = tuple(handles)  # what the `service` field offers (besides auto)
+        self.service = "ray"
+        self.model = settings.model
+        self.slots = slots
+        self.scheduler: Scheduler | None = None
+        self.pinned: tuple[LoraSpec, ...] = ()
+        self.hooks: list = []
+        self._in_flight = {s: 0 for s in handles}  # per service: auto's measure of the wait
+        self._lock = threading.Lock()
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.scheduler = Scheduler([_Slot(i) for i in range(self.slots)], self.settings.queue_size,
+                                   self.settings.jobs_keep, self.settings.jobs_keep_s, on_finish=self._finished)
+
+    def begin_shutdown(self) -> None:
+        self.shutting_down = True
+        if self.scheduler is not None:
+            self.scheduler.drain()
+
+    async def stop(self, grace_s: float = 30.0) -> None:
+        if self.scheduler is not None:
+            import asyncio
+
+            await asyncio.to_thread(self.scheduler.shutdown, grace_s)
+
+    async def load(self, wait: bool) -> dict:
+        # The deployments load in their constructors; Ray starts, restarts and scales them.
+        return {"status": "loaded", "started": False, "phase": READY}
+
+    def health(self) -> dict:
+        alive = self.scheduler.alive if self.scheduler else 0
+        return {"ready": alive > 0 and not self.shutting_down, "phase": READY, "error": None,
+                "replicas": {"alive": alive, "dead": sorted(self.scheduler.dead) if self.scheduler else []}}
+
+    def backend_name(self) -> str:
+        return "ray-serve: " + ", ".join(self.routes)
+
+    # ------------------------------------------------------------------ generation
+
+    def choose(self, requested: str | None) -> str:
+        """The service a request goes to: the one it names, or (auto) the one with fewer requests in
+        flight from this ingress, the first listed on a tie."""
+        if requested not in (None, "auto"):
+            return requested
+        with self._lock:
+            return min(self.routes, key=lambda s: self._in_flight[s])
+
+    async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> Job:
+        service = self.choose(params.service)
+        # The pinned set travels with the request: whichever replica draws it applies the same LoRAs.
+        loras = self.pinned if params.loras is None else params.loras
+        params = dataclasses.replace(params, service=service, loras=loras)
+        handle = self.handles[service]
+
+        def run(slot: _Slot, job: Job):
+            with self._lock:
+                self._in_flight[service] += 1
+            try:
+                return self._run(handle, service, params, job)
+            finally:
+                with self._lock:
+                    self._in_flight[service] -= 1
+
+        job = self.scheduler.submit(run, total_steps=params.total_steps, deadline=deadline, request_id=request_id,
+                                    num_images=params.num_images)
+        job.extra["service"] = service
+        return job
+
+    def _run(self, handle, service: str, params: GenerationParams, job: Job):
+        for attempt in (1, 2):
+            stream = handle.options(stream=True).generate.remote(params, job.request_id)
+            job.extra["ray_stream"] = stream  # cancel() stops it while the slot waits for an event
+            stepped = False
+            try:
+                job.check_interrupt()  # cancelled while the call was being made
+                for event in stream:
+                    if event["event"] == "progress":
+                        stepped = True
+                        job.on_step(event["step"])  # raises once the job is cancelled or past its deadline
+                    elif event["event"] == "result":
+                        return event["result"]
+                raise GenerationFailed(f"the {service} replica ended the job without a result")
+            except (JobCancelled, GenerationTimeout):
+                stream.cancel()
+                raise
+            except RequestCancelledError:
+                job.check_interrupt()  # the job's own cancel error
+                raise GenerationFailed(f"the {service} request was cancelled by Ray Serve")
+            except BackPressureError as e:
+                raise QueueFull(f"the {service} deployment's queue is full ({e.message}); retry later",
+                                retry_after_s=max(1, int(e.retry_after_s or 5)))
+            except RayTaskError as e:  # raised inside the replica: its domain error, as the plain service says it
+                cause = e.cause
+                if isinstance(cause, FluxAPIError):
+                    raise cause from None
+                raise GenerationFailed(f"the {service} replica failed: {type(cause).__name__}: {cause}") from None
+            except REPLICA_GONE as e:
+                if stepped or attempt == 2:
+                    raise GenerationFailed(f"the {service} replica drawing this job died mid-run ({type(e).__name__}); "
+                                           "Ray replaces it: submit again") from None
+                log.warning("the %s replica died before job %s started; retrying once on another", service, job.id)
+            finally:
+                job.extra.pop("ray_stream", None)
+
+    def job(self, job_id: str) -> Job:
+        job = self.scheduler.get(job_id) if self.scheduler else None
+        if job is None:
+            raise JobNotFound(f"no job {job_id} (finished jobs are kept for {self.settings.jobs_keep_s:.0f} s, "
+                              f"the last {self.settings.jobs_keep})")
+        return job
+
+    def position(self, job: Job) -> int | None:
+        return self.scheduler.position(job) if job.state == QUEUED else None
+
+    def cancel(self, job: Job, reason: str, error=None) -> bool:
+        cancelled = self.scheduler.cancel(job, reason, error)
+        stream = job.extra.get("ray_stream")
+        if cancelled and stream is not None:
+            stream.cancel()  # wakes the slot blocked on the next event; the replica cancels its job
+        return cancelled
+
+    def events(self, job: Job) -> JobEvents:
+        return JobEvents(job)
+
+    # ------------------------------------------------------------------ LoRA pinning, owned by the ingress
+
+    async def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
+        """Pin a set after each deployment has checked it (found, fits); every later request carries it."""
+        for handle in self.handles.values():
+            try:
+                await handle.check_loras.remote(loras)
+            except RayTaskError as e:
+                raise (e.cause if isinstance(e.cause, FluxAPIError) else GenerationFailed(str(e.cause))) from None
+        self.pinned = tuple(loras)
+        return await self.lora_status()
+
+    async def remove_loras(self, name: str | None) -> dict:
+        if name is not None and name not in {s.name for s in self.pinned}:
+            raise LoraNotPinned(f"LoRA {name!r} is not pinned: nothing to remove")
+        self.pinned = tuple(s for s in self.pinned if name is not None and s.name != name)
+        return await self.lora_status()
+
+    async def lora_status(self) -> dict:
+        # "loaded" is per replica and replicas come and go: the ingress reports none.
+        return {"pinned": [s.as_dict() for s in self.pinned], "loaded": [],
+                "cache_size": self.settings.lora_cache_size, "lora_dir": str(self.settings.lora_dir)}
+
+    async def list_loras(self) -> dict:
+        import asyncio
+
+        return {"available": await asyncio.to_thread(list_lora_folder, self.settings.lora_dir),
+                **await self.lora_status()}
+
+    async def status(self) -> dict:
+        services = {}
+        for name, handle in self.handles.items():
+            try:
+                services[name] = await handle.info.remote()  # one replica's view
+            except Exception as e:  # noqa: BLE001 - a status page reports, never fails
+                services[name] = {"error": f"{type(e).__name__}: {e}"}
+        return {"service": "ray", "phase": READY, "model": self.model, "routes": list(self.routes),
+                "pinned": [s.as_dict() for s in self.pinned], "services": services,
+                "in_flight": dict(self._in_flight)}
+
+    # ------------------------------------------------------------------ observability
+
+    def counts(self) -> dict:
+        s = self.scheduler
+        return {"queued": s.queued if s else 0, "running": s.running if s else 0}
+
+    def devices(self) -> list[dict]:
+        return []  # the GPUs are the replicas', on other processes or machines
+
+    def on_job_finished(self, hook) -> None:
+        self.hooks.append(hook)
+
+    def _finished(self, job: Job) -> None:
+        for hook in self.hooks:
+            hook(job)
