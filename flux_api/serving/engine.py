@@ -161,6 +161,9 @@ class RayEngine:
                               f"the last {self.settings.jobs_keep})")
         return job
 
+    def jobs(self, limit: int, states: frozenset[str] | None = None) -> list[Job]:
+        return self.scheduler.recent(limit, states) if self.scheduler else []
+
     def position(self, job: Job) -> int | None:
         return self.scheduler.position(job) if job.state == QUEUED else None
 
