@@ -104,6 +104,7 @@ def test_jobs_stream_progress_through_ray(ray_app):
     assert len(steps) == 4
     done = ray_app.client.get(f"/jobs/{job_id}").json()
     assert done["state"] == "done" and done["result"]["service"] == "bf16"
+    assert job_id in [j["id"] for j in ray_app.client.get("/jobs", params={"state": "done"}).json()["jobs"]]
 
 
 def test_two_replicas_draw_at_once(ray_app):
