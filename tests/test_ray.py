@@ -57,11 +57,14 @@ def replica_actors(deployment: str, want: int) -> dict:
     found = {}
 
     def enough():
-        info = handle.actor.remote().result(timeout_s=30)
+        try:  # a replacement replica still loading (2 busy cores) answers late: ask again, within the wait
+            info = handle.actor.remote().result(timeout_s=20)
+        except TimeoutError:
+            return False
         found[info["pid"]] = info["actor"]
         return len(found) >= want
 
-    wait_for(enough, timeout=30, what=f"{want} replicas of {deployment}")
+    wait_for(enough, timeout=90, what=f"{want} replicas of {deployment}")
     return found
 
 
