@@ -57,6 +57,22 @@ def pytest_configure(config):
 T = TypeVar("T")
 
 
+def build_wheel(out: Path) -> Path:
+    """The package built as pip builds it (a wheel, from a copy of the sources: building writes build/ and
+    *.egg-info beside them), into `out`; its path."""
+    root = Path(__file__).resolve().parent.parent
+    src = out / "src"
+    src.mkdir()
+    for part in ("pyproject.toml", "README.md", "config", "flux_api"):
+        if (root / part).is_dir():
+            shutil.copytree(root / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(root / part, src / part)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(src)], check=True, capture_output=True, timeout=300)
+    return next(out.glob("flux_api-*.whl"))
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 30, interval: float = 0.01, what: str = "the condition") -> T:
     """Poll `predicate` every `interval` s until it returns something truthy, and return that; fail after
     `timeout` s. The tests wait on conditions this way, never on a fixed sleep."""

@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import BF16_DEFAULTS, Served, free_port, wait_for, wait_state
+from conftest import BF16_DEFAULTS, Served, build_wheel, free_port, wait_for, wait_state
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -396,19 +395,10 @@ def test_serve_becomes_the_service(cache_dir):
 def test_the_installed_console_script_talks_to_the_service(served, tmp_path):
     """The package built and installed (as pip does: a wheel, its entry point made into bin/flux-api), then
     that script run against the service."""
-    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
-    src.mkdir()
-    for part in ("pyproject.toml", "README.md", "config", "flux_api"):
-        if (ROOT / part).is_dir():
-            shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(ROOT / part, src / part)
-    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl"), str(src)],
-                   check=True, capture_output=True, timeout=300)
+    wheel = build_wheel(tmp_path)
     target = tmp_path / "installed"
-    subprocess.run([*pip, "install", "--no-deps", "--target", str(target), *map(str, (tmp_path / "whl").glob("*.whl"))],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "install", "--no-deps",
+                    "--target", str(target), str(wheel)], check=True, capture_output=True, timeout=300)
     p = subprocess.run([str(target / "bin" / "flux-api"), "status", "-s", served.url], cwd=tmp_path, capture_output=True,
                        text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(target)})  # the installed copy
     assert p.returncode == 0 and f"flux-bf16 at {served.url}" in p.stdout, p.stderr

@@ -1,8 +1,6 @@
 """The package installs with what it needs: the services' TOML defaults and the web page's files travel
 in the wheel, and an installed service finds them (not only a checkout)."""
 
-import shutil
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -10,20 +8,13 @@ from pathlib import Path
 import flux_api.settings as settings_module
 from flux_api.settings import FP4Settings
 
+from conftest import build_wheel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_carries_the_config_files(tmp_path):
-    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
-    src.mkdir()
-    for part in ("pyproject.toml", "README.md", "config", "flux_api"):
-        if (ROOT / part).is_dir():
-            shutil.copytree(ROOT / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(ROOT / part, src / part)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
-                    str(src)], check=True, capture_output=True, timeout=300)
-    wheel = zipfile.ZipFile(next(tmp_path.glob("flux_api-*.whl")))
+    wheel = zipfile.ZipFile(build_wheel(tmp_path))
     for name in ("fp4.toml", "bf16.toml"):
         packed = wheel.read(f"{wheel.filename.split('/')[-1].split('-py')[0]}.data/data/share/flux_api/config/{name}")
         assert packed == (ROOT / "config" / name).read_bytes()

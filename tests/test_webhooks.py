@@ -13,6 +13,7 @@ that the delivery connects to the address that was checked and not to the name r
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -331,45 +332,44 @@ class StandInResolver:
         return [(socket.AF_INET6 if ":" in a else socket.AF_INET, type, 6, "", (a, port)) for a in self.names[host]]
 
 
+@contextlib.contextmanager
+def stand_in_names(hooked, allow: list[str], names: dict[str, list[str]]):
+    """The service's address policy with `allow` and a stand-in resolver answering `names` (a fake DNS:
+    no name here resolves to what these tests need), put back afterwards; yields the resolver."""
+    policy, resolver = hooked.app.state.webhooks.policy, StandInResolver(names)
+    hooked.app.state.webhooks.policy = AddressPolicy(allow, resolver=resolver)
+    try:
+        yield resolver
+    finally:
+        hooked.app.state.webhooks.policy = policy
+
+
 def test_the_delivery_connects_to_the_address_it_checked_with_the_original_host(hooked, receiver):
     port = int(receiver.url.rsplit(":", 1)[1])
-    policy, resolver = hooked.app.state.webhooks.policy, StandInResolver({"receiver.invalid": ["127.0.0.1"]})
-    hooked.app.state.webhooks.policy = AddressPolicy(["127.0.0.1"], resolver=resolver)
-    try:
+    with stand_in_names(hooked, ["127.0.0.1"], {"receiver.invalid": ["127.0.0.1"]}) as resolver:
         job_id = job_with_callback(hooked, f"http://receiver.invalid:{port}/hook")
         request = receiver.wait()[0]
         # .invalid never resolves (RFC 6761): the connection went to the checked 127.0.0.1, the name was
         # not resolved again by the HTTP client, and the receiver still sees the name it was given.
         assert request["headers"]["Host"] == f"receiver.invalid:{port}" and resolver.asked == ["receiver.invalid"]
         assert webhook_of(hooked, job_id)["attempts"][0]["address"] == "127.0.0.1"
-    finally:
-        hooked.app.state.webhooks.policy = policy
 
 
 def test_an_address_that_does_not_connect_gives_way_to_the_next_checked_one(hooked, receiver):
     port = int(receiver.url.rsplit(":", 1)[1])
-    policy = hooked.app.state.webhooks.policy
-    hooked.app.state.webhooks.policy = AddressPolicy(["127.0.0.0/8"], resolver=StandInResolver(
-        {"two.invalid": ["127.0.0.2", "127.0.0.1"]}))  # nothing listens on 127.0.0.2:port
-    try:
+    # nothing listens on 127.0.0.2:port
+    with stand_in_names(hooked, ["127.0.0.0/8"], {"two.invalid": ["127.0.0.2", "127.0.0.1"]}):
         webhook = webhook_of(hooked, job_with_callback(hooked, f"http://two.invalid:{port}/hook"))
         assert webhook["state"] == "delivered" and len(webhook["attempts"]) == 1
         assert webhook["attempts"][0]["address"] == "127.0.0.1"
-    finally:
-        hooked.app.state.webhooks.policy = policy
 
 
 def test_a_name_with_one_refused_address_among_its_addresses_is_refused_whole(hooked, receiver):
     port = int(receiver.url.rsplit(":", 1)[1])
-    policy = hooked.app.state.webhooks.policy
-    hooked.app.state.webhooks.policy = AddressPolicy(["127.0.0.1"], resolver=StandInResolver(
-        {"rebind.invalid": ["127.0.0.1", "169.254.169.254"]}))
-    try:
+    with stand_in_names(hooked, ["127.0.0.1"], {"rebind.invalid": ["127.0.0.1", "169.254.169.254"]}):
         webhook = webhook_of(hooked, job_with_callback(hooked, f"http://rebind.invalid:{port}/hook"))
         assert webhook["state"] == "failed" and "169.254.169.254" in webhook["error"]
         assert "link-local" in webhook["error"] and receiver.requests == []
-    finally:
-        hooked.app.state.webhooks.policy = policy
 
 
 # ---------------------------------------------------------------------- the request

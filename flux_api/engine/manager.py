@@ -300,11 +300,9 @@ class FluxModelManager:
         return self.scheduler.recent(limit, states) if self.scheduler else []
 
     def job(self, job_id: str) -> Job:
-        job = self.scheduler.get(job_id) if self.scheduler else None
-        if job is None:
-            raise JobNotFound(f"no job {job_id} (finished jobs are kept for {self.settings.jobs_keep_s:.0f} s, "
-                              f"the last {self.settings.jobs_keep})")
-        return job
+        if self.scheduler is None:
+            raise JobNotFound(f"no job {job_id}: the service has not started")
+        return self.scheduler.find(job_id, self.settings.jobs_keep_s, self.settings.jobs_keep)
 
     def on_every_replica(self, fn) -> list:
         """Run fn(replica) on each replica between generations; block until all are done."""

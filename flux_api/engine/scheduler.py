@@ -158,6 +158,15 @@ class Scheduler:
         """Replicas whose worker is running."""
         return len(self.replicas) - len(self.dead)
 
+    def find(self, job_id: str, keep_s: float, keep: int) -> Job:
+        """The job, or JobNotFound saying how long finished jobs are kept (settings jobs_keep_s, jobs_keep)."""
+        from ..errors import JobNotFound
+
+        job = self.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id} (finished jobs are kept for {keep_s:.0f} s, the last {keep})")
+        return job
+
     def get(self, job_id: str) -> Job | None:
         with self._cond:
             self._prune()
