@@ -193,8 +193,11 @@ def test_status_loras_and_jobs(served, tmp_path):
 def test_ctrl_c_cancels_the_job_on_the_service(served, tmp_path):
     """A real process (the console script's code path), a long job, SIGINT once it runs."""
     proc = subprocess.Popen([sys.executable, "-m", "flux_api.cli", "generate", "a slow blue circle", "-s", served.url,
-                             "--steps", "100", "--size", "256x256"],
+                             "--steps", "100", "--size", "512x512"],
                             cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)},
+                            # as a terminal starts it: Ctrl-C's signal not ignored (a shell's background job,
+                            # which may be running this suite, passes SIGINT on ignored, and Python keeps that)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
