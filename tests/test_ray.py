@@ -101,6 +101,24 @@ def test_expected_wait_counts_a_cold_start_and_routes_around_a_broken_deployment
     assert pick({"fp4": 1.0, "bf16": 1.0}) == "fp4"  # a tie: the first listed
 
 
+def test_a_replica_seen_dead_counts_down_until_the_controller_notices():
+    from flux_api.serving.routing import Replicas, ReplicaView
+
+    view = ReplicaView("flux", {"fp4": "FluxFP4"}, period_s=0.1, health_check_s={"fp4": 60.0})
+    view.reported["fp4"] = Replicas(running=1)
+    view.lost("fp4")  # a call met the dead replica; the controller still counts it
+    assert view.replicas["fp4"].running == 0
+    view.reported["fp4"] = Replicas(running=0)  # the controller noticed
+    assert view.replicas["fp4"].running == 0
+    view.reported["fp4"] = Replicas(running=1)  # and its replacement runs
+    assert view.replicas["fp4"].running == 1
+    view.health_check_s["fp4"] = 0.0
+    view.lost("fp4")
+    assert view.replicas["fp4"].running == 0
+    # past two health checks and a poll (0.1 s here), the controller's count is trusted again
+    wait_for(lambda: view.replicas["fp4"].running == 1, timeout=2, what="the lost mark expiring")
+
+
 def test_auto_routes_around_fp4_at_zero_replicas_and_a_request_for_it_cold_starts_it(ray_app):
     assert running_replicas("FluxFP4") == 0
     view = ingress_view(ray_app)
@@ -228,6 +246,9 @@ def test_killed_replica_fails_its_job_clearly_and_is_replaced(ray_app):
     ray.kill(actor)
     failed = wait_state(ray_app, job_id, ("failed",), timeout=60)
     assert "died" in failed["error"]["message"], failed
+    # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
+    routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
+    assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
     t0 = time.monotonic()
     r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # waits for the replacement, never hangs
     assert r.status_code == 200, r.text

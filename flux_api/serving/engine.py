@@ -176,6 +176,8 @@ class RayEngine:
                     raise cause from None
                 raise GenerationFailed(f"the {service} replica failed: {type(cause).__name__}: {cause}") from None
             except REPLICA_GONE as e:
+                if self.replica_view is not None:
+                    self.replica_view.lost(service)  # auto routes around it before Ray's health check
                 if stepped or attempt == 2:
                     raise GenerationFailed(f"the {service} replica drawing this job died mid-run ({type(e).__name__}); "
                                            "Ray replaces it: submit again") from None
