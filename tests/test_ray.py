@@ -1,7 +1,11 @@
 """Ray Serve (issue 15) on a local Ray cluster on the CPU, with the tiny model: one cluster and one
-application for the module (FP4 with one replica, BF16 with two, an ingress), called over real HTTP
-through Ray's proxy. Skipped where Ray is not installed (the `ray` extra; the `test` extra brings it)."""
+application for the module, called over real HTTP through Ray's proxy. FP4 starts at zero replicas
+(at most one, and a Ray queue of one); BF16 autoscales between one and two replicas with short delays.
+The tests run in file order: the first sees FP4 before anything cold-started it.
+Skipped where Ray is not installed (the `ray` extra; the `test` extra brings it)."""
 
+import concurrent.futures
+import math
 import socket
 import time
 import types
@@ -18,6 +22,7 @@ serve = pytest.importorskip("ray.serve")
 pytestmark = [pytest.mark.socket, pytest.mark.slow]
 
 BODY = {"prompt": "a red circle on a blue background", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7}
+LONG = {**BODY, "width": 512, "height": 512, "num_inference_steps": 100}  # seconds: cancelled, never awaited
 
 
 def _free_port() -> int:
@@ -35,10 +40,15 @@ def ray_app(cache_dir, lora_dir):
     # Fractions of a CPU: three replicas and the ingress share a 2-core CI machine. Each replica uses
     # this process's torch thread count, so that its bytes are the in-process services' bytes.
     threads = torch.get_num_threads()
-    args = {"ingress_settings": dict(common), "slots": 6,
-            "fp4": {"num_cpus": 0.25, "torch_threads": threads, "settings": dict(common)},
-            "bf16": {"num_cpus": 0.25, "torch_threads": threads, "min_replicas": 2, "max_replicas": 2,
-                     "settings": dict(common)}}
+    quick = {"num_cpus": 0.25, "torch_threads": threads, "settings": dict(common), "health_check_period_s": 1.0,
+             "metrics_interval_s": 0.5, "look_back_period_s": 1.0, "upscale_delay_s": 0.5}
+    args = {"ingress_settings": dict(common), "slots": 6, "replica_poll_s": 0.25,
+            # FP4: none until a request comes; once started it stays (the later tests kill it); Ray queues
+            # one request at most in front of its one replica, and refuses more (429)
+            "fp4": {**quick, "min_replicas": 0, "max_replicas": 1, "downscale_to_zero_delay_s": 600,
+                    "max_queued_requests": 1},
+            # BF16: one replica, two under load, back to one 2 s after it
+            "bf16": {**quick, "min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 2.0}}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = _free_port()
     try:
@@ -68,6 +78,62 @@ def replica_actors(deployment: str, want: int) -> dict:
     return found
 
 
+def running_replicas(deployment: str) -> int:
+    """RUNNING replicas of the deployment, as Ray Serve's controller reports them."""
+    return serve.status().applications["flux"].deployments[deployment].replica_states.get("RUNNING", 0)
+
+
+def ingress_view(ray_app) -> dict:
+    """The ingress's view of each service: replicas, expected wait (GET /model-status)."""
+    return ray_app.client.get("/model-status").json()["services"]
+
+
+def test_expected_wait_counts_a_cold_start_and_routes_around_a_broken_deployment():
+    from flux_api.serving.routing import Replicas, expected_wait_s, pick
+
+    busy, idle_cold = Replicas(running=2), Replicas(running=0)
+    assert expected_wait_s(4, busy, 3.0, 20.0) == 6.0  # 4 waiting over 2 replicas, 3 s each
+    assert expected_wait_s(0, idle_cold, 3.0, 20.0) == 20.0  # nothing waiting, but a replica must start
+    assert expected_wait_s(2, idle_cold, 3.0, 20.0) == 26.0
+    assert pick({"fp4": expected_wait_s(0, idle_cold, 3.0, 20.0), "bf16": expected_wait_s(4, busy, 3.0, 20.0)}) == "bf16"
+    assert pick({"fp4": expected_wait_s(0, idle_cold, 3.0, 20.0), "bf16": expected_wait_s(16, busy, 3.0, 20.0)}) == "fp4"
+    assert expected_wait_s(0, Replicas(running=0, status="UNHEALTHY"), 3.0, 20.0) == math.inf
+    assert pick({"fp4": 1.0, "bf16": 1.0}) == "fp4"  # a tie: the first listed
+
+
+def test_a_replica_seen_dead_counts_down_until_the_controller_notices():
+    from flux_api.serving.routing import Replicas, ReplicaView
+
+    view = ReplicaView("flux", {"fp4": "FluxFP4"}, period_s=0.1, health_check_s={"fp4": 60.0})
+    view.reported["fp4"] = Replicas(running=1)
+    view.lost("fp4")  # a call met the dead replica; the controller still counts it
+    assert view.replicas["fp4"].running == 0
+    view.reported["fp4"] = Replicas(running=0)  # the controller noticed
+    assert view.replicas["fp4"].running == 0
+    view.reported["fp4"] = Replicas(running=1)  # and its replacement runs
+    assert view.replicas["fp4"].running == 1
+    view.health_check_s["fp4"] = 0.0
+    view.lost("fp4")
+    assert view.replicas["fp4"].running == 0
+    # past two health checks and a poll (0.1 s here), the controller's count is trusted again
+    wait_for(lambda: view.replicas["fp4"].running == 1, timeout=2, what="the lost mark expiring")
+
+
+def test_auto_routes_around_fp4_at_zero_replicas_and_a_request_for_it_cold_starts_it(ray_app):
+    assert running_replicas("FluxFP4") == 0
+    view = ingress_view(ray_app)
+    assert view["fp4"]["replicas"] == 0 and view["fp4"]["expected_wait_s"] >= 60  # the cold start, as wait
+    assert view["bf16"]["replicas"] == 1
+    for _ in range(2):
+        r = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
+        assert r.status_code == 200 and r.json()["service"] == "bf16", r.text
+    assert running_replicas("FluxFP4") == 0  # /model-status and auto never woke it
+    r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # waits for a cold start
+    assert r.status_code == 200 and r.json()["service"] == "fp4", r.text
+    assert running_replicas("FluxFP4") == 1
+    wait_for(lambda: ingress_view(ray_app)["fp4"]["replicas"] == 1, timeout=10, what="the ingress seeing FP4's replica")
+
+
 def test_routes_by_service_and_names_it(ray_app):
     for service in ("fp4", "bf16"):
         r = ray_app.client.post("/generate", json={**BODY, "service": service})
@@ -79,6 +145,20 @@ def test_routes_by_service_and_names_it(ray_app):
     assert r.status_code == 422, r.text
     raw = ray_app.client.post("/generate", json={**BODY, "service": "bf16"}, headers={"Accept": "image/png"})
     assert raw.headers["X-Service"] == "bf16"
+
+
+def test_v1_model_picks_the_service(ray_app):
+    """On /v1, `model` does what `service` does: flux-fp4 / flux-bf16 name one, the model id is auto;
+    X-Service names the one that drew it."""
+    body = {"prompt": BODY["prompt"], "size": "256x256", "num_inference_steps": 2, "seed": 7}
+    for model, service in (("flux-fp4", "fp4"), ("flux-bf16", "bf16")):
+        r = ray_app.client.post("/v1/images/generations", json={**body, "model": model})
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Service"] == service
+    r = ray_app.client.post("/v1/images/generations", json={**body, "model": "tiny"})
+    assert r.status_code == 200 and r.headers["X-Service"] in ("fp4", "bf16"), r.text
+    r = ray_app.client.post("/v1/images/generations", json={**body, "model": "flux-sdxl"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
 def test_same_seed_same_bytes_as_the_plain_service(ray_app, fp4, bf16):
@@ -110,21 +190,53 @@ def test_jobs_stream_progress_through_ray(ray_app):
     assert job_id in [j["id"] for j in ray_app.client.get("/jobs", params={"state": "done"}).json()["jobs"]]
 
 
-def test_two_replicas_draw_at_once(ray_app):
-    """BF16 has two replicas of one pipeline each (max_ongoing_requests 1): two jobs both past their
-    first step, neither finished, are on two replicas at once."""
-    ids = [ray_app.client.post("/jobs", json={**BODY, "service": "bf16", "num_inference_steps": 40, "seed": s}).json()["id"]
-           for s in (1, 2)]
+def test_load_adds_a_bf16_replica_two_draw_at_once_and_it_goes_after_the_load(ray_app):
+    """BF16 runs one replica of one pipeline (max_ongoing_requests 1). Two long jobs: Ray's autoscaler
+    (upscale after 0.5 s) starts a second replica, and both jobs draw at once (both past their first
+    step, neither finished). Cancelled, the load is gone: 2 s later Ray removes a replica."""
+    assert running_replicas("FluxBF16") == 1
+    ids = [ray_app.client.post("/jobs", json={**LONG, "service": "bf16", "seed": s}).json()["id"] for s in (1, 2)]
+    t0 = time.monotonic()
+    try:
+        def both_drawing():
+            jobs = [ray_app.client.get(f"/jobs/{i}").json() for i in ids]
+            assert all(j["state"] in ("queued", "running") for j in jobs), jobs
+            return all(j["state"] == "running" and j["step"] >= 1 for j in jobs)
 
-    def both_drawing():
-        jobs = [ray_app.client.get(f"/jobs/{i}").json() for i in ids]
-        assert all(j["state"] in ("queued", "running") for j in jobs), jobs
-        return all(j["state"] == "running" and j["step"] >= 1 for j in jobs)
-
-    wait_for(both_drawing, timeout=60, what="both jobs drawing")
+        wait_for(both_drawing, timeout=90, interval=0.1, what="both jobs drawing (a second replica)")
+        up_s = time.monotonic() - t0
+        assert running_replicas("FluxBF16") == 2
+        wait_for(lambda: ingress_view(ray_app)["bf16"]["replicas"] == 2, timeout=10, what="the ingress seeing 2")
+    finally:
+        for i in ids:
+            ray_app.client.delete(f"/jobs/{i}")
     for i in ids:
-        assert ray_app.client.delete(f"/jobs/{i}").status_code == 200
         wait_state(ray_app, i, ("cancelled",))
+    t1 = time.monotonic()
+    wait_for(lambda: running_replicas("FluxBF16") == 1, timeout=60, interval=0.2, what="back to one BF16 replica")
+    print(f"autoscaling: 2 BF16 replicas drawing {up_s:.1f} s after the load came; "
+          f"back to 1 {time.monotonic() - t1:.1f} s after it went")
+
+
+def test_rays_backpressure_is_429_with_retry_after(ray_app):
+    """FP4: one replica that takes one request, and a Ray queue of one. With a long job on the replica,
+    of two more requests Ray queues one and refuses the other: 429 queue_full with Retry-After."""
+    long_id = ray_app.client.post("/jobs", json={**LONG, "service": "fp4"}).json()["id"]
+    try:
+        wait_for(lambda: ray_app.client.get(f"/jobs/{long_id}").json()["step"] >= 1, timeout=60,
+                 what="the long job drawing")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(ray_app.client.post, "/generate", json={**BODY, "service": "fp4", "seed": s})
+                     for s in (1, 2)]
+            refused = next(concurrent.futures.as_completed(calls, timeout=60)).result()  # the queued one waits
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["type"] == "queue_full" and "queue is full" in refused.json()["error"]["message"]
+            assert int(refused.headers["Retry-After"]) >= 1
+            ray_app.client.delete(f"/jobs/{long_id}")  # the queued one runs now
+            statuses = sorted(c.result().status_code for c in calls)
+        assert statuses == [200, 429]
+    finally:
+        ray_app.client.delete(f"/jobs/{long_id}")
 
 
 def test_killed_replica_fails_its_job_clearly_and_is_replaced(ray_app):
@@ -134,6 +246,9 @@ def test_killed_replica_fails_its_job_clearly_and_is_replaced(ray_app):
     ray.kill(actor)
     failed = wait_state(ray_app, job_id, ("failed",), timeout=60)
     assert "died" in failed["error"]["message"], failed
+    # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
+    routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
+    assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
     t0 = time.monotonic()
     r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # waits for the replacement, never hangs
     assert r.status_code == 200, r.text

@@ -15,6 +15,7 @@ from ..settings import SETTINGS_CLASSES
 from .config import ServeConfig
 from .engine import RayEngine
 from .model import FluxModelDeployment
+from .routing import ReplicaView
 
 DEPLOYMENT_NAMES = {"fp4": "FluxFP4", "bf16": "FluxBF16"}
 
@@ -28,7 +29,10 @@ class FluxIngress:
     def __serve_build_asgi_app__(self):
         c = self.config
         settings = SETTINGS_CLASSES[c.front](**{"model": c.model, **c.ingress_settings})
-        return create_app(settings, engine=RayEngine(settings, self.handles, c.slots))
+        view = ReplicaView(serve.get_replica_context().app_name, {s: DEPLOYMENT_NAMES[s] for s in self.handles},
+                           c.replica_poll_s, {s: getattr(c, s).health_check_period_s for s in self.handles})
+        cold = {s: getattr(c, s).cold_start_s for s in self.handles}
+        return create_app(settings, engine=RayEngine(settings, self.handles, c.slots, view, cold))
 
 
 def build_app(args: dict | None = None) -> serve.Application:

@@ -28,6 +28,7 @@ from ..engine.scheduler import QUEUED, Job, Scheduler
 from ..engine.types import READY, GenerationParams
 from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, JobNotFound, LoraNotPinned, QueueFull
 from ..settings import ServiceSettings
+from .routing import Replicas, ReplicaView, expected_wait_s, pick
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
@@ -44,7 +45,8 @@ class _Slot:
 
 
 class RayEngine:
-    def __init__(self, settings: ServiceSettings, handles: dict, slots: int = 8):
+    def __init__(self, settings: ServiceSettings, handles: dict, slots: int = 8,
+                 replica_view: ReplicaView | None = None, cold_start_s: dict[str, float] | None = None):
         self.settings = settings
         self.handles = handles  # service -> DeploymentHandle of its FluxModelDeployment
         self.routes = tuple(handles)  # what the `service` field offers (besides auto)
@@ -54,13 +56,21 @@ class RayEngine:
         self.scheduler: Scheduler | None = None
         self.pinned: tuple[LoraSpec, ...] = ()
         self.hooks: list = []
-        self._in_flight = {s: 0 for s in handles}  # per service: auto's measure of the wait
+        self.replica_view = replica_view  # running replicas per service (None: as if one each)
+        self.cold_start_s = {s: 60.0 for s in handles} | (cold_start_s or {})
+        self._routed = {s: 0 for s in handles}  # per service: jobs routed there and not finished
+        self._job_s = {s: None for s in handles}  # per service: a moving average of one job's drawing time
         self._lock = threading.Lock()
         self.shutting_down = False
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.replica_view is not None:
+            import asyncio
+
+            await asyncio.to_thread(self.replica_view.poll)  # auto routes by a real view from the start
+            self.replica_view.start()
         self.scheduler = Scheduler([_Slot(i) for i in range(self.slots)], self.settings.queue_size,
                                    self.settings.jobs_keep, self.settings.jobs_keep_s, on_finish=self._finished)
 
@@ -70,6 +80,8 @@ class RayEngine:
             self.scheduler.drain()
 
     async def stop(self, grace_s: float = 30.0) -> None:
+        if self.replica_view is not None:
+            self.replica_view.stop()
         if self.scheduler is not None:
             import asyncio
 
@@ -89,13 +101,22 @@ class RayEngine:
 
     # ------------------------------------------------------------------ generation
 
+    def expected_waits(self) -> dict[str, float]:
+        """Per service, the rough seconds until a new request would start drawing (routing.py)."""
+        known = [t for t in self._job_s.values() if t is not None]
+        default_job_s = sum(known) / len(known) if known else 1.0  # unmeasured: as long as the other's
+        with self._lock:
+            routed = dict(self._routed)
+        replicas = self.replica_view.replicas if self.replica_view else {}
+        return {s: expected_wait_s(routed[s], replicas.get(s) or Replicas(), self._job_s[s] or default_job_s,
+                                   self.cold_start_s[s]) for s in self.routes}
+
     def choose(self, requested: str | None) -> str:
-        """The service a request goes to: the one it names, or (auto) the one with fewer requests in
-        flight from this ingress, the first listed on a tie."""
+        """The service a request goes to: the one it names, or (auto) the one with the shorter expected
+        wait, the first listed on a tie."""
         if requested not in (None, "auto"):
             return requested
-        with self._lock:
-            return min(self.routes, key=lambda s: self._in_flight[s])
+        return pick(self.expected_waits())
 
     async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> Job:
         service = self.choose(params.service)
@@ -105,18 +126,26 @@ class RayEngine:
         handle = self.handles[service]
 
         def run(slot: _Slot, job: Job):
-            with self._lock:
-                self._in_flight[service] += 1
-            try:
-                return self._run(handle, service, params, job)
-            finally:
-                with self._lock:
-                    self._in_flight[service] -= 1
+            result = self._run(handle, service, params, job)
+            self._measured(service, (result.lora_ms + result.inference_ms) / 1000)
+            return result
 
-        job = self.scheduler.submit(run, total_steps=params.total_steps, deadline=deadline, request_id=request_id,
-                                    num_images=params.num_images)
+        run.service = service  # _finished counts the job off its service's wait, whichever way it ends
+        with self._lock:
+            self._routed[service] += 1
+        try:
+            job = self.scheduler.submit(run, total_steps=params.total_steps, deadline=deadline,
+                                        request_id=request_id, num_images=params.num_images)
+        except BaseException:
+            with self._lock:
+                self._routed[service] -= 1
+            raise
         job.extra["service"] = service
         return job
+
+    def _measured(self, service: str, seconds: float) -> None:
+        old = self._job_s[service]
+        self._job_s[service] = seconds if old is None else 0.7 * old + 0.3 * seconds
 
     def _run(self, handle, service: str, params: GenerationParams, job: Job):
         for attempt in (1, 2):
@@ -147,6 +176,8 @@ class RayEngine:
                     raise cause from None
                 raise GenerationFailed(f"the {service} replica failed: {type(cause).__name__}: {cause}") from None
             except REPLICA_GONE as e:
+                if self.replica_view is not None:
+                    self.replica_view.lost(service)  # auto routes around it before Ray's health check
                 if stepped or attempt == 2:
                     raise GenerationFailed(f"the {service} replica drawing this job died mid-run ({type(e).__name__}); "
                                            "Ray replaces it: submit again") from None
@@ -205,15 +236,25 @@ class RayEngine:
                 **await self.lora_status()}
 
     async def status(self) -> dict:
+        import asyncio
+
         services = {}
+        replicas = self.replica_view.replicas if self.replica_view else {}
+        waits = self.expected_waits()
         for name, handle in self.handles.items():
+            r = replicas.get(name) or Replicas()
+            services[name] = {"replicas": r.running, "deployment_status": r.status,
+                              "expected_wait_s": None if waits[name] == float("inf") else round(waits[name], 2)}
+            if r.running == 0:
+                continue  # asking would cold-start a replica (or wait for one that cannot start)
             try:
-                services[name] = await handle.info.remote()  # one replica's view
+                services[name] |= await asyncio.wait_for(handle.info.remote(), 10)  # one replica's view
             except Exception as e:  # noqa: BLE001 - a status page reports, never fails
-                services[name] = {"error": f"{type(e).__name__}: {e}"}
+                services[name]["error"] = f"{type(e).__name__}: {e}"
+        with self._lock:
+            routed = dict(self._routed)
         return {"service": "ray", "phase": READY, "model": self.model, "routes": list(self.routes),
-                "pinned": [s.as_dict() for s in self.pinned], "services": services,
-                "in_flight": dict(self._in_flight)}
+                "pinned": [s.as_dict() for s in self.pinned], "services": services, "in_flight": routed}
 
     # ------------------------------------------------------------------ observability
 
@@ -228,5 +269,9 @@ class RayEngine:
         self.hooks.append(hook)
 
     def _finished(self, job: Job) -> None:
+        service = getattr(job.fn, "service", None)
+        if service is not None:
+            with self._lock:
+                self._routed[service] -= 1
         for hook in self.hooks:
             hook(job)

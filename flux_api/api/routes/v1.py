@@ -7,7 +7,9 @@ default is the native one; OpenAI's own fields map onto ours: `n` -> num_images,
 quality; auto: none). Our own parameters (seed, steps, guidance, negative prompt, LoRAs, preset,
 strength) are extra fields, which the official client sends through `extra_body`. Errors come in
 OpenAI's shape and statuses (api/errors.py). `model` must name this service's model (the schema lists
-the names; anything else is a 400); `user` is logged. Edits: no mask is image-to-image; with one it is inpainting, edited where the mask is fully
+the names; anything else is a 400); on a front that routes between services (Ray Serve), `flux-fp4` and
+`flux-bf16` pick the service and the model id leaves it to `auto`; the X-Service header names the service
+that drew the images. `user` is logged. Edits: no mask is image-to-image; with one it is inpainting, edited where the mask is fully
 transparent (OpenAI's convention).
 """
 
@@ -18,7 +20,7 @@ import base64
 import json
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Body, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,8 +79,9 @@ def build_openai_requests(native: type[BaseModel], settings: ServiceSettings) ->
                                                                       "for PNG, the zlib effort.")),
         "quality": (Literal[tuple(QUALITY_PRESET)], Field("auto", description="low: the fast preset; medium/standard: "
                                                           "balanced; high/hd: quality; auto: the defaults.")),
-        "model": (Literal[tuple(sorted(_allowed_models(settings)))] | None,
-                  Field(None, description="This service's model id, or flux-fp4/flux-bf16; anything else is refused.")),
+        "model": (Literal[tuple(sorted(_allowed_models(settings, _routes(native))))] | None,
+                  Field(None, description="This service's model id, or flux-fp4/flux-bf16 (where the front routes "
+                        "between them, these pick the service; the model id: auto); anything else is refused.")),
         "user": (str | None, Field(None, max_length=256, description="Logged with the request.")),
         **{name: (native.model_fields[name].annotation, native.model_fields[name]) for name in EXTRAS},
     }
@@ -101,8 +104,15 @@ def _validate(model: type[BaseModel], raw: Any, strict: bool = True) -> BaseMode
         raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]) from None
 
 
-def _allowed_models(settings: ServiceSettings) -> set[str]:
-    return {settings.model, settings.model.rstrip("/").rsplit("/", 1)[-1], f"flux-{settings.service}"}
+def _routes(native: type[BaseModel]) -> tuple[str, ...]:
+    """The services a front routes between (the native body's `service` choices, less auto); () on a plain service."""
+    field = native.model_fields.get("service")
+    return tuple(c for c in get_args(field.annotation) if c != "auto") if field is not None else ()
+
+
+def _allowed_models(settings: ServiceSettings, routes: tuple[str, ...] = ()) -> set[str]:
+    services = routes or (settings.service,)
+    return {settings.model, settings.model.rstrip("/").rsplit("/", 1)[-1], *(f"flux-{s}" for s in services)}
 
 
 def to_native(req: BaseModel, request: Request, edit: bool) -> BaseModel:
@@ -116,6 +126,9 @@ def to_native(req: BaseModel, request: Request, edit: bool) -> BaseModel:
         native["preset"] = preset
     if req.size != "auto":
         native["width"], native["height"] = (int(v) for v in req.size.split("x"))
+    routes = _routes(request.app.state.generate_request)
+    if routes:  # a front routing between services: flux-fp4 / flux-bf16 name one; the model id, auto
+        native["service"] = next((s for s in routes if req.model == f"flux-{s}"), "auto")
     if edit:
         native["image"] = "upload"  # the uploaded bytes are checked apart; this makes the native rules see one
         if getattr(req, "strength", None) is not None:
@@ -123,11 +136,13 @@ def to_native(req: BaseModel, request: Request, edit: bool) -> BaseModel:
     return _validate(request.app.state.generate_request, native)
 
 
-async def _run(request: Request, req: BaseModel, body: BaseModel, inputs, engine, settings) -> dict:
+async def _run(request: Request, response: Response, req: BaseModel, body: BaseModel, inputs, engine,
+               settings) -> dict:
     """Queue, wait (a client that leaves cancels it), encode, answer in OpenAI's shape."""
     params = to_params(body, inputs)
     job = await engine.submit(params, deadline=time.monotonic() + settings.request_timeout_s, request_id=request_id.get())
     result = await wait_for(engine, job, request)
+    response.headers["X-Service"] = result.service or settings.service  # reproducing an image means naming it
     # output_compression: JPEG/WebP quality, or PNG's zlib effort (0-100 onto zlib's 0-9)
     c, png = req.output_compression, req.output_format == "png"
     datas = await asyncio.to_thread(encode_all, result, req.output_format, settings,
@@ -149,11 +164,12 @@ async def _run(request: Request, req: BaseModel, body: BaseModel, inputs, engine
 
 @router.post("/generations", summary="Create images (OpenAI-compatible)", response_model=ImagesResponse,
              response_model_exclude_none=True, responses=ERRORS, openapi_extra={"x-body-model": "ImagesGenerateRequest"})
-async def generations(raw: Annotated[Any, Body()], request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+async def generations(raw: Annotated[Any, Body()], request: Request, response: Response, engine: EngineDep,
+                      settings: SettingsDep) -> dict:
     """OpenAI's images.generate: prompt, n, size, response_format, output_format, output_compression,
     quality, model, user; plus this service's parameters as extra fields."""
     req = _validate(request.app.state.openai_requests["generations"], raw)
-    return await _run(request, req, to_native(req, request, edit=False), Inputs(), engine, settings)
+    return await _run(request, response, req, to_native(req, request, edit=False), Inputs(), engine, settings)
 
 
 TEXT_FIELDS = ("prompt", "negative_prompt", "user", "lora_name")
@@ -200,7 +216,7 @@ async def _form(request: Request, settings: ServiceSettings, model: type[BaseMod
 @router.post("/edits", summary="Edit an image (OpenAI-compatible): image-to-image, or inpainting with a mask",
              response_model=ImagesResponse, response_model_exclude_none=True, responses=ERRORS,
              openapi_extra={"x-body-model": "ImagesEditRequest", "x-body-multipart": ["image", "mask"]})
-async def edits(request: Request, engine: EngineDep, settings: SettingsDep) -> dict:
+async def edits(request: Request, response: Response, engine: EngineDep, settings: SettingsDep) -> dict:
     """OpenAI's images.edit, multipart: `image` (PNG/JPEG/WebP), optional `mask` (a PNG whose fully
     transparent pixels are edited), prompt, n, size (auto: the image's), response_format, ...; plus
     this service's parameters (strength, seed, steps, ...)."""
@@ -209,7 +225,7 @@ async def edits(request: Request, engine: EngineDep, settings: SettingsDep) -> d
     req = _validate(model, fields, strict=False)  # text fields: converted by the schema
     body = to_native(req, request, edit=True)
     inputs = await asyncio.to_thread(check_inputs, body, settings, image, mask, "alpha")
-    return await _run(request, req, body, inputs, engine, settings)
+    return await _run(request, response, req, body, inputs, engine, settings)
 
 
 @router.get("/files/{token}", summary="An image made with response_format=url",
