@@ -67,9 +67,13 @@ def replica_actors(deployment: str, want: int) -> dict:
     found = {}
 
     def enough():
-        try:  # a replacement replica still loading (2 busy cores) answers late: ask again, within the wait
+        from ray.serve.exceptions import BackPressureError
+
+        # A replacement replica still loading (2 busy cores) answers late: ask again, within the wait. The
+        # late call stays queued, so with a deployment's queue of one the next ask may be refused: again.
+        try:
             info = handle.actor.remote().result(timeout_s=20)
-        except TimeoutError:
+        except (TimeoutError, BackPressureError):
             return False
         found[info["pid"]] = info["actor"]
         return len(found) >= want
