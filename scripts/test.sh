@@ -2,7 +2,7 @@
 # The test command: bootstrap the virtual environment, then run the suite on the CPU with the tiny model.
 #   ./scripts/test.sh           everything, both tiers (what CI runs); prints the slowest tests and the time
 #   ./scripts/test.sh --quick   the in-process tier only: tests marked `socket` (a real server or a service
-#                               process of their own) or `slow` are left out; under a minute on 2 cores
+#                               process of their own) or `slow` are left out; about 2.5 minutes on 2 cores
 # Other arguments go to pytest. Fails on any failure, and when no test ran (exit 5).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
