@@ -29,6 +29,7 @@ from starlette.middleware.cors import CORSMiddleware
 from ..errors import Unauthorized
 from ..settings import ServiceSettings
 from .errors import OPENAI_PREFIX, error_response, status_of
+from .links import LINK_PREFIX
 
 SCHEME = "APIKey"  # the OpenAPI security scheme's name (Swagger UI's "Authorize" dialog shows it)
 OPEN_METHODS = ("GET", "HEAD", "OPTIONS")  # an open path is open to reading only
@@ -53,7 +54,7 @@ class AccessRule:
         # routes of their own (self-hosted assets under /docs/...), with FastAPI's turned off (None).
         docs = {"/docs", "/redoc", app.openapi_url, app.swagger_ui_oauth2_redirect_url} - {None}
         self.exact = docs | {"/health", "/health/live", "/ui"} | ({"/metrics"} if metrics_open else set())
-        self.prefixes = ("/docs/", "/ui/", "/v1/images/files/")
+        self.prefixes = ("/docs/", "/ui/", LINK_PREFIX)
 
     def is_open(self, method: str, path: str) -> bool:
         return method.upper() in OPEN_METHODS and (path in self.exact or path.startswith(self.prefixes))

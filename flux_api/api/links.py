@@ -13,6 +13,14 @@ import time
 from collections import OrderedDict
 
 
+LINK_PREFIX = "/v1/images/files/"  # the route that serves them (routes/v1.py), open without a key (access.py)
+
+
+def public_base(request, settings) -> str:
+    """Where links start: the `public_base_url` setting behind a proxy, else the URL the request came in on."""
+    return (settings.public_base_url or str(request.base_url)).rstrip("/")
+
+
 class ResultLinks:
     def __init__(self, keep_seconds: float, keep_count: int):
         self.keep_seconds, self.keep_count = keep_seconds, keep_count
@@ -25,6 +33,10 @@ class ResultLinks:
             self._items[token] = (time.monotonic() + self.keep_seconds, data, media_type)
             self._prune()
         return token
+
+    def url(self, data: bytes, media_type: str, base: str) -> str:
+        """Keep `data` and return its link's full URL (`base` from public_base)."""
+        return f"{base}{LINK_PREFIX}{self.put(data, media_type)}"
 
     def get(self, token: str) -> tuple[bytes, str] | None:
         with self._lock:

@@ -20,7 +20,7 @@ from ...logs import request_id
 from ...schemas import JobCreated, JobDetail, JobList, JobState
 from ...settings import ServiceSettings
 from ..deps import JOB_BODY, EngineDep, JobBody, SettingsDep, WebhooksDep
-from ..links import ResultLinks
+from ..links import ResultLinks, public_base
 from ..errors import error_responses
 from ..results import build_response, params_of
 
@@ -79,7 +79,7 @@ async def final_state(engine: EngineClient, job: Job, settings: ServiceSettings,
         datas = await asyncio.to_thread(lambda: [base64.b64decode(b) for b in result["images"] or [result["image"]]])
         media_type = MEDIA_TYPES[result["format"]]
         result = {**result, "image": None, "images": None,
-                  "urls": [f"{base_url}/v1/images/files/{links.put(d, media_type)}" for d in datas]}
+                  "urls": [links.url(d, media_type, base_url) for d in datas]}
     return {"type": "job.ended", "delivery_id": delivery_id, "job": {**snapshot(engine, job), "result": result}}
 
 
@@ -108,7 +108,7 @@ async def create(body: JobBody, request: Request, engine: EngineDep, settings: S
     job.extra.update(format=body.output_format, arrived=arrived, notes=inputs.notes)
     if url is not None:
         result_links, images = request.app.state.result_links, body.callback_images
-        base_url = (settings.public_base_url or str(request.base_url)).rstrip("/")
+        base_url = public_base(request, settings)
         webhooks.register(job, url, lambda delivery_id: final_state(engine, job, settings, images, result_links,
                                                                     base_url, delivery_id))
     links = {"self": f"/jobs/{job.id}", "events": f"/jobs/{job.id}/events"}

@@ -34,6 +34,7 @@ from ...schemas import LORA_RULES, STRICT, TRUE_CFG_RULE
 from ...settings import ServiceSettings
 from ..deps import EngineDep, SettingsDep
 from ..errors import openai_error_responses
+from ..links import public_base
 from ..results import Inputs, check_inputs, encode_all, to_params, wait_for
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,8 @@ async def _run(request: Request, response: Response, req: BaseModel, body: BaseM
     for payload, seed in zip(datas, params.seeds()):
         item = {"revised_prompt": params.prompt, "seed": seed}
         if req.response_format == "url":
-            token = request.app.state.result_links.put(payload, MEDIA_TYPES[req.output_format])
-            base = (settings.public_base_url or str(request.base_url)).rstrip("/")
-            item["url"] = f"{base}/v1/images/files/{token}"
+            item["url"] = request.app.state.result_links.url(payload, MEDIA_TYPES[req.output_format],
+                                                             public_base(request, settings))
         else:
             item["b64_json"] = base64.b64encode(payload).decode("ascii")
         data.append(item)
