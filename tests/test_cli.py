@@ -262,14 +262,25 @@ def api_error(status: int, type_: str, message: str) -> tuple:
 
 
 @pytest.mark.socket
-def test_the_api_key_is_sent_as_a_bearer_header_from_the_option_or_the_environment():
-    ok = (200, "application/json", json.dumps({"available": [], "lora_dir": "/x"}), 0)
-    with Receiver({"/loras": ok}) as recv:
-        assert cli("loras", "-s", recv.url, "--api-key", "k-option").exit_code == 0
-        assert cli("loras", "-s", recv.url, env={"FLUX_API_KEY": "k-env"}).exit_code == 0
-        assert cli("loras", "-s", recv.url, env={"FLUX_API_KEY": None}).exit_code == 0
-    auth = [h.get("Authorization") for h in recv.seen]
-    assert auth == ["Bearer k-option", "Bearer k-env", None]
+def test_the_api_key_from_the_option_or_the_environment_opens_a_keyed_service(cache_dir, lora_dir, tmp_path):
+    """A real service with API keys on: the key reaches every call generate makes (the job, its event
+    stream, its result), from --api-key or FLUX_API_KEY; without one, the service's 401 is one line."""
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, api_keys=["k-one", "k-two"],
+                            **BF16_DEFAULTS)
+    with Served(create_app(settings)) as keyed:
+        keyed.client.headers["Authorization"] = "Bearer k-one"
+        keyed.wait_ready()
+        r = cli("generate", "a red circle", "-s", keyed.url, "--api-key", "k-one", "--steps", 2, "--seed", 3,
+                "-o", tmp_path / "a.png")
+        assert r.exit_code == 0 and "seed 3:" in r.stdout, r.stderr
+        assert png(tmp_path / "a.png").size == (256, 256)
+        assert cli("loras", "-s", keyed.url, env={"FLUX_API_KEY": "k-two"}).exit_code == 0
+        r = cli("loras", "-s", keyed.url, env={"FLUX_API_KEY": None})
+        assert r.exit_code == EXIT_SERVER
+        assert one_error_line(r, "401 unauthorized: missing API key").endswith("or FLUX_API_KEY)")
+        r = cli("loras", "-s", keyed.url, "--api-key", "k-wrong")
+        assert r.exit_code == EXIT_SERVER and "k-wrong" not in r.stderr
+        one_error_line(r, "401 unauthorized: invalid API key")
 
 
 @pytest.mark.socket
