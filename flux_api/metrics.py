@@ -41,6 +41,11 @@ class Metrics:
         running.set_function(lambda: engine.counts()["running"])
         ready = Gauge("flux_model_ready", "1 when the model is loaded and can generate", registry=r)
         ready.set_function(lambda: 1.0 if engine.health()["ready"] else 0.0)
+        # The promise that no live request compiles: 0 once warm (NaN where the engine cannot know).
+        compiles = Gauge("flux_compiles_after_warmup", "torch.compile graphs compiled after the warm-up (on live "
+                         "requests); should stay 0", registry=r)
+        compiles.set_function(lambda: float(engine.counts().get("compiles_after_warmup") or 0)
+                              if "compiles_after_warmup" in engine.counts() else float("nan"))
         r.register(_GPUMemory(engine))
         engine.on_job_finished(self.observe_job)
 

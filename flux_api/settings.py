@@ -150,7 +150,8 @@ class ServiceSettings(BaseSettings):
     lora_hub: bool = Field(True, description="Allow LoRAs from the Hugging Face Hub (owner/repo[/file.safetensors]).")
     lora_hub_owners: list[str] = Field(default_factory=list, description="If set, only these Hub owners' LoRAs load.")
     lora_max_mb: int = Field(2048, ge=1, description="Size cap for one LoRA file, in MiB.")
-    lora_cache_size: int = Field(4, ge=1, le=64, description="Adapters kept loaded (LRU) for fast switching.")
+    lora_cache_size: int = Field(4, ge=1, le=64, description="LoRAs kept converted on the device (LRU): switching "
+                                 "back to one is a copy into the LoRA slot, not a read of its file.")
     hub_endpoint: str | None = Field(
         None, description="Hugging Face Hub URL (a mirror) for everything the service fetches: the pre-flight, the "
         "size estimate, LoRAs, and (through HF_ENDPOINT, set at start-up) the pipeline's files. Default: HF_ENDPOINT "
@@ -158,9 +159,16 @@ class ServiceSettings(BaseSettings):
 
     # --- speed
     compile: Literal["auto", "none", "regional"] = Field(
-        "auto", description="regional: torch.compile the repeated transformer blocks at load (about 35 s, counted in "
-        "time to ready; LoRA is refused while compiled). auto: regional where the backend needs it to be fast "
-        "(torchao-fp8), none otherwise, so that LoRA works by default."
+        "auto", description="regional: torch.compile the repeated transformer blocks at load, for every image size "
+        "and for requests with and without LoRA (counted in time to ready; inductor's cache in cache_dir makes "
+        "restarts quicker). Never compiles on a live request: /model-status counts compiles after the warm-up. "
+        "auto: regional on a CUDA GPU for the diffusers (BF16) and torchao-fp8 backends, none on the CPU and "
+        "for the others."
+    )
+    lora_max_rank: int = Field(
+        64, ge=1, le=1024, description="The size of the LoRA slot made at load (lora_slot.py): the highest rank "
+        "of one LoRA, and of the LoRAs of one request together. It costs memory (about 11 MiB per unit of rank "
+        "on FLUX.1, in bf16) and a little time on requests with a LoRA; a LoRA over it gets a 422 naming it."
     )
     cuda_graphs: bool = Field(
         True, description="Replay the transformer step as a CUDA graph (one per image size) for requests without "

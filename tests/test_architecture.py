@@ -147,7 +147,7 @@ def test_nunchaku_adapters_load_the_checked_files_without_a_diffusers_shape_chec
     assert NunchakuBackend.checks_lora_fit is False
     pipe = SimpleNamespace(transformer=StandInNunchakuTransformer())
     resolver = LoraResolver(lora_dir, hub=False)
-    files = LoraChecker(resolver).check([LoraSpec("style", 0.7)], pipe, fit=False)  # no layers to check
+    files = LoraChecker(resolver).check([LoraSpec("style", 0.7)], fit=None)  # no layers to check
     adapters = NunchakuAdapters(pipe, resolver, 4, "nunchaku")
     adapters.activate((LoraSpec("style", 0.7),), set(), files)
     assert pipe.transformer.calls == [("update", str(files["style"].path)), ("strength", 0.7)]
@@ -201,7 +201,7 @@ def test_a_lora_file_that_cannot_be_read_is_a_422_not_a_500(lora_dir, monkeypatc
 
     monkeypatch.setattr(checks, "file_sha256", unreadable)
     with pytest.raises(InvalidLora, match="cannot be read: .*Permission denied"):
-        checks.LoraChecker(LoraResolver(lora_dir, hub=False)).check([LoraSpec("style", 1.0)], pipe=None)
+        checks.LoraChecker(LoraResolver(lora_dir, hub=False)).check([LoraSpec("style", 1.0)], fit=None)
 
 
 def test_the_plain_services_never_import_ray():

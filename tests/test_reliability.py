@@ -410,22 +410,22 @@ def test_no_live_worker_fails_fast_instead_of_hanging(cache_dir, lora_dir, monke
                                            (OSError("disk went away (fake)"), 500, "generation_failed"),
                                            (ValueError("target modules not found (fake)"), 422, "invalid_lora")])
 def test_a_failing_lora_load_says_whose_fault_it_is_and_changes_nothing(svc, exc, code, kind):
-    """Fake: diffusers' load_lora_weights raises once. Only a LoRA that does not fit is the client's fault."""
+    """Fake: loading the LoRA into the adapter slot raises once. Only a LoRA that does not fit is the
+    client's fault."""
     svc.client.post("/remove-lora")
-    pipe = svc.app.state.manager.replicas[0].pipe
+    adapters = svc.app.state.manager.replicas[0].adapters
     base = gen(svc, seed=4)
     before = svc.client.get("/lora-status").json()
-    real = pipe.load_lora_weights
 
     def fails_once(*a, **kw):
-        pipe.load_lora_weights = real
+        del adapters._load_adapter
         raise exc
 
-    pipe.load_lora_weights = fails_once
+    adapters._load_adapter = fails_once
     try:
         r = gen(svc, lora_name="style", seed=4)
     finally:
-        pipe.load_lora_weights = real
+        adapters.__dict__.pop("_load_adapter", None)
     assert r.status_code == code and r.json()["error"]["type"] == kind, r.text
     assert svc.client.get("/lora-status").json() == before
     assert gen(svc, seed=4).json()["image"] == base.json()["image"]  # the base model, exactly

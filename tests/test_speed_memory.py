@@ -32,13 +32,13 @@ def _planned(manager):
     return manager
 
 
-def test_compile_auto_compiles_fp8_only_and_never_on_the_cpu(cache_dir):
+def test_compile_auto_compiles_bf16_and_fp8_on_a_gpu_and_never_on_the_cpu(cache_dir):
     fp8 = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir), H100, pk(NONE)))
     assert fp8.backend.name == "torchao-fp8" and fp8.speed.compile_mode == "regional"
     bnb = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, backend="bnb-fp4"), H100, pk(NONE)))
-    assert bnb.speed.compile_mode == "none" and bnb.backend.fullgraph is False  # LoRA keeps working by default
+    assert bnb.speed.compile_mode == "none" and bnb.backend.fullgraph is False  # not measured compiled: left off
     bf16 = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir), H100))
-    assert bf16.speed.compile_mode == "none" and bf16.speed.graphs_off_reason is None
+    assert bf16.speed.compile_mode == "regional" and bf16.speed.graphs_off_reason is None
     cpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, pk(NONE)))
     assert cpu.speed.compile_mode == "none" and cpu.speed.graphs_off_reason == "no CUDA device"
     forced = _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, compile="regional"), H100))

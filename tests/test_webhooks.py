@@ -248,20 +248,19 @@ def test_cancelled_and_failed_jobs_call_back_too(hooked, receiver):
         assert job["error"]["type"] == "cancelled"
     finally:
         hooked.client.delete(f"/jobs/{slow}")
-    # Fake: diffusers' load_lora_weights fails once (a disk that went away), so the job fails.
-    pipe = hooked.app.state.manager.replicas[0].pipe
-    real = pipe.load_lora_weights
+    # Fake: loading the LoRA into the adapter slot fails once (a disk that went away), so the job fails.
+    adapters = hooked.app.state.manager.replicas[0].adapters
 
     def fails_once(*a, **kw):
-        pipe.load_lora_weights = real
+        del adapters._load_adapter
         raise OSError("disk went away (fake)")
 
-    pipe.load_lora_weights = fails_once
+    adapters._load_adapter = fails_once
     try:
         failed = job_with_callback(hooked, receiver.url, lora_name="style")
         job = verified(receiver.wait(2)[1])["job"]
     finally:
-        pipe.load_lora_weights = real
+        adapters.__dict__.pop("_load_adapter", None)
     assert job["id"] == failed and job["state"] == "failed" and job["error"]["type"] == "generation_failed"
 
 

@@ -12,12 +12,6 @@ from collections import OrderedDict
 from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, LoraNotFound
 from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, file_version, inspect_lora
 
-
-# Loading a LoRA is not thread-safe across pipelines: diffusers/peft create the adapter layers under
-# accelerate's init_empty_weights(), which patches nn.Module globally, so two replicas loading at once
-# leave one of them with adapter weights on the meta device (seen on two CPU replicas). Loads and
-# deletions therefore take one process-wide lock; switching with set_adapters does not need it.
-_STRUCTURE_LOCK = threading.Lock()
 log = logging.getLogger(__name__)
 
 
@@ -44,7 +38,10 @@ def lora_load_error(e: Exception, names: str, backend: str) -> FluxAPIError:
 
 
 class AdapterSet:
-    """diffusers/peft adapters: load_lora_weights, set_adapters, delete_adapters."""
+    """The LoRA adapters of one pipeline, whatever holds them: which LoRAs are loaded (an LRU cache of
+    `cache_size`), their files and hashes, which set is active, and changing that atomically. A
+    subclass says how an adapter is loaded, deleted, switched on and off (`lora_slot.SlotAdapterSet`,
+    the peft one; the Nunchaku backend's own)."""
 
     lora_keys = True  # files must hold lora_A/lora_down tensors (a backend with its own format says no)
 
@@ -56,9 +53,39 @@ class AdapterSet:
         self.paths: dict[str, object] = {}  # LoRA name -> its file, and that file's version when loaded
         self.versions: dict[str, tuple] = {}
         self.active: tuple[LoraSpec, ...] | None = ()  # what the pipeline is set to; None: unknown
-        self.on_change = None  # called after adapter layers are added or removed (drops CUDA graphs)
         self._counter = 0
         self._names = threading.Lock()  # the worker changes the name maps, other threads read them
+
+    # ------------------------------------------------------------------ what a subclass says
+
+    def fit_check(self, path, name: str) -> None:
+        """Raise InvalidLora when the file cannot go into this model (in the request's path: no GPU)."""
+        check_lora_fits(self.pipe, path, name)
+
+    def check_together(self, loras: tuple[LoraSpec, ...], files: dict[str, LoraFile]) -> None:
+        """Raise InvalidLora when these LoRAs cannot be active at once (each one fits on its own)."""
+
+    def _load_adapter(self, file: LoraFile, state: dict, adapter: str) -> None:
+        raise NotImplementedError
+
+    def _delete_adapter(self, adapter: str) -> None:
+        raise NotImplementedError
+
+    def _switch_off(self) -> None:
+        raise NotImplementedError
+
+    def _switch_to(self, loras: tuple[LoraSpec, ...], adapters: list[str]) -> None:
+        raise NotImplementedError
+
+    def graph_variant(self):
+        """The CUDA graph variant the active set runs, or None to run the ordinary forward."""
+        return "base" if not self.active else None
+
+    def warm_variants(self):
+        """For the warm-up: switch to each variant a LoRA request runs, yielding once per variant."""
+        yield from ()
+
+    # ------------------------------------------------------------------ bookkeeping
 
     def loaded(self) -> list[dict]:
         with self._names:
@@ -108,8 +135,7 @@ class AdapterSet:
         if self.active is not None and self.active == loras:
             return
         if not loras:
-            if self.adapters:
-                self.pipe.disable_lora()
+            self._switch_off()
         else:
             files = self.files_to_load(loras, checked)
             keep = {s.name for s in loras} | set(pinned)
@@ -122,8 +148,7 @@ class AdapterSet:
                         self.drop(n)
                 self.active = None
                 raise
-            self.pipe.enable_lora()
-            self.pipe.set_adapters(names, [s.weight for s in loras])
+            self._switch_to(loras, names)
             with self._names:
                 for s in loras:
                     self.adapters.move_to_end(s.name)
@@ -131,16 +156,14 @@ class AdapterSet:
 
     def _load(self, file: LoraFile, keep: set[str]) -> str:
         if not file.fit_checked:
-            check_lora_fits(self.pipe, file.path, file.name)
+            self.fit_check(file.path, file.name)
         state, version = self._read(file)
         self._counter += 1
         adapter = f"lora_{self._counter}"
         try:
-            with _STRUCTURE_LOCK:
-                self._changed()
-                self.pipe.load_lora_weights(state, adapter_name=adapter)
+            self._load_adapter(file, state, adapter)
         except Exception as e:
-            self._delete(adapter)
+            self._delete_adapter(adapter)
             raise lora_load_error(e, repr(file.name), self.backend) from e
         with self._names:
             self.adapters[file.name] = adapter
@@ -182,25 +205,9 @@ class AdapterSet:
             self.paths.pop(name, None)
             self.versions.pop(name, None)
             adapter = self.adapters.pop(name)
-        self._delete(adapter)
-        self.active = None
+        self._delete_adapter(adapter)
+        self.active = None  # what is switched on may have been this adapter: set it again on next use
 
     def drop_all_but(self, keep: set[str], only: str | None = None) -> None:
         for n in [n for n in self.adapters if n not in keep and (only is None or n == only)]:
             self.drop(n)
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def _delete(self, adapter: str) -> None:
-        with _STRUCTURE_LOCK:
-            self._changed()
-            try:
-                self.pipe.delete_adapters(adapter)
-            except Exception:  # it was never (fully) created
-                pass
-            if not self.adapters:
-                # No adapter left: take the LoRA layers out entirely, so the base model is exactly back.
-                self.pipe.unload_lora_weights()
-                self.active = ()

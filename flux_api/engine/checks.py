@@ -1,8 +1,8 @@
 """Everything a request is checked for before it queues: what needs no GPU never waits for one.
 
-Runs in the request's own path (never on the event loop, never on a GPU worker): readiness, the
-compile refusal, and each named LoRA found (folder or Hub), readable, fitting this model's layers,
-and hashed. A bad request fails in milliseconds, even while every GPU is busy, and never takes a queue
+Runs in the request's own path (never on the event loop, never on a GPU worker): readiness, and each
+named LoRA found (folder or Hub), readable, fitting this model's layers and its adapters' limits (the
+adapter set's `fit_check`), and hashed. A bad request fails in milliseconds, even while every GPU is busy, and never takes a queue
 slot. The worker hashes each file again, in full, right before it loads it. (A pinned set that a
 reload has to load again is found and inspected on the worker: there is no request to check it in.)
 """
@@ -10,10 +10,11 @@ reload has to load again is found and inspected on the worker: there is no reque
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
-from ..errors import InvalidLora, InvalidRequest, LoraNotFound
-from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, file_version, inspect_lora
+from ..errors import InvalidLora, LoraNotFound
+from .lora import LoraFile, LoraResolver, LoraSpec, file_sha256, file_version, inspect_lora
 
 
 class LoraChecker:
@@ -28,17 +29,18 @@ class LoraChecker:
         self._file_locks: dict[str, threading.Lock] = {}
         self._max = max_remembered
 
-    def check(self, loras: Iterable[LoraSpec], pipe, fit: bool = True) -> dict[str, LoraFile]:
-        """Each LoRA's file, checked (against `pipe`'s layers too, where `fit`: a backend with its own
-        LoRA format says no). 1. Find and inspect every file, so a missing one is reported before one
-        that does not fit, as the model would meet them; 2. hash each and check that it fits."""
+    def check(self, loras: Iterable[LoraSpec], fit: Callable[[Path, str], None] | None) -> dict[str, LoraFile]:
+        """Each LoRA's file, checked (and `fit(path, name)`, the adapter set's check against this model,
+        where given: a backend with its own LoRA format has none). 1. Find and inspect every file, so a
+        missing one is reported before one that does not fit, as the model would meet them; 2. hash
+        each and check that it fits."""
         found = {}
         for spec in loras:
             found[spec.name] = self.resolver.resolve(spec.name)
-            inspect_lora(found[spec.name].path, lora_keys=fit)  # its header only: milliseconds
-        return {name: self._hash_and_fit(f, pipe, fit) for name, f in found.items()}
+            inspect_lora(found[spec.name].path, lora_keys=fit is not None)  # its header only: milliseconds
+        return {name: self._hash_and_fit(f, fit) for name, f in found.items()}
 
-    def _hash_and_fit(self, f: LoraFile, pipe, fit: bool) -> LoraFile:
+    def _hash_and_fit(self, f: LoraFile, fit: Callable[[Path, str], None] | None) -> LoraFile:
         with self._lock:
             file_lock = self._file_locks.setdefault(str(f.path), threading.Lock())
         with file_lock:
@@ -49,24 +51,16 @@ class LoraChecker:
                 raise LoraNotFound(f"LoRA {f.name!r} disappeared while it was being checked") from None
             except OSError as e:
                 raise InvalidLora(f"LoRA {f.name!r} cannot be read: {e}") from e
-            key = (str(f.path), sha, fit)
+            key = (str(f.path), sha, fit is not None)
             with self._lock:
                 passed = key in self._passed
             if not passed:
-                if fit:
-                    check_lora_fits(pipe, f.path, f.name)
+                if fit is not None:
+                    fit(f.path, f.name)
                 if file_version(f.path) != before:  # what was checked may not be what was hashed
                     raise InvalidLora(f"LoRA {f.name!r} changed while it was being checked; send the request again")
                 with self._lock:
                     if len(self._passed) >= self._max:
                         self._passed.clear()
                     self._passed.add(key)
-        return f.checked(sha, fit)
-
-
-def refuse_lora_if_compiled(loras, compile_mode: str, compile_setting: str, service: str) -> None:
-    # Loading an adapter into a compiled transformer recompiles it; hotswap is not built yet.
-    if loras and compile_mode != "none":
-        raise InvalidRequest(
-            f"LoRA is not available while the transformer is compiled (compile={compile_setting} -> regional): "
-            f"loading one would recompile it; set FLUX_{service.upper()}_COMPILE=none for LoRA")
+        return f.checked(sha, fit is not None)

@@ -223,7 +223,8 @@ class LocalEngine:
 
     def counts(self) -> dict:
         sched = self.manager.scheduler
-        return {"queued": sched.queued if sched else 0, "running": sched.running if sched else 0}
+        return {"queued": sched.queued if sched else 0, "running": sched.running if sched else 0,
+                "compiles_after_warmup": self.manager.compiles.after_warmup}
 
     def devices(self) -> list[dict]:
         return memory_report(self.manager.hardware)

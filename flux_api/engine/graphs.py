@@ -7,9 +7,10 @@ work). Replaying a captured graph issues the step in one call.
 What a graph bakes in, and how this stays correct:
 - the input shapes: one graph per (shapes, dtypes, guidance or not); a new size captures a new graph
   on its first step (one extra forward), and the least recently used graph goes beyond `max_graphs`;
-- the module structure and the weights' addresses: a request with a LoRA active runs the ordinary
-  forward, and every LoRA load or deletion drops all graphs (`clear()`), so a graph never replays
-  weights or layers that have changed;
+- the module structure and the weights' addresses: LoRAs never change either (lora_slot.py: one
+  adapter slot made at load, filled in place), so a graph replays any LoRA; the slot switched on or off
+  is part of the key (`variant`, from the adapter set). An adapter set that cannot promise this (the
+  Nunchaku backend's) answers None while a LoRA is active, and that request runs the ordinary forward;
 - the output buffer: each replay's output is cloned, so two calls in one step (true CFG) do not
   overwrite each other.
 The graphs of one transformer share one memory pool: one replica runs one forward at a time.
@@ -30,15 +31,15 @@ _TENSOR_ARGS = ("hidden_states", "encoder_hidden_states", "pooled_projections", 
 class GraphedForward:
     """Installed as `transformer.forward`; falls back to the original forward where a graph cannot apply."""
 
-    def __init__(self, transformer, max_graphs: int = 4):
+    def __init__(self, transformer, variant=lambda: "base", max_graphs: int = 8):
         import torch
 
         self.transformer = transformer
         self.eager = transformer.forward
+        self.variant = variant  # () -> the variant to replay (part of the key), or None: run eagerly
         self.max_graphs = max_graphs
         self.graphs: OrderedDict[tuple, tuple] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
-        self.bypass = False  # set while a request has a LoRA active
         self.failed: str | None = None  # capture failed once: never try again
         self.captures = 0
         self._lock = threading.Lock()
@@ -47,15 +48,6 @@ class GraphedForward:
         self.transformer.forward = self
         return self
 
-    def clear(self) -> None:
-        import torch
-
-        with self._lock:
-            self.graphs.clear()
-            # The pool dies with its last graph; capturing into its handle again trips an allocator
-            # assert (seen on an H100 after a LoRA load cleared the graphs), so take a fresh one.
-            self.pool = torch.cuda.graph_pool_handle()
-
     def status(self) -> dict:
         return {"graphs": len(self.graphs), "max_graphs": self.max_graphs, "captures": self.captures,
                 "failed": self.failed}
@@ -63,7 +55,8 @@ class GraphedForward:
     def __call__(self, *args, return_dict: bool = True, **kwargs):
         import torch
 
-        usable = (not args and not self.bypass and self.failed is None and not torch.is_grad_enabled()
+        variant = self.variant()
+        usable = (not args and variant is not None and self.failed is None and not torch.is_grad_enabled()
                   and set(kwargs) <= set(_TENSOR_ARGS) | {"joint_attention_kwargs"}
                   and not kwargs.get("joint_attention_kwargs")
                   and all(kwargs.get(k) is None or isinstance(kwargs[k], torch.Tensor) for k in _TENSOR_ARGS)
@@ -72,7 +65,7 @@ class GraphedForward:
             return self.eager(*args, return_dict=return_dict, **kwargs)
         inputs = {k: kwargs[k] for k in _TENSOR_ARGS if kwargs.get(k) is not None}
         # Tensors made under inference_mode cannot be written outside it: that is part of the key too.
-        key = (torch.is_inference_mode_enabled(), *((k, tuple(t.shape), t.dtype) for k, t in inputs.items()))
+        key = (variant, torch.is_inference_mode_enabled(), *((k, tuple(t.shape), t.dtype) for k, t in inputs.items()))
         with self._lock:
             entry = self.graphs.get(key)
             if entry is None:

@@ -20,9 +20,10 @@ from typing import ClassVar
 from ..errors import FluxAPIError, JobNotFound, ModelNotReady, ShuttingDown
 from ..settings import ServiceSettings
 from .backends import Backend, Packages, select_backend
-from .checks import LoraChecker, refuse_lora_if_compiled
+from .checks import LoraChecker
+from .compiles import CompileWatch
 from .devices import Hardware, PlacementPlan, detect_hardware, plan_placement
-from .lora import LoraResolver, LoraSpec, list_lora_folder
+from .lora import LoraFile, LoraResolver, LoraSpec, list_lora_folder
 from .loader import LoadSpec
 from .pinning import LoraPinning
 from .replica import Replica, RunConfig
@@ -64,6 +65,7 @@ class FluxModelManager:
         self.lora_checks = LoraChecker(self.lora_files)
         self.pinning = LoraPinning()
         self.job_hooks: list = []  # called with each finished Job (metrics)
+        self.compiles = CompileWatch()  # torch.compile's graphs, counted from the end of the warm-up
         self._load_lock = threading.Lock()  # held for a whole load: one copy, ever
         self._state_lock = threading.Lock()  # held briefly: never blocks the event loop
         self._loading = False
@@ -162,14 +164,15 @@ class FluxModelManager:
                 # 3. One pipeline per device, prepared (low memory, compile), with adapters and graphs.
                 for i, device in enumerate(self.plan.devices):
                     replicas.append(self._build_replica(i, device, spec))
-                # 4. Warm-up: first-call costs (compile, graph capture) before /health says ready.
+                # 4. Warm-up: first-call costs (compile, graph capture) before /health says ready, for
+                # the base model and for each variant a LoRA request runs (the slot switched on).
                 if self.settings.warmup:
                     self.phase = WARMING_UP
                     for r in replicas:
                         r.on_thread_start()
                         for px in self.speed.warmup_sizes(r.graphs is not None):
-                            r.run(GenerationParams(prompt="warm-up", seed=0, width=px, height=px,
-                                                   num_inference_steps=2, guidance_scale=3.5))
+                            r.warm_up(px)
+                self.compiles.start()  # from here on, a compile would be on a live request
                 # 5. The workers: one thread per replica behind one queue.
                 self.replicas = replicas
                 self.scheduler = Scheduler(replicas, self.settings.queue_size, self.settings.jobs_keep,
@@ -199,14 +202,14 @@ class FluxModelManager:
 
     def _build_replica(self, index: int, device: str, spec: LoadSpec) -> Replica:
         pipe = self.backend.load_pipeline(spec, device)
+        # The adapters before compiling: the LoRA slot is part of what gets compiled (lora_slot.py).
+        adapters = self.backend.adapters(pipe, self.lora_files, self.settings, spec.dtype)
         self.speed.prepare(pipe, self.free_memory)
-        adapters = self.backend.adapter_class(pipe, self.lora_files, self.settings.lora_cache_size, self.backend.name)
         graphs = None
         if self.speed.graphs_off_reason is None:
             from .graphs import GraphedForward
 
-            graphs = GraphedForward(pipe.transformer).install()
-            adapters.on_change = graphs.clear  # a new or deleted adapter changes what a graph replays
+            graphs = GraphedForward(pipe.transformer, adapters.graph_variant).install()
         config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
                            self.speed.text_on_cpu, self.free_memory)
         return Replica(index, device, pipe, adapters, config, graphs)
@@ -272,16 +275,20 @@ class FluxModelManager:
         Raises the domain error of the first problem; nothing is queued."""
         self.require_ready()
         loras = params.loras or ()
-        refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
         if not loras:
             return CheckedRequest(params)
-        return CheckedRequest(params, self.lora_checks.check(loras, self._pipe_for_checks(), self.backend.checks_lora_fit))
+        return CheckedRequest(params, self.check_loras(loras))
 
-    def _pipe_for_checks(self):
-        pipe = self.pipe  # one read: an unload may empty the replicas meanwhile
-        if pipe is None:
+    def check_loras(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
+        """Each LoRA found, read, fitting this model and what its adapters can hold (alone and together),
+        and hashed: every LoRA check that needs no GPU, in the caller's thread. Raises the domain error."""
+        replicas = self.replicas  # one read: an unload may empty the list meanwhile
+        if not replicas:
             raise ModelNotReady(self.phase, self._not_ready_message())
-        return pipe
+        adapters = replicas[0].adapters
+        files = self.lora_checks.check(loras, adapters.fit_check if self.backend.checks_lora_fit else None)
+        adapters.check_together(loras, files)
+        return files
 
     def submit(self, request: CheckedRequest, deadline: float | None = None, request_id: str | None = None) -> Job:
         """Queue a checked generation. Raises ModelNotReady or QueueFull at once; never blocks."""
@@ -316,8 +323,7 @@ class FluxModelManager:
     def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
         """Pin a LoRA set for requests that name none, on every replica: all of it, or nothing changes."""
         self.require_ready()
-        refuse_lora_if_compiled(loras, self.speed.compile_mode, self.settings.compile, self.settings.service)
-        files = self.lora_checks.check(loras, self._pipe_for_checks(), self.backend.checks_lora_fit)
+        files = self.check_loras(loras)
         self.pinning.apply(loras, files, self.on_every_replica)
         return self.lora_status()
 

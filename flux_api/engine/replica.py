@@ -62,10 +62,8 @@ class Replica:
                  files: dict[str, LoraFile]) -> GenerationResult:
         """1. Switch the adapters to `loras`. 2. Count the prompt's tokens. 3. Run the pipeline."""
         started = time.perf_counter()
-        # 1. Adapters: all of them, or nothing changes. A CUDA graph replays the base model only.
+        # 1. Adapters: all of them, or nothing changes.
         self.adapters.activate(loras, pinned, files)
-        if self.graphs is not None:
-            self.graphs.bypass = bool(loras)
         lora_ms = round((time.perf_counter() - started) * 1e3, 2)
         # 2. What the text encoders will really see.
         truncation = self.truncation(params.prompt)
@@ -82,6 +80,15 @@ class Replica:
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
             backend=self.config.backend, model=self.config.model,
         )
+
+    def warm_up(self, px: int) -> None:
+        """Run `px` x `px` once (2 steps) for the base model and once per variant a LoRA request runs
+        (the LoRA slot switched on), so compiling and capturing happen here, not on a request."""
+        params = GenerationParams(prompt="warm-up", seed=0, width=px, height=px, num_inference_steps=2,
+                                  guidance_scale=3.5)
+        self.run(params)
+        for _ in self.adapters.warm_variants():
+            self.run(params)
 
     def pipeline(self, kind: str):
         """The FLUX pipeline for `kind` ("text", "image", "inpaint"). The image-to-image and inpainting

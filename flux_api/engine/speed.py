@@ -68,9 +68,8 @@ class SpeedPolicy:
     def warmup_sizes(self, graphed: bool) -> list[int]:
         # Runs at each warm-up size pay the first-call costs (kernel selection, allocator growth,
         # tokenizer caches, compiling, capturing a CUDA graph) before /health says ready, instead of
-        # on a user's request. Compiled, after two sizes torch marks the shapes dynamic: later sizes
-        # need no long recompile.
-        return self.settings.warmup_sizes if self.on_gpu and (self.compile_mode != "none" or graphed) else [256]
+        # on a user's request. Compiled (dynamic shapes: one graph for every size), on the CPU too.
+        return self.settings.warmup_sizes if self.compile_mode != "none" or (self.on_gpu and graphed) else [256]
 
     # ------------------------------------------------------------------ loading
 
@@ -98,10 +97,7 @@ class SpeedPolicy:
             tile_vae(pipe.vae)
             free_memory()
         if self.compile_mode == "regional":
-            # The 57 transformer blocks share two graphs, so compiling them takes seconds instead of
-            # minutes. Inductor's cache lives beside the tiny model, across restarts.
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.settings.cache_dir / "inductor"))
-            pipe.transformer.compile_repeated_blocks(fullgraph=self.backend.fullgraph)
+            compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph)
 
     # ------------------------------------------------------------------ status
 
@@ -112,6 +108,21 @@ class SpeedPolicy:
                                     "nf4": "T5 in bitsandbytes nf4 on the GPU, CLIP in bf16"}[self.text_encoders]
             out["vae"] = "tiled decode"
         return out
+
+
+def compile_blocks(transformer, cache_dir, fullgraph: bool) -> None:
+    """torch.compile the transformer's repeated blocks. The 57 blocks share two compiled graphs, so this
+    takes seconds instead of minutes; the LoRA slot switched on and off are two variants of each, made
+    at warm-up. dynamic=True: one graph serves every image size (with torch's automatic dynamic shapes,
+    the first request at a size the warm-up did not run compiled on the live request). Inductor's
+    cache (`cache_dir`/inductor) is reused across restarts."""
+    import torch._dynamo
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    # Two variants (slot off/on) of each block, per dtype and grad mode: room to spare, so that a
+    # variant never falls back to eager for want of cache entries.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=True)
 
 
 def tile_vae(vae) -> None:

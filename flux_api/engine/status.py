@@ -40,7 +40,7 @@ def service_status(manager) -> dict:
         "model": manager.source.as_dict() if manager.source else {"spec": s.model},
         "backend": manager.backend_name,
         "precision": precision(manager),
-        "compile": manager.speed.compile_mode if manager.speed else s.compile,
+        "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile, **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
         "memory": manager.speed.memory_status() if manager.speed else {"mode": s.memory_mode},
         "placement": {**plan.as_dict(), "replica_status": replicas,

@@ -58,7 +58,7 @@ class FluxModelDeployment:
     async def check_loras(self, loras: tuple[LoraSpec, ...]) -> list[dict]:
         """Check a LoRA set as /apply-lora would (found, fits this model); raises the domain error."""
         m = self.manager
-        await asyncio.to_thread(m.lora_checks.check, loras, m._pipe_for_checks(), m.backend.checks_lora_fit)
+        await asyncio.to_thread(m.check_loras, loras)
         return [s.as_dict() for s in loras]
 
     async def generate(self, params: GenerationParams, request_id: str | None = None):

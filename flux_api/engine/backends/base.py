@@ -3,7 +3,7 @@
 A backend is one small class. It says whether it can run here and why not (`problem`, like
 diffusers' `validate_environment` and vLLM's `get_min_capability`), how its precision reads in
 /model-status, the quantization config diffusers loads it with, its storage size (for placement),
-whether `compile=auto` compiles it, and which LoRA adapter implementation it takes. Selection is in
+whether `compile=auto` compiles it, and how it holds LoRA adapters. Selection is in
 `registry.py`; loading in `..loader`.
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..adapters import AdapterSet
+from ..lora_slot import SlotAdapterSet
 from ..devices import Hardware
 from .environment import Packages
 
@@ -36,12 +37,11 @@ class Backend:
     name: ClassVar[str]
     # Stored transformer bytes over its bf16 bytes (4-bit packs plus scales; 8-bit plus scales).
     size_factor: ClassVar[float] = 1.0
-    # What compile=auto means for this backend on a GPU: "regional" where eager is slow, else "none"
-    # (so that LoRA works by default).
+    # What compile=auto means for this backend on a GPU: "regional" where it was measured faster, else
+    # "none". Compiling costs no feature: LoRAs go through the slot compiled in (lora_slot.py).
     auto_compile: ClassVar[str] = "none"
     # torch.compile(fullgraph=...): False where the backend's layers break the graph.
     fullgraph: ClassVar[bool] = True
-    adapter_class: ClassVar[type[AdapterSet]] = AdapterSet
     # Whether a LoRA's tensors are checked against the model's layers before it loads (diffusers widens
     # a layer to fit a LoRA made for another model instead of refusing it).
     checks_lora_fit: ClassVar[bool] = True
@@ -84,6 +84,10 @@ class Backend:
     def transformer_quantization(self, dtype) -> Any | None:
         """The diffusers quantization config of the transformer, or None for plain weights."""
         return None
+
+    def adapters(self, pipe, resolver, settings: "ServiceSettings", dtype) -> AdapterSet:
+        """The LoRA adapters of a freshly loaded pipeline (before it is compiled): peft's, in one slot."""
+        return SlotAdapterSet(pipe, resolver, settings.lora_cache_size, self.name, settings.lora_max_rank, dtype)
 
     def load_pipeline(self, spec: "LoadSpec", device: str):
         """One pipeline on `device`. The diffusers path; a backend with its own model class overrides it."""

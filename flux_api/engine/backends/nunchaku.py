@@ -75,7 +75,6 @@ class NunchakuAdapters(AdapterSet):
 class NunchakuBackend(Backend):
     name = "nunchaku"
     size_factor = 0.3
-    adapter_class = NunchakuAdapters
     # Nunchaku converts LoRA formats into its own layers (update_lora_params): diffusers' shape check
     # against a diffusers transformer does not apply to its model.
     checks_lora_fit = False
@@ -85,6 +84,10 @@ class NunchakuBackend(Backend):
     def __init__(self, settings, hardware, packages, reason="requested"):
         super().__init__(settings, hardware, packages, reason)
         self.kind = nunchaku_precision(hardware.gpus[0].capability) if hardware.cuda else None  # "int4" | "fp4"
+
+    def adapters(self, pipe, resolver, settings, dtype) -> NunchakuAdapters:
+        """Nunchaku's own LoRA slot (update_lora_params), not peft's."""
+        return NunchakuAdapters(pipe, resolver, settings.lora_cache_size, self.name)
 
     @classmethod
     def problem(cls, hw, pkgs) -> str | None:
