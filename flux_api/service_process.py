@@ -85,13 +85,16 @@ def running_process(cmd: list[str], port: int, env: dict | None = None, log_path
 
 def stop_process(proc: subprocess.Popen, grace_s: float = 60) -> None:
     """SIGTERM to the process group of a service started with start_new_session; SIGKILL after `grace_s`."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # A group already gone (the service died on its own) is not an error: raising here, in the caller's
+    # `finally`, would hide why it died (a failed start once showed only "ProcessLookupError").
+    with contextlib.suppress(ProcessLookupError):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 def running_service(kind: str, model: str, port: int, backend: str | None = None, env: dict | None = None,

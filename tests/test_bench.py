@@ -1,17 +1,15 @@
 """The benchmark runs end to end on the tiny model on the CPU (so it cannot rot), its target options
-become service settings, its LoRA check times switching, and the full-size model it runs on is built
-once; compiling is a real setting: regional compile loads, generates, and refuses LoRA (which would
-recompile)."""
+become service settings, its LoRA target times a LoRA request against the base request and switching,
+every target reports its compiles after the warm-up, and the full-size model it runs on is built once.
+(LoRA on a compiled service: tests/test_fast_lora.py.)"""
 
 import json
 from pathlib import Path
 
 import pytest
-from conftest import InProcess, free_port, gen
+from conftest import free_port
 
-from flux_api.app import create_app
 from flux_api.bench import main, natural_image, parse_target
-from flux_api.settings import BF16Settings
 
 
 @pytest.mark.socket  # service processes of its own, for many seconds
@@ -54,10 +52,13 @@ def test_bench_lora_check_times_switching(tmp_path, tiny_dir, cache_dir, lora_di
     main(["--model", str(tiny_dir), "--targets", "bf16", "--sizes", "256", "--steps", "2", "--concurrency",
           "--unseen", "256", "--repeats", "1", "--lora", "style,detail", "--lora-dir", str(lora_dir),
           "--port", str(free_port()), "--out", str(out)])
-    check = json.loads(out.read_text())["targets"]["bf16"]["lora_check"]
-    assert check["status"] == 200 and check["lora_changes_image"] and check["base_after_lora_identical"]
-    ms = check["lora_ms_load_then_switches"]
+    t = json.loads(out.read_text())["targets"]["bf16"]
+    lora = t["lora"]
+    assert lora["status"] == 200 and lora["lora_changes_image"] and lora["base_after_lora_identical"]
+    assert lora["lora_over_base"] > 0 and lora["two_loras_over_base"] > 0
+    ms = lora["lora_ms_load_then_switches"]
     assert len(ms) == 6 and all(x > 0 for x in ms)
+    assert t["true_cfg_status"] == 200 and t["compiles_after_warmup"] == 0
 
 
 def test_natural_image_is_png_s_typical_case_not_its_worst():
@@ -71,18 +72,6 @@ def test_natural_image_is_png_s_typical_case_not_its_worst():
     assert natural.size == (256, 256)
     png = lambda im: len(encode_image(im, "png", {}))  # noqa: E731
     assert png(natural) < 0.8 * png(noise)  # it compresses, as real images do
-
-
-def test_compiled_service_refuses_lora(cache_dir, lora_dir):
-    # warmup off: torch.compile is lazy, so nothing compiles unless a generation runs
-    settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, compile="regional", warmup=False)
-    with InProcess(create_app(settings)) as s:
-        s.wait_ready()
-        assert s.client.get("/model-status").json()["compile"] == "regional"
-        r = gen(s, lora_name="style")
-        assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
-        r = s.client.post("/apply-lora", json={"lora_name": "style"})
-        assert r.status_code == 422 and "compiled" in r.json()["error"]["message"]
 
 
 def test_full_model_is_built_once_in_a_child_and_lands_whole(tmp_path, monkeypatch):

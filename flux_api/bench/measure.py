@@ -1,5 +1,6 @@
 """One service measured through HTTP: latency per size, the first request at a size no warm-up ran,
-images per minute by concurrency, the LoRA check, and what /model-status reports."""
+images per minute by concurrency, LoRA requests against the base request, true CFG, and what
+/model-status reports, compiles after the warm-up included (they must stay 0 over all of it)."""
 
 from __future__ import annotations
 
@@ -43,30 +44,45 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
             list(pool.map(lambda i: once(concurrency_px, seed=10 + i), range(n)))
         res.setdefault("images_per_min", {})[c] = round(n * 60 / (time.perf_counter() - t0), 2)
     res["images_per_min_px"] = concurrency_px
-    if loras:  # CUDA graphs replay the base model only: a LoRA must change the image, and leave no trace
-        px = min(sizes)
-        before, with_lora = once(px, seed=5), post(px, seed=5, lora_name=loras[0])
-        after = once(px, seed=5)
-        check = {"status": with_lora.status_code, "base_latency_s": before["latency_s"]}
-        if with_lora.status_code == 200:
-            check.update(lora_changes_image=with_lora.json()["image"] != before["body"]["image"],
-                         base_after_lora_identical=after["body"]["image"] == before["body"]["image"],
-                         lora_inference_ms=with_lora.json()["timings"]["inference_ms"])
-            if len(loras) > 1:  # the second one loads, then each request switches (1 step each)
-                names = [loras[1], loras[0]] * 3
-                check["lora_ms_load_then_switches"] = [
-                    once(px, seed=0, num_inference_steps=1, lora_name=n)["body"]["timings"]["lora_ms"] for n in names]
-        else:
-            check["error"] = with_lora.json().get("error", {}).get("message")
-        res["lora_check"] = check
+    if loras:
+        res["lora"] = measure_loras(once, post, max(sizes), loras, repeats)
+    # true CFG (a negative prompt: two transformer calls a step) belongs to the mixed run too
+    cfg = post(min(sizes), seed=6, negative_prompt="blurry, low quality", true_cfg_scale=2.0)
+    res["true_cfg_status"] = cfg.status_code
     st = client.get("/model-status").json()
     res["backend"], res["precision"], res["compile"] = st["backend"], st["precision"]["transformer"], st.get("compile")
     res["cuda_graphs"], res["memory"] = st.get("cuda_graphs"), st.get("memory")
     res["placement"] = {k: st.get("placement", {}).get(k) for k in ("mode", "devices")}
+    res["compiles_after_warmup"] = (st.get("compile") or {}).get("compiles_after_warmup")
     dev = st["devices"][0]
     res["peak_mib"] = dev.get("peak_allocated_mib", dev.get("process_peak_rss_mib"))
     res["peak_reserved_mib"] = dev.get("peak_reserved_mib")
     return res
+
+
+def measure_loras(once, post, px: int, loras: list[str], repeats: int) -> dict:
+    """A LoRA request against the base request at `px`, same service, same seed: latency (best of
+    `repeats`, after one request that loads the LoRA), two LoRAs at once, the switch cost, and that the
+    LoRA changes the image and leaves the base model bitwise as it was."""
+    best = lambda **kw: min((once(px, seed=5, **kw) for _ in range(repeats)), key=lambda r: r["latency_s"])
+    base = best()
+    first = post(px, seed=5, lora_name=loras[0])
+    out: dict = {"px": px, "status": first.status_code, "base_latency_s": base["latency_s"]}
+    if first.status_code != 200:
+        out["error"] = first.json().get("error", {}).get("message")
+        return out
+    lora = best(lora_name=loras[0])
+    out.update(lora_latency_s=lora["latency_s"], lora_over_base=round(lora["latency_s"] / base["latency_s"], 3),
+               lora_changes_image=lora["body"]["image"] != base["body"]["image"])
+    if len(loras) > 1:
+        both = best(loras=[{"name": loras[0]}, {"name": loras[1], "weight": 0.5}])
+        out.update(two_loras_latency_s=both["latency_s"],
+                   two_loras_over_base=round(both["latency_s"] / base["latency_s"], 3))
+        names = [loras[1], loras[0]] * 3  # one step each: what switching costs (the first loads loras[1])
+        out["lora_ms_load_then_switches"] = [
+            once(px, seed=0, num_inference_steps=1, lora_name=n)["body"]["timings"]["lora_ms"] for n in names]
+    out["base_after_lora_identical"] = once(px, seed=5)["body"]["image"] == base["body"]["image"]
+    return out
 
 
 def center_mask_b64(px: int) -> str:

@@ -31,10 +31,23 @@ def table(R: dict) -> str:
                         f"{s['encode_ms']} | {t['ready_s']} | {u['first_latency_s']}/{u['second_latency_s']} ({u['px']}px) | "
                         f"{t.get('images_per_min')} @{t.get('images_per_min_px')}px | {t['peak_mib']} / "
                         f"{t.get('peak_reserved_mib')} | {ps} |")
+    lora_rows = [(n, t["lora"]) for n, t in R["targets"].items() if t.get("lora")]
+    if lora_rows:
+        rows += ["\n| target | size | base s | LoRA s | LoRA / base | 2 LoRAs s | 2 LoRAs / base | changes image | base bitwise after |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for name, lo in lora_rows:
+            if "error" in lo:
+                rows.append(f"| {name} | {lo['px']} | {lo['base_latency_s']} | ERROR {lo['status']}: {lo['error'][:120]} |")
+                continue
+            rows.append(f"| {name} | {lo['px']} | {lo['base_latency_s']} | {lo['lora_latency_s']} | {lo['lora_over_base']} | "
+                        f"{lo.get('two_loras_latency_s', '-')} | {lo.get('two_loras_over_base', '-')} | "
+                        f"{lo['lora_changes_image']} | {lo['base_after_lora_identical']} |")
     for name, t in R["targets"].items():
-        if t.get("lora_check") or t.get("memory"):
-            rows.append(f"\n{name}: placement {t.get('placement')}; compile {t.get('compile')}; CUDA graphs "
-                        f"{t.get('cuda_graphs')}; memory {t.get('memory')}; LoRA check {t.get('lora_check')}")
+        if t.get("memory"):
+            rows.append(f"\n{name}: placement {t.get('placement')}; compile {t.get('compile')}; compiles after "
+                        f"warm-up {t.get('compiles_after_warmup')}; CUDA graphs {t.get('cuda_graphs')}; memory "
+                        f"{t.get('memory')}; LoRA switches ms {t.get('lora', {}).get('lora_ms_load_then_switches')}; "
+                        f"true CFG status {t.get('true_cfg_status')}")
     for name, t in R["targets"].items():
         if t.get("images") or t.get("batching"):
             rows.append(f"\n{name}: several images / edits {t.get('images') or t.get('batching')}")
