@@ -1,12 +1,14 @@
 """Ray Serve (issue 15) on a local Ray cluster on the CPU, with the tiny model: one cluster and one
 application for the module, called over real HTTP through Ray's proxy. FP4 starts at zero replicas
-(at most one, and a Ray queue of one); BF16 autoscales between one and two replicas with short delays.
+(at most one, taking two calls, and a Ray queue of one); BF16 autoscales between one and two replicas with short delays.
 The tests run in file order: the first sees FP4 before anything cold-started it.
 Skipped where Ray is not installed (the `ray` extra; the `test` extra brings it)."""
 
 import concurrent.futures
 import math
 import os
+import pathlib
+import signal
 import socket
 import time
 import types
@@ -50,10 +52,10 @@ def ray_app(cache_dir, lora_dir):
              "metrics_interval_s": 0.5, "look_back_period_s": 1.0, "upscale_delay_s": 0.5}
     hooked = {"webhook_secret": SECRET, "webhook_allow_hosts": ["127.0.0.1"], "webhook_backoff_s": 0.1}
     args = {"ingress_settings": {**common, **hooked}, "slots": 6, "replica_poll_s": 0.25,
-            # FP4: none until a request comes; once started it stays (the later tests kill it); Ray queues
-            # one request at most in front of its one replica, and refuses more (429)
+            # FP4: none until a request comes; once started it stays (the later tests kill it); its one
+            # replica takes two calls (one draws, one waits in it), Ray queues one more, and refuses more (429)
             "fp4": {**quick, "min_replicas": 0, "max_replicas": 1, "downscale_to_zero_delay_s": 600,
-                    "max_queued_requests": 1},
+                    "max_ongoing_requests": 2, "max_queued_requests": 1},
             # BF16: one replica, two under load, back to one 2 s after it
             "bf16": {**quick, "min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 2.0}}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -261,41 +263,73 @@ def test_load_adds_a_bf16_replica_two_draw_at_once_and_it_goes_after_the_load(ra
 
 
 def test_backpressure_is_429_with_retry_after_on_the_post_of_generate_and_jobs(ray_app):
-    """FP4: one replica that takes one request, and a Ray queue of one: Ray accepts two requests. With a
-    long job on the replica and one more waiting, the ingress refuses a third as Ray would, on the POST
-    itself (429 queue_full with Retry-After), for /jobs as for /generate, instead of accepting a job
-    that Ray then refuses. Once the long job goes, the waiting one is drawn."""
+    """FP4: one replica that takes two calls, and a Ray queue of one: Ray accepts three requests. With a
+    long job drawing and two more accepted, the ingress refuses a fourth as Ray would, on the POST itself
+    (429 queue_full with Retry-After), for /jobs as for /generate, instead of accepting a job that Ray
+    then refuses. Once the long job goes, the two are drawn."""
     long_id = ray_app.client.post("/jobs", json={**LONG, "service": "fp4"}).json()["id"]
     try:
         wait_for(lambda: ray_app.client.get(f"/jobs/{long_id}").json()["step"] >= 1, timeout=60,
                  what="the long job drawing")
-        waiting = ray_app.client.post("/jobs", json={**BODY, "service": "fp4", "seed": 1})
-        assert waiting.status_code == 202, waiting.text
+        accepted = [ray_app.client.post("/jobs", json={**BODY, "service": "fp4", "seed": s}) for s in (1, 2)]
+        assert [r.status_code for r in accepted] == [202, 202], [r.text for r in accepted]
         for path in ("/jobs", "/generate"):
-            refused = ray_app.client.post(path, json={**BODY, "service": "fp4", "seed": 2})
+            refused = ray_app.client.post(path, json={**BODY, "service": "fp4", "seed": 3})
             assert refused.status_code == 429, (path, refused.text)
             assert refused.json()["error"]["type"] == "queue_full" and "queue is full" in refused.json()["error"]["message"]
             assert int(refused.headers["Retry-After"]) >= 1
         assert ray_app.client.post("/generate", json={**BODY, "service": "bf16"}).status_code == 200  # the other is free
-        ray_app.client.delete(f"/jobs/{long_id}")  # the waiting one runs now
-        assert wait_state(ray_app, waiting.json()["id"], ("done",))["result"]["service"] == "fp4"
+        ray_app.client.delete(f"/jobs/{long_id}")  # the accepted ones are drawn now
+        for r in accepted:
+            assert wait_state(ray_app, r.json()["id"], ("done",))["result"]["service"] == "fp4"
         assert ray_app.client.post("/jobs", json={**BODY, "service": "fp4"}).status_code == 202  # room again
     finally:
         ray_app.client.delete(f"/jobs/{long_id}")
 
 
-def test_killed_replica_fails_its_job_clearly_and_is_replaced(ray_app):
-    (pid, actor), = replica_actors("FluxFP4", 1).items()
-    job_id = ray_app.client.post("/jobs", json={**BODY, "service": "fp4", "num_inference_steps": 50}).json()["id"]
-    wait_for(lambda: ray_app.client.get(f"/jobs/{job_id}").json()["step"] >= 1, timeout=60, what="the job's first step")
-    ray.kill(actor)
-    failed = wait_state(ray_app, job_id, ("failed",), timeout=60)
-    assert "died" in failed["error"]["message"], failed
-    # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
-    routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
-    assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
+def ray_log_lines(*words: str) -> list[str]:
+    """Lines of this Ray session's log files (every worker's and replica's) that hold all `words`."""
+    logs = pathlib.Path(ray._private.worker._global_node.get_logs_dir_path())
+    return [line for f in logs.rglob("*") if f.is_file() and f.suffix in (".log", ".err", ".out")
+            for line in f.read_text(errors="replace").splitlines() if all(w in line for w in words)]
+
+
+def test_killed_replica_fails_its_running_job_retries_the_one_not_started_and_each_calls_back_once(ray_app):
+    """FP4's replica takes two calls (max_ongoing_requests 2): a job drawing and one waiting in the
+    replica's own queue, both with a webhook to a real HTTP receiver. The replica is killed: the drawing
+    job fails saying why; the other, which had no step yet, is retried once on the replacement and
+    drawn. Each calls back exactly once (the retry never repeats it). Until Ray notices, auto routes
+    around FP4; a request for FP4 waits for the replacement and never hangs."""
+    from test_webhooks import Receiver, verified
+
+    receiver = Receiver()
+    try:
+        (pid, actor), = replica_actors("FluxFP4", 1).items()
+        hook = {"service": "fp4", "callback_url": receiver.url + "/hook"}
+        drawing = ray_app.client.post("/jobs", json={**BODY, **hook, "num_inference_steps": 50}).json()["id"]
+        wait_for(lambda: ray_app.client.get(f"/jobs/{drawing}").json()["step"] >= 1, timeout=60, what="the job's first step")
+        waiting = ray_app.client.post("/jobs", json={**BODY, **hook, "seed": 3}).json()["id"]
+        wait_for(lambda: ray_app.client.get(f"/jobs/{waiting}").json()["state"] == "running", timeout=10,
+                 what="the ingress sending the second job")
+        time.sleep(0.5)  # the replica takes the call (its step 1 waits for the drawing job's 50 steps)
+        assert ray_app.client.get(f"/jobs/{drawing}").json()["state"] == "running"
+        ray.kill(actor)
+        failed = wait_state(ray_app, drawing, ("failed",), timeout=60)
+        assert "died" in failed["error"]["message"], failed
+        # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
+        routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
+        assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
+        done = wait_state(ray_app, waiting, ("done",), timeout=90)  # drawn by the replacement
+        assert done["result"]["service"] == "fp4" and done["step"] == done["total_steps"]
+        assert ray_log_lines("retrying once on another", waiting), "the second job was not retried"
+        receiver.wait(2)
+        time.sleep(1)  # a repeated callback would come within this (the webhook's retries wait 0.1 s, doubled)
+        calls = sorted((verified(r)["job"]["id"], verified(r)["job"]["state"]) for r in receiver.requests)
+        assert calls == sorted([(drawing, "failed"), (waiting, "done")]), calls
+    finally:
+        receiver.close()
     t0 = time.monotonic()
-    r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # waits for the replacement, never hangs
+    r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # the replacement, never a hang
     assert r.status_code == 200, r.text
     assert time.monotonic() - t0 < 90
     (new_pid, _), = replica_actors("FluxFP4", 1).items()
