@@ -4,11 +4,9 @@ application for the module, called over real HTTP through Ray's proxy. FP4 start
 The tests run in file order: the first sees FP4 before anything cold-started it.
 Skipped where Ray is not installed (the `ray` extra; the `test` extra brings it)."""
 
-import concurrent.futures
 import math
 import os
 import pathlib
-import signal
 import socket
 import time
 import types
@@ -16,7 +14,6 @@ import types
 import httpx
 import pytest
 import torch
-
 from conftest import gen, pixels, wait_for, wait_state
 
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):  # CI installs the test extra: it must run there

@@ -22,13 +22,26 @@ import threading
 import time
 
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
 
 from ..engine.client import JobEvents
 from ..engine.lora import LoraSpec, list_lora_folder
 from ..engine.scheduler import QUEUED, Job, Scheduler
 from ..engine.types import READY, GenerationParams
-from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, JobNotFound, LoraNotPinned, QueueFull
+from ..errors import (
+    FluxAPIError,
+    GenerationFailed,
+    GenerationTimeout,
+    JobCancelled,
+    JobNotFound,
+    LoraNotPinned,
+    QueueFull,
+)
 from ..settings import ServiceSettings
 from .routing import Replicas, ReplicaView, expected_wait_s, pick
 
@@ -200,7 +213,7 @@ class RayEngine:
             except asyncio.CancelledError:
                 response.cancel()  # the client went away
                 raise
-            except BaseException as e:  # noqa: BLE001 - each kind is mapped, the rest re-raised
+            except BaseException as e:  # each kind mapped below; anything else re-raised
                 error = self._ray_error(service, e)
                 if error is None:
                     raise
