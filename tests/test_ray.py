@@ -1,12 +1,12 @@
 """Ray Serve (issue 15) on a local Ray cluster on the CPU, with the tiny model: one cluster and one
 application for the module, called over real HTTP through Ray's proxy. FP4 starts at zero replicas
-(at most one, and a Ray queue of one); BF16 autoscales between one and two replicas with short delays.
+(at most one, taking two calls, and a Ray queue of one); BF16 autoscales between one and two replicas with short delays.
 The tests run in file order: the first sees FP4 before anything cold-started it.
 Skipped where Ray is not installed (the `ray` extra; the `test` extra brings it)."""
 
-import concurrent.futures
 import math
 import os
+import pathlib
 import socket
 import time
 import types
@@ -14,7 +14,6 @@ import types
 import httpx
 import pytest
 import torch
-
 from conftest import gen, pixels, wait_for, wait_state
 
 if os.environ.get("CI", "").lower() in ("1", "true", "yes"):  # CI installs the test extra: it must run there
@@ -25,6 +24,7 @@ else:
     serve = pytest.importorskip("ray.serve")
 
 pytestmark = [pytest.mark.socket, pytest.mark.slow]
+SECRET = "test-webhook-secret-0123456789"  # webhooks on at the ingress (test_webhooks.py's secret)
 
 BODY = {"prompt": "a red circle on a blue background", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7}
 LONG = {**BODY, "width": 512, "height": 512, "num_inference_steps": 100}  # seconds: cancelled, never awaited
@@ -47,11 +47,12 @@ def ray_app(cache_dir, lora_dir):
     threads = torch.get_num_threads()
     quick = {"num_cpus": 0.25, "torch_threads": threads, "settings": dict(common), "health_check_period_s": 1.0,
              "metrics_interval_s": 0.5, "look_back_period_s": 1.0, "upscale_delay_s": 0.5}
-    args = {"ingress_settings": dict(common), "slots": 6, "replica_poll_s": 0.25,
-            # FP4: none until a request comes; once started it stays (the later tests kill it); Ray queues
-            # one request at most in front of its one replica, and refuses more (429)
+    hooked = {"webhook_secret": SECRET, "webhook_allow_hosts": ["127.0.0.1"], "webhook_backoff_s": 0.1}
+    args = {"ingress_settings": {**common, **hooked}, "slots": 6, "replica_poll_s": 0.25,
+            # FP4: none until a request comes; once started it stays (the later tests kill it); its one
+            # replica takes two calls (one draws, one waits in it), Ray queues one more, and refuses more (429)
             "fp4": {**quick, "min_replicas": 0, "max_replicas": 1, "downscale_to_zero_delay_s": 600,
-                    "max_queued_requests": 1},
+                    "max_ongoing_requests": 2, "max_queued_requests": 1},
             # BF16: one replica, two under load, back to one 2 s after it
             "bf16": {**quick, "min_replicas": 1, "max_replicas": 2, "downscale_delay_s": 2.0}}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -170,6 +171,37 @@ def test_v1_model_picks_the_service(ray_app):
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
+def test_a_bad_lora_is_refused_before_it_queues_as_the_plain_service_refuses_it(ray_app, bf16):
+    """A LoRA that is unknown (404), unreadable (422) or made for another model (422): the ingress asks a
+    replica of the service that would draw it (FluxModelManager.check) before it accepts the request, so
+    /generate, /jobs and /v1 answer what the plain service answers, and no job is made."""
+    def job_ids():
+        return [j["id"] for j in ray_app.client.get("/jobs", params={"limit": 1000}).json()["jobs"]]
+
+    jobs_before = job_ids()
+    v1 = {"prompt": BODY["prompt"], "size": "256x256", "num_inference_steps": 2, "model": "flux-bf16"}
+    for name, status in (("nope", 404), ("corrupt", 422), ("other-model", 422)):
+        plain = gen(bf16, **BODY, lora_name=name)
+        assert plain.status_code == status, plain.text
+        for path, service in (("/generate", "bf16"), ("/jobs", "bf16"), ("/jobs", "auto")):
+            r = ray_app.client.post(path, json={**BODY, "service": service, "lora_name": name})
+            assert r.status_code == status, (path, service, name, r.text)
+            error, expected = r.json()["error"], plain.json()["error"]
+            assert error["type"] == expected["type"], (path, service, error)
+            if service == "bf16":  # the same words as the plain BF16 service (auto may have asked FP4)
+                assert error == {**expected, "request_id": error["request_id"]}
+        plain_v1 = bf16.client.post("/v1/images/generations", json={**v1, "model": "tiny", "lora_name": name})
+        r = ray_app.client.post("/v1/images/generations", json={**v1, "lora_name": name})
+        assert (r.status_code, r.json()["error"]["code"]) == (plain_v1.status_code, plain_v1.json()["error"]["code"]), r.text
+        assert r.json()["error"]["message"] == plain_v1.json()["error"]["message"]
+    assert job_ids() == jobs_before  # nothing was queued
+    # a good LoRA passes the same check and is drawn with it
+    r = ray_app.client.post("/jobs", json={**BODY, "service": "bf16", "lora_name": "green"})
+    assert r.status_code == 202, r.text
+    done = wait_state(ray_app, r.json()["id"], ("done",))
+    assert [x["name"] for x in done["result"]["loras"]] == ["green"]
+
+
 def test_same_seed_same_bytes_as_the_plain_service(ray_app, fp4, bf16):
     """The PNG bytes (pixels and the parameters chunk, which names the service) equal the plain
     service's; across services the same seed gives other pixels."""
@@ -227,39 +259,74 @@ def test_load_adds_a_bf16_replica_two_draw_at_once_and_it_goes_after_the_load(ra
           f"back to 1 {time.monotonic() - t1:.1f} s after it went")
 
 
-def test_rays_backpressure_is_429_with_retry_after(ray_app):
-    """FP4: one replica that takes one request, and a Ray queue of one. With a long job on the replica,
-    of two more requests Ray queues one and refuses the other: 429 queue_full with Retry-After."""
+def test_backpressure_is_429_with_retry_after_on_the_post_of_generate_and_jobs(ray_app):
+    """FP4: one replica that takes two calls, and a Ray queue of one: Ray accepts three requests. With a
+    long job drawing and two more accepted, the ingress refuses a fourth as Ray would, on the POST itself
+    (429 queue_full with Retry-After), for /jobs as for /generate, instead of accepting a job that Ray
+    then refuses. Once the long job goes, the two are drawn."""
     long_id = ray_app.client.post("/jobs", json={**LONG, "service": "fp4"}).json()["id"]
     try:
         wait_for(lambda: ray_app.client.get(f"/jobs/{long_id}").json()["step"] >= 1, timeout=60,
                  what="the long job drawing")
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            calls = [pool.submit(ray_app.client.post, "/generate", json={**BODY, "service": "fp4", "seed": s})
-                     for s in (1, 2)]
-            refused = next(concurrent.futures.as_completed(calls, timeout=60)).result()  # the queued one waits
-            assert refused.status_code == 429, refused.text
+        accepted = [ray_app.client.post("/jobs", json={**BODY, "service": "fp4", "seed": s}) for s in (1, 2)]
+        assert [r.status_code for r in accepted] == [202, 202], [r.text for r in accepted]
+        for path in ("/jobs", "/generate"):
+            refused = ray_app.client.post(path, json={**BODY, "service": "fp4", "seed": 3})
+            assert refused.status_code == 429, (path, refused.text)
             assert refused.json()["error"]["type"] == "queue_full" and "queue is full" in refused.json()["error"]["message"]
             assert int(refused.headers["Retry-After"]) >= 1
-            ray_app.client.delete(f"/jobs/{long_id}")  # the queued one runs now
-            statuses = sorted(c.result().status_code for c in calls)
-        assert statuses == [200, 429]
+        assert ray_app.client.post("/generate", json={**BODY, "service": "bf16"}).status_code == 200  # the other is free
+        ray_app.client.delete(f"/jobs/{long_id}")  # the accepted ones are drawn now
+        for r in accepted:
+            assert wait_state(ray_app, r.json()["id"], ("done",))["result"]["service"] == "fp4"
+        assert ray_app.client.post("/jobs", json={**BODY, "service": "fp4"}).status_code == 202  # room again
     finally:
         ray_app.client.delete(f"/jobs/{long_id}")
 
 
-def test_killed_replica_fails_its_job_clearly_and_is_replaced(ray_app):
-    (pid, actor), = replica_actors("FluxFP4", 1).items()
-    job_id = ray_app.client.post("/jobs", json={**BODY, "service": "fp4", "num_inference_steps": 50}).json()["id"]
-    wait_for(lambda: ray_app.client.get(f"/jobs/{job_id}").json()["step"] >= 1, timeout=60, what="the job's first step")
-    ray.kill(actor)
-    failed = wait_state(ray_app, job_id, ("failed",), timeout=60)
-    assert "died" in failed["error"]["message"], failed
-    # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
-    routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
-    assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
+def ray_log_lines(*words: str) -> list[str]:
+    """Lines of this Ray session's log files (every worker's and replica's) that hold all `words`."""
+    logs = pathlib.Path(ray._private.worker._global_node.get_logs_dir_path())
+    return [line for f in logs.rglob("*") if f.is_file() and f.suffix in (".log", ".err", ".out")
+            for line in f.read_text(errors="replace").splitlines() if all(w in line for w in words)]
+
+
+def test_killed_replica_fails_its_running_job_retries_the_one_not_started_and_each_calls_back_once(ray_app):
+    """FP4's replica takes two calls (max_ongoing_requests 2): a job drawing and one waiting in the
+    replica's own queue, both with a webhook to a real HTTP receiver. The replica is killed: the drawing
+    job fails saying why; the other, which had no step yet, is retried once on the replacement and
+    drawn. Each calls back exactly once (the retry never repeats it). Until Ray notices, auto routes
+    around FP4; a request for FP4 waits for the replacement and never hangs."""
+    from test_webhooks import Receiver, verified
+
+    receiver = Receiver()
+    try:
+        (pid, actor), = replica_actors("FluxFP4", 1).items()
+        hook = {"service": "fp4", "callback_url": receiver.url + "/hook"}
+        drawing = ray_app.client.post("/jobs", json={**BODY, **hook, "num_inference_steps": 50}).json()["id"]
+        wait_for(lambda: ray_app.client.get(f"/jobs/{drawing}").json()["step"] >= 1, timeout=60, what="the job's first step")
+        waiting = ray_app.client.post("/jobs", json={**BODY, **hook, "seed": 3}).json()["id"]
+        wait_for(lambda: ray_app.client.get(f"/jobs/{waiting}").json()["state"] == "running", timeout=10,
+                 what="the ingress sending the second job")
+        time.sleep(0.5)  # the replica takes the call (its step 1 waits for the drawing job's 50 steps)
+        assert ray_app.client.get(f"/jobs/{drawing}").json()["state"] == "running"
+        ray.kill(actor)
+        failed = wait_state(ray_app, drawing, ("failed",), timeout=60)
+        assert "died" in failed["error"]["message"], failed
+        # the ingress met the dead replica: until Ray notices and replaces it, auto routes around FP4
+        routed = ray_app.client.post("/generate", json={**BODY, "service": "auto"})
+        assert routed.status_code == 200 and routed.json()["service"] == "bf16", routed.text
+        done = wait_state(ray_app, waiting, ("done",), timeout=90)  # drawn by the replacement
+        assert done["result"]["service"] == "fp4" and done["step"] == done["total_steps"]
+        assert ray_log_lines("retrying once on another", waiting), "the second job was not retried"
+        receiver.wait(2)
+        time.sleep(1)  # a repeated callback would come within this (the webhook's retries wait 0.1 s, doubled)
+        calls = sorted((verified(r)["job"]["id"], verified(r)["job"]["state"]) for r in receiver.requests)
+        assert calls == sorted([(drawing, "failed"), (waiting, "done")]), calls
+    finally:
+        receiver.close()
     t0 = time.monotonic()
-    r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # waits for the replacement, never hangs
+    r = ray_app.client.post("/generate", json={**BODY, "service": "fp4"})  # the replacement, never a hang
     assert r.status_code == 200, r.text
     assert time.monotonic() - t0 < 90
     (new_pid, _), = replica_actors("FluxFP4", 1).items()

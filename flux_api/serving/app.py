@@ -32,7 +32,8 @@ class FluxIngress:
         view = ReplicaView(serve.get_replica_context().app_name, {s: DEPLOYMENT_NAMES[s] for s in self.handles},
                            c.replica_poll_s, {s: getattr(c, s).health_check_period_s for s in self.handles})
         cold = {s: getattr(c, s).cold_start_s for s in self.handles}
-        return create_app(settings, engine=RayEngine(settings, self.handles, c.slots, view, cold))
+        ray_queue = {s: (getattr(c, s).max_ongoing_requests, getattr(c, s).max_queued_requests) for s in self.handles}
+        return create_app(settings, engine=RayEngine(settings, self.handles, c.slots, view, cold, ray_queue))
 
 
 def build_app(args: dict | None = None) -> serve.Application:

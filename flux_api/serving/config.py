@@ -23,7 +23,8 @@ class DeploymentConfig(BaseModel):
         "image at a time, so 1 keeps the queue in front of the replicas short).")
     max_ongoing_requests: int = Field(1, ge=1, description="Requests one replica holds at once (running + queued in it).")
     max_queued_requests: int = Field(
-        8, ge=-1, description="Requests waiting for a replica before Ray refuses more (429 with Retry-After); -1: no bound.")
+        8, ge=-1, description="Requests waiting for a replica before Ray refuses more; the ingress refuses (429 with "
+        "Retry-After, on the POST) past running replicas x max_ongoing_requests + this; -1: no bound.")
     upscale_delay_s: float = Field(2.0, ge=0, description="Load must last this long before a replica is added.")
     downscale_delay_s: float = Field(30.0, ge=0, description="Idle time before a replica is removed.")
     downscale_to_zero_delay_s: float | None = Field(

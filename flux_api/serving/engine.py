@@ -14,24 +14,51 @@ saying why; a domain error raised in the replica -> that error.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import math
 import threading
 import time
 
 from ray.exceptions import RayActorError, RayTaskError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError, RequestCancelledError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+    RequestCancelledError,
+)
 
 from ..engine.client import JobEvents
 from ..engine.lora import LoraSpec, list_lora_folder
 from ..engine.scheduler import QUEUED, Job, Scheduler
 from ..engine.types import READY, GenerationParams
-from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, JobNotFound, LoraNotPinned, QueueFull
+from ..errors import (
+    FluxAPIError,
+    GenerationFailed,
+    GenerationTimeout,
+    JobCancelled,
+    JobNotFound,
+    LoraNotPinned,
+    QueueFull,
+)
 from ..settings import ServiceSettings
 from .routing import Replicas, ReplicaView, expected_wait_s, pick
 
 log = logging.getLogger(__name__)
 REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+class _ReplicaGone(Exception):
+    """A Ray call met a replica that died (its name: Ray's error); the caller decides to retry or fail."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+async def _awaited(response):
+    return await response  # a DeploymentResponse, as a coroutine asyncio.wait_for can cancel
 
 
 class _Slot:
@@ -46,7 +73,8 @@ class _Slot:
 
 class RayEngine:
     def __init__(self, settings: ServiceSettings, handles: dict, slots: int = 8,
-                 replica_view: ReplicaView | None = None, cold_start_s: dict[str, float] | None = None):
+                 replica_view: ReplicaView | None = None, cold_start_s: dict[str, float] | None = None,
+                 ray_queue: dict[str, tuple[int, int]] | None = None):
         self.settings = settings
         self.handles = handles  # service -> DeploymentHandle of its FluxModelDeployment
         self.routes = tuple(handles)  # what the `service` field offers (besides auto)
@@ -58,6 +86,8 @@ class RayEngine:
         self.hooks: list = []
         self.replica_view = replica_view  # running replicas per service (None: as if one each)
         self.cold_start_s = {s: 60.0 for s in handles} | (cold_start_s or {})
+        # per service: (max_ongoing_requests, max_queued_requests) of its deployment, what Ray accepts
+        self.ray_queue = {s: (1, -1) for s in handles} | (ray_queue or {})
         self._routed = {s: 0 for s in handles}  # per service: jobs routed there and not finished
         self._job_s = {s: None for s in handles}  # per service: a moving average of one job's drawing time
         self._lock = threading.Lock()
@@ -67,8 +97,6 @@ class RayEngine:
 
     async def start(self) -> None:
         if self.replica_view is not None:
-            import asyncio
-
             await asyncio.to_thread(self.replica_view.poll)  # auto routes by a real view from the start
             self.replica_view.start()
         self.scheduler = Scheduler([_Slot(i) for i in range(self.slots)], self.settings.queue_size,
@@ -83,8 +111,6 @@ class RayEngine:
         if self.replica_view is not None:
             self.replica_view.stop()
         if self.scheduler is not None:
-            import asyncio
-
             await asyncio.to_thread(self.scheduler.shutdown, grace_s)
 
     async def load(self, wait: bool) -> dict:
@@ -119,21 +145,25 @@ class RayEngine:
         return pick(self.expected_waits())
 
     async def submit(self, params: GenerationParams, deadline: float, request_id: str | None) -> Job:
+        """Admit (429 past what Ray would accept), check (a request naming LoRAs: the plain service's
+        checks, on a replica of the service that will draw it), then queue; as LocalEngine.submit, a bad
+        or refused request never becomes a job."""
         service = self.choose(params.service)
-        # The pinned set travels with the request: whichever replica draws it applies the same LoRAs.
-        loras = self.pinned if params.loras is None else params.loras
-        params = dataclasses.replace(params, service=service, loras=loras)
         handle = self.handles[service]
-
-        def run(slot: _Slot, job: Job):
-            result = self._run(handle, service, params, job)
-            self._measured(service, (result.lora_ms + result.inference_ms) / 1000)
-            return result
-
-        run.service = service  # _finished counts the job off its service's wait, whichever way it ends
-        with self._lock:
-            self._routed[service] += 1
+        self._admit(service)  # counts the request in _routed[service] from here: the check's call is one of Ray's too
         try:
+            if params.loras:  # the pinned set (None) was checked when it was pinned, as on a plain service
+                await self._check(handle, service, params, deadline)
+            # The pinned set travels with the request: whichever replica draws it applies the same LoRAs.
+            loras = self.pinned if params.loras is None else params.loras
+            params = dataclasses.replace(params, service=service, loras=loras)
+
+            def run(slot: _Slot, job: Job):
+                result = self._run(handle, service, params, job)
+                self._measured(service, (result.lora_ms + result.inference_ms) / 1000)
+                return result
+
+            run.service = service  # _finished counts the job off its service's wait, whichever way it ends
             job = self.scheduler.submit(run, total_steps=params.total_steps, deadline=deadline,
                                         request_id=request_id, num_images=params.num_images)
         except BaseException:
@@ -142,6 +172,74 @@ class RayEngine:
             raise
         job.extra["service"] = service
         return job
+
+    def ray_capacity(self, service: str) -> int | None:
+        """How many requests Ray takes for the deployment now before it raises BackPressureError: each
+        running replica's max_ongoing_requests, plus max_queued_requests waiting in the handle (None: no
+        bound). With no replica running, only the queue (Ray holds requests there while one starts)."""
+        max_ongoing, max_queued = self.ray_queue[service]
+        if max_queued < 0:
+            return None
+        replicas = (self.replica_view.replicas.get(service) if self.replica_view else None) or Replicas()
+        return replicas.running * max_ongoing + max_queued
+
+    def _admit(self, service: str) -> None:
+        """Count a request in for `service`, or refuse it (429) when the requests already routed there
+        and not finished (queued in the ingress, checking, or at Ray) fill what Ray would accept: the
+        client hears Ray's backpressure on its POST, instead of a job accepted (202) that Ray refuses."""
+        bound = self.ray_capacity(service)
+        with self._lock:
+            routed = self._routed[service]
+            if bound is None or routed < bound:
+                self._routed[service] = routed + 1
+                return
+        wait = self.expected_waits()[service]
+        raise QueueFull(f"the {service} deployment's queue is full ({routed} requests in flight or waiting for it, "
+                        f"as many as its running replicas and its Ray queue take); retry later",
+                        retry_after_s=max(1, math.ceil(min(wait, 3600))))
+
+    async def _check(self, handle, service: str, params: GenerationParams, deadline: float) -> None:
+        """One awaited call to a replica of `service`: FluxModelManager.check, the plain service's rule
+        (ready, the compile refusal, each LoRA found, readable and fitting that model). Its domain error
+        is the answer (404, 422...), before anything is queued."""
+        for attempt in (1, 2):
+            response = handle.check.remote(params)
+            try:
+                await asyncio.wait_for(_awaited(response), timeout=max(0.0, deadline - time.monotonic()))
+                return
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise GenerationTimeout("the request timed out while its LoRAs were being checked") from None
+            except asyncio.CancelledError:
+                response.cancel()  # the client went away
+                raise
+            except BaseException as e:  # each kind mapped below; anything else re-raised
+                error = self._ray_error(service, e)
+                if error is None:
+                    raise
+                if isinstance(error, _ReplicaGone):
+                    if attempt == 2:
+                        raise GenerationFailed(f"the {service} replica checking this request died ({error.name}); "
+                                               "send it again") from None
+                    continue  # a check is repeatable: once more, on another replica
+                raise error from None
+
+    def _ray_error(self, service: str, e: BaseException) -> BaseException | None:
+        """What a failed Ray call means to a client: Ray's backpressure -> QueueFull (429); a domain
+        error raised in the replica -> that error; a replica gone -> _ReplicaGone; else None."""
+        if isinstance(e, BackPressureError):
+            return QueueFull(f"the {service} deployment's queue is full ({e.message}); retry later",
+                             retry_after_s=max(1, int(e.retry_after_s or 5)))
+        if isinstance(e, RayTaskError):
+            cause = e.cause
+            if isinstance(cause, FluxAPIError):
+                return cause
+            return GenerationFailed(f"the {service} replica failed: {type(cause).__name__}: {cause}")
+        if isinstance(e, REPLICA_GONE):
+            if self.replica_view is not None:
+                self.replica_view.lost(service)  # auto routes around it before Ray's health check
+            return _ReplicaGone(type(e).__name__)
+        return None
 
     def _measured(self, service: str, seconds: float) -> None:
         old = self._job_s[service]
@@ -167,19 +265,12 @@ class RayEngine:
             except RequestCancelledError:
                 job.check_interrupt()  # the job's own cancel error
                 raise GenerationFailed(f"the {service} request was cancelled by Ray Serve")
-            except BackPressureError as e:
-                raise QueueFull(f"the {service} deployment's queue is full ({e.message}); retry later",
-                                retry_after_s=max(1, int(e.retry_after_s or 5)))
-            except RayTaskError as e:  # raised inside the replica: its domain error, as the plain service says it
-                cause = e.cause
-                if isinstance(cause, FluxAPIError):
-                    raise cause from None
-                raise GenerationFailed(f"the {service} replica failed: {type(cause).__name__}: {cause}") from None
-            except REPLICA_GONE as e:
-                if self.replica_view is not None:
-                    self.replica_view.lost(service)  # auto routes around it before Ray's health check
+            except (BackPressureError, RayTaskError, *REPLICA_GONE) as e:
+                error = self._ray_error(service, e)
+                if not isinstance(error, _ReplicaGone):
+                    raise error from None
                 if stepped or attempt == 2:
-                    raise GenerationFailed(f"the {service} replica drawing this job died mid-run ({type(e).__name__}); "
+                    raise GenerationFailed(f"the {service} replica drawing this job died mid-run ({error.name}); "
                                            "Ray replaces it: submit again") from None
                 log.warning("the %s replica died before job %s started; retrying once on another", service, job.id)
             finally:
@@ -210,11 +301,14 @@ class RayEngine:
 
     async def apply_loras(self, loras: tuple[LoraSpec, ...]) -> dict:
         """Pin a set after each deployment has checked it (found, fits); every later request carries it."""
-        for handle in self.handles.values():
+        for service, handle in self.handles.items():
             try:
                 await handle.check_loras.remote(loras)
-            except RayTaskError as e:
-                raise (e.cause if isinstance(e.cause, FluxAPIError) else GenerationFailed(str(e.cause))) from None
+            except (BackPressureError, RayTaskError, *REPLICA_GONE) as e:
+                error = self._ray_error(service, e)
+                if isinstance(error, _ReplicaGone):
+                    error = GenerationFailed(f"the {service} replica checking the LoRAs died ({error.name}); send it again")
+                raise error from None
         self.pinned = tuple(loras)
         return await self.lora_status()
 
@@ -230,14 +324,10 @@ class RayEngine:
                 "cache_size": self.settings.lora_cache_size, "lora_dir": str(self.settings.lora_dir)}
 
     async def list_loras(self) -> dict:
-        import asyncio
-
         return {"available": await asyncio.to_thread(list_lora_folder, self.settings.lora_dir),
                 **await self.lora_status()}
 
     async def status(self) -> dict:
-        import asyncio
-
         services = {}
         replicas = self.replica_view.replicas if self.replica_view else {}
         waits = self.expected_waits()
