@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.socket, pytest.mark.slow]
 SECRET = "test-webhook-secret-0123456789"  # webhooks on at the ingress (test_webhooks.py's secret)
 
 BODY = {"prompt": "a red circle on a blue background", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 7}
-LONG = {**BODY, "width": 512, "height": 512, "num_inference_steps": 100}  # seconds: cancelled, never awaited
+LONG = {**BODY, "width": 768, "height": 768, "num_inference_steps": 100}  # a minute alone: cancelled, never awaited
 
 
 def _free_port() -> int:

@@ -200,7 +200,7 @@ class RayEngine:
 
     async def _check(self, handle, service: str, params: GenerationParams, deadline: float) -> None:
         """One awaited call to a replica of `service`: FluxModelManager.check, the plain service's rule
-        (ready, the compile refusal, each LoRA found, readable and fitting that model). Its domain error
+        (ready, each LoRA found, readable, fitting that model and its LoRA slot). Its domain error
         is the answer (404, 422...), before anything is queued."""
         for attempt in (1, 2):
             response = handle.check.remote(params)

@@ -56,7 +56,7 @@ class FluxModelDeployment:
         return {"pid": os.getpid(), "actor": ray.get_runtime_context().current_actor}
 
     async def check(self, params: GenerationParams) -> None:
-        """The plain service's checks before its queue (FluxModelManager.check: ready, the compile refusal,
+        """The plain service's checks before its queue (FluxModelManager.check: ready,
         each LoRA found, readable and fitting this model); raises the domain error. The ingress awaits
         this before it accepts a request that names LoRAs, so a bad one is refused as a plain service
         refuses it, never accepted and then failed."""
