@@ -20,18 +20,24 @@ import time
 from pathlib import Path
 
 FULL_MODEL, FULL_LORAS = "flux-full", "flux-loras"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # what most LoRAs train
+# Every Linear of the blocks (attention, MLPs, modulation), as some trainers do: the costlier case.
+ALL_TARGETS = LORA_TARGETS + ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2",
+                              "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp", "proj_out", "norm1.linear",
+                              "norm1_context.linear", "norm.linear"]
 
 
 def lora_names(loras: int = 2, rank: int = 16) -> list[str]:
-    return [f"random-r{rank}-{i}" for i in range(loras)]
+    """The attention LoRAs, then the one on every Linear of the blocks."""
+    return [f"random-r{rank}-{i}" for i in range(loras)] + [f"random-r{rank}-all"]
 
 
 def save_random_model(size: str, out: str | Path, device: str = "cpu", dtype="bfloat16",
                       lora_out: str | Path | None = None, loras: int = 2, lora_rank: int = 16) -> Path:
     """Build the random pipeline of `size` ("tiny" or "full") on `device` in `dtype` (a torch dtype or
     its name) and save it to `out`; with `lora_out`, also `loras` random LoRAs of rank `lora_rank` on
-    every attention projection (named `random-r{rank}-{i}`, seeded)."""
+    every attention projection (named `random-r{rank}-{i}`, seeded), and one on every Linear of the
+    blocks (`random-r{rank}-all`)."""
     import torch
 
     from .engine.tiny import build_random_pipeline
@@ -49,7 +55,8 @@ def save_random_model(size: str, out: str | Path, device: str = "cpu", dtype="bf
 
         for i, name in enumerate(lora_names(loras, lora_rank)):
             torch.manual_seed(100 + i)
-            pipe.transformer.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS,
+            targets = ALL_TARGETS if name.endswith("-all") else LORA_TARGETS
+            pipe.transformer.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=targets,
                                                     init_lora_weights=False), adapter_name=name)
             layers = get_peft_model_state_dict(pipe.transformer, adapter_name=name)
             FluxPipeline.save_lora_weights(lora_out, transformer_lora_layers=layers, weight_name=f"{name}.safetensors")

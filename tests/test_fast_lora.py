@@ -35,6 +35,9 @@ def fast_loras(lora_dir, tmp_path_factory):
                f"{te}.lora_B.weight": torch.randn(64, 4, generator=g)}, root / "with-te.safetensors")
     save_file({**pair(4), f"{q}.lora_magnitude_vector": torch.ones(inner)}, root / "dora.safetensors")
     save_file({**pair(4), f"{q}.lora_B.bias": torch.zeros(inner)}, root / "bias.safetensors")
+    ff = "transformer.transformer_blocks.0.ff.net.0.proj"  # beyond attention: the slot's "all" variant
+    save_file({f"{ff}.lora_A.weight": torch.randn(4, inner, generator=g),
+               f"{ff}.lora_B.weight": torch.randn(4 * inner, 4, generator=g)}, root / "ff.safetensors")
     return root
 
 
@@ -74,6 +77,12 @@ def test_compiled_service_serves_every_lora_feature_without_compiling_again(comp
     assert odd.status_code == 200, odd.text
     assert gen(s, lora_name="style", negative_prompt="blurry", true_cfg_scale=2.0).status_code == 200
     assert pixels(gen(s, width=272, height=256)) != base  # base at an unseen size, too
+    # the slot's variant: attention layers only for these LoRAs, every layer for one that trains the MLP
+    assert s.client.get("/lora-status").json()["slot"] == {"rank": MAX_RANK, "layers": 50, "variant": "base"}
+    assert gen(s, lora_name="ff").status_code == 200
+    assert s.client.get("/lora-status").json()["slot"]["variant"] == "all"
+    assert pixels(gen(s, lora_name="style")) == pixels(styled)
+    assert s.client.get("/lora-status").json()["slot"]["variant"] == "attention"
     # pinned, then removed
     assert s.client.post("/apply-lora", json={"lora_name": "detail", "lora_weight": 0.8}).status_code == 200
     pinned = gen(s)

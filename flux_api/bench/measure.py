@@ -81,6 +81,14 @@ def measure_loras(once, post, px: int, loras: list[str], repeats: int) -> dict:
         names = [loras[1], loras[0]] * 3  # one step each: what switching costs (the first loads loras[1])
         out["lora_ms_load_then_switches"] = [
             once(px, seed=0, num_inference_steps=1, lora_name=n)["body"]["timings"]["lora_ms"] for n in names]
+    for name in loras[2:]:  # e.g. a LoRA on every Linear (the slot's costlier variant)
+        r = post(px, seed=5, lora_name=name)
+        if r.status_code == 200:
+            other = best(lora_name=name)
+            out.setdefault("more", {})[name] = {"latency_s": other["latency_s"],
+                                                "over_base": round(other["latency_s"] / base["latency_s"], 3)}
+        else:
+            out.setdefault("more", {})[name] = {"status": r.status_code, "error": r.text[:300]}
     out["base_after_lora_identical"] = once(px, seed=5)["body"]["image"] == base["body"]["image"]
     return out
 

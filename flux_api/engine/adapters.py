@@ -85,6 +85,10 @@ class AdapterSet:
         """For the warm-up: switch to each variant a LoRA request runs, yielding once per variant."""
         yield from ()
 
+    def slot_status(self) -> dict | None:
+        """What /lora-status says of the adapters' own structure (None: nothing to say)."""
+        return None
+
     # ------------------------------------------------------------------ bookkeeping
 
     def loaded(self) -> list[dict]:

@@ -123,12 +123,11 @@ def _slot_linear_class():
     import torch
 
     class SlotLinear(torch.nn.Module):
-        """A Linear layer of the transformer with the LoRA slot beside it: y = base(x), plus, when
-        switched on, (x A^T) B^T added in the second GEMM's epilogue (addmm: one read and one write of
-        y). peft's LoRA layer adds it as a separate elementwise pass (B's output written, then it and y
-        read and the sum written again): 1.14x the base step at 1024 px on an H100 in bf16 and 1.17x in
-        fp8 with rank 128 on every Linear, which this layer exists to cut. The scale is folded into B
-        when the slot is filled, so the forward has no scalar to multiply."""
+        """A Linear layer of the transformer with the LoRA slot beside it: y = base(x), plus, when this
+        layer is switched on, (x A^T) B^T, the scale folded into B when the slot is filled. Each layer
+        has its own switch, so a LoRA that trains only attention pays only for the attention layers
+        (the variants, LoraSlot.VARIANTS). The sum is a plain add, which inductor fuses into what reads
+        y next: measured on an H100 in fp8, an addmm (the add in the GEMM's epilogue) was slower."""
 
         def __init__(self, base: torch.nn.Linear, rank: int, dtype):
             super().__init__()
@@ -154,16 +153,21 @@ def _slot_linear_class():
             y = self.base(x)
             if not self.enabled:
                 return y
-            flat = x.reshape(-1, x.shape[-1]).to(self.lora_A.dtype)
-            out = torch.addmm(y.reshape(-1, y.shape[-1]), flat @ self.lora_A.t(), self.lora_B.t().to(y.dtype))
-            return out.view(y.shape)
+            lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B)
+            return y + lora.to(y.dtype)
 
     return SlotLinear
 
 
 class LoraSlot:
     """The adapter slot of one transformer: made once (every Linear layer wrapped), filled in place,
-    switched on and off."""
+    switched on and off. Three variants, each compiled and captured at warm-up: "base" (all off),
+    "attention" (on in the attention projections only: what most LoRAs train, at a fraction of the
+    cost) and "all"; a fill picks the smallest that covers the layers its LoRAs use."""
+
+    ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                 "attn.add_v_proj", "attn.to_add_out")
+    VARIANTS = ("attention", "all")  # besides "base"
 
     def __init__(self, transformer, rank: int, dtype):
         import torch
@@ -175,17 +179,27 @@ class LoraSlot:
             for name, module in targets:
                 transformer.set_submodule(name, SlotLinear(module, rank, dtype))
         self.layers = {n: transformer.get_submodule(n) for n, _ in targets}
+        attention = {n for n in self.layers if n.endswith(self.ATTENTION)}
+        self.variant_layers = {"base": set(), "attention": attention, "all": set(self.layers)}
         self.device = next(iter(self.layers.values())).lora_A.device
         self.filled: set[str] = set()  # layers whose slot tensors are not all zero
         self.contents: tuple | None = ()  # what the slot holds: ((key, weight), ...); None: being written
-        self.enabled = False
+        self.needs = "all"  # the variant the contents need
+        self.current = "base"  # the variant switched on
 
-    def enable(self, on: bool) -> None:
-        if on == self.enabled:
+    @property
+    def enabled(self) -> bool:
+        return self.current != "base"
+
+    def enable(self, on: bool, variant: str | None = None) -> None:
+        """Switch to `variant` (on: the one the contents need; off: "base")."""
+        want = (variant or self.needs) if on else "base"
+        if want == self.current:
             return
-        for m in self.layers.values():
-            m.enabled = on
-        self.enabled = on
+        on_layers = self.variant_layers[want]
+        for name, m in self.layers.items():
+            m.enabled = name in on_layers
+        self.current = want
 
     def fill(self, loras: list[tuple[str, PreparedLora, float]]) -> None:
         """Pack `loras` ((key, LoRA, weight), in order) into the slot. In place: no tensor is replaced.
@@ -218,10 +232,11 @@ class LoraSlot:
                 if parts:
                     used.add(name)
             self.filled = used
+        self.needs = "attention" if used <= self.variant_layers["attention"] else "all"
         self.contents = key
 
     def variant(self) -> str:
-        return "lora" if self.enabled else "base"
+        return self.current
 
 
 class SlotAdapterSet(AdapterSet):
@@ -271,10 +286,15 @@ class SlotAdapterSet(AdapterSet):
     def graph_variant(self):
         return self.slot.variant()
 
+    def slot_status(self) -> dict:
+        return {"rank": self.slot.rank, "layers": len(self.slot.layers), "variant": self.slot.current}
+
     def warm_variants(self):
-        """Each variant a LoRA request runs, for the warm-up: the slot on (its zero weights)."""
-        self.slot.enable(True)
+        """Each variant a LoRA request runs, for the warm-up: the slot on (its zero weights), in the
+        attention layers only, then in all."""
         try:
-            yield "lora"
+            for variant in LoraSlot.VARIANTS:
+                self.slot.enable(True, variant)
+                yield variant
         finally:
             self.slot.enable(False)

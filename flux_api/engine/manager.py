@@ -339,7 +339,12 @@ class FluxModelManager:
             "loaded": self._loaded(),
             "cache_size": self.settings.lora_cache_size,
             "lora_dir": str(self.settings.lora_dir),
+            "slot": self._slot_status(),
         }
+
+    def _slot_status(self) -> dict | None:
+        replicas = self.replicas  # one read: an unload may empty the list meanwhile
+        return replicas[0].adapters.slot_status() if replicas else None
 
     def _loaded(self) -> list[dict]:
         replicas = self.replicas  # one read: an unload may empty the list meanwhile
