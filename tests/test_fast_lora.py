@@ -35,6 +35,15 @@ def fast_loras(lora_dir, tmp_path_factory):
                f"{te}.lora_B.weight": torch.randn(64, 4, generator=g)}, root / "with-te.safetensors")
     save_file({**pair(4), f"{q}.lora_magnitude_vector": torch.ones(inner)}, root / "dora.safetensors")
     save_file({**pair(4), f"{q}.lora_B.bias": torch.zeros(inner)}, root / "bias.safetensors")
+    # style again, with diffusers' LoRA metadata (its LoraConfig: alpha 8 over rank 4, so scale 2, where
+    # the file without metadata loads at scale 1): the config then comes from the metadata
+    from diffusers import FluxPipeline
+    from safetensors.torch import load_file
+
+    tensors = {k.removeprefix("transformer."): v for k, v in load_file(root / "style.safetensors").items()}
+    FluxPipeline.save_lora_weights(root, transformer_lora_layers=tensors, weight_name="style-meta.safetensors",
+                                   transformer_lora_adapter_metadata={"r": 4, "lora_alpha": 8, "target_modules":
+                                                                      ["to_q", "to_k", "to_v", "to_out.0"]})
     ff = "transformer.transformer_blocks.0.ff.net.0.proj"  # beyond attention: the slot's "all" variant
     save_file({f"{ff}.lora_A.weight": torch.randn(4, inner, generator=g),
                f"{ff}.lora_B.weight": torch.randn(4 * inner, 4, generator=g)}, root / "ff.safetensors")
@@ -113,12 +122,13 @@ def test_the_slot_draws_what_stock_diffusers_draws(compiled, tiny_dir, fast_lora
         return np.asarray(img, dtype=np.float32).ravel()
 
     stock_base = stock()
-    for name in ("style", "detail", "kohya"):
+    for name in ("style", "detail", "kohya", "style-meta"):
         pipe.load_lora_weights(str(fast_loras / f"{name}.safetensors"), adapter_name=name)
     cases = [(["style"], [1.0], {"lora_name": "style"}),
              (["style"], [0.5], {"lora_name": "style", "lora_weight": 0.5}),
              (["style", "detail"], [1.0, 0.7], {"loras": [{"name": "style"}, {"name": "detail", "weight": 0.7}]}),
-             (["kohya"], [1.0], {"lora_name": "kohya"})]
+             (["kohya"], [1.0], {"lora_name": "kohya"}),
+             (["style-meta"], [1.0], {"lora_name": "style-meta"})]
     assert np.abs(image(gen(compiled)) - stock_base).mean() < 1.0
     for names, weights, body in cases:
         pipe.set_adapters(names, weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -37,6 +38,16 @@ def lora_load_error(e: Exception, names: str, backend: str) -> FluxAPIError:
                             "changed, see the server log")
 
 
+def lora_metadata(data: bytes) -> dict | None:
+    """diffusers' LoRA metadata (the LoraConfig it saved: rank, alpha, patterns) from a safetensors file's
+    bytes, as diffusers reads it from a path (`lora_adapter_metadata` in the header). A dict of tensors
+    loses it, and without it a LoRA saved with alpha != rank would load at the wrong scale."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    raw = (header.get("__metadata__") or {}).get("lora_adapter_metadata")
+    return json.loads(raw) if raw else None
+
+
 class AdapterSet:
     """The LoRA adapters of one pipeline, whatever holds them: which LoRAs are loaded (an LRU cache of
     `cache_size`), their files and hashes, which set is active, and changing that atomically. A
@@ -65,7 +76,9 @@ class AdapterSet:
     def check_together(self, loras: tuple[LoraSpec, ...], files: dict[str, LoraFile]) -> None:
         """Raise InvalidLora when these LoRAs cannot be active at once (each one fits on its own)."""
 
-    def _load_adapter(self, file: LoraFile, state: dict, adapter: str) -> None:
+    def _load_adapter(self, file: LoraFile, state: dict, adapter: str, metadata: dict | None) -> None:
+        """Load the file's tensors (`state`) and diffusers' LoRA metadata (its LoraConfig, if the file
+        has one) as `adapter`."""
         raise NotImplementedError
 
     def _delete_adapter(self, adapter: str) -> None:
@@ -161,11 +174,11 @@ class AdapterSet:
     def _load(self, file: LoraFile, keep: set[str]) -> str:
         if not file.fit_checked:
             self.fit_check(file.path, file.name)
-        state, version = self._read(file)
+        state, metadata, version = self._read(file)
         self._counter += 1
         adapter = f"lora_{self._counter}"
         try:
-            self._load_adapter(file, state, adapter)
+            self._load_adapter(file, state, adapter, metadata)
         except Exception as e:
             self._delete_adapter(adapter)
             raise lora_load_error(e, repr(file.name), self.backend) from e
@@ -183,11 +196,11 @@ class AdapterSet:
         return adapter
 
     @staticmethod
-    def _read(file: LoraFile) -> tuple[dict, tuple]:
-        """The file's tensors, read once into memory, and its version. Never memory-mapped: diffusers
-        would keep the mapping as the adapter's weights, so a file overwritten in place would change
-        them behind our back, or kill the process with SIGBUS when it shrinks. The bytes loaded are the
-        bytes hashed: they must be the ones the request's check saw."""
+    def _read(file: LoraFile) -> tuple[dict, dict | None, tuple]:
+        """The file's tensors and diffusers' LoRA metadata, read once into memory, and its version. Never
+        memory-mapped: diffusers would keep the mapping as the adapter's weights, so a file overwritten
+        in place would change them behind our back, or kill the process with SIGBUS when it shrinks.
+        The bytes loaded are the bytes hashed: they must be the ones the request's check saw."""
         from safetensors.torch import load
 
         try:
@@ -198,7 +211,7 @@ class AdapterSet:
         if file.sha256 is not None and hashlib.sha256(data).hexdigest() != file.sha256:
             raise InvalidLora(f"LoRA {file.name!r} changed on disk after it was checked; send the request again")
         try:
-            return load(data), version
+            return load(data), lora_metadata(data), version
         except Exception as e:
             raise InvalidLora(f"LoRA {file.name!r} is not a readable safetensors file: {e}") from e
 

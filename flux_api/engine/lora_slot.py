@@ -60,18 +60,21 @@ class PreparedLora:
         return self
 
 
-def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set[str] | None = None) -> PreparedLora:
+def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set[str] | None = None,
+            metadata: dict | None = None) -> PreparedLora:
     """The transformer part of a LoRA file (any format diffusers reads for FLUX: peft, kohya, xlabs...)
     as per-layer (A, B, scale), on the CPU. Raises InvalidLora (422) for anything the slot cannot hold.
-    `slot_layers`: the layers the slot covers (None: every Linear of the transformer)."""
+    `slot_layers`: the layers the slot covers (None: every Linear of the transformer). `metadata`: the
+    file's diffusers LoRA metadata where `state` is its tensors (a path carries its own)."""
     import torch
     from diffusers.utils import convert_unet_state_dict_to_peft, get_peft_kwargs
     from peft import LoraConfig
     from peft.utils.other import get_pattern_key
 
     try:
-        sd, alphas, metadata = pipe.lora_state_dict(state if isinstance(state, dict) else str(state),
-                                                    return_alphas=True, return_lora_metadata=True)
+        sd, alphas, read = pipe.lora_state_dict(state if isinstance(state, dict) else str(state),
+                                                return_alphas=True, return_lora_metadata=True)
+        metadata = metadata or read
     except Exception as e:
         raise InvalidLora(f"LoRA {name!r} is not in a LoRA format diffusers can read for FLUX: {e}") from e
     text = [k for k in sd if k.startswith("text_encoder")]
@@ -92,12 +95,15 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set
         raise InvalidLora(f"LoRA {name!r} has LoRA biases (lora_bias): the service applies plain LoRA only")
     # The LoraConfig diffusers would make (ranks, alphas, their per-layer patterns), as load_lora_adapter does.
     meta = {k.removeprefix("transformer."): v for k, v in (metadata or {}).items() if k.startswith("transformer.")}
-    if meta:
-        config = LoraConfig(**meta)
-    else:
-        ranks = {f"^{k}": v.shape[1] for k, v in transformer.items() if "lora_B" in k and v.ndim > 1}
-        net = {k.removeprefix("transformer."): v for k, v in (alphas or {}).items() if k.startswith("transformer.")}
-        config = LoraConfig(**get_peft_kwargs(ranks, net or None, transformer))
+    try:
+        if meta:
+            config = LoraConfig(**meta)
+        else:
+            ranks = {f"^{k}": v.shape[1] for k, v in transformer.items() if "lora_B" in k and v.ndim > 1}
+            net = {k.removeprefix("transformer."): v for k, v in (alphas or {}).items() if k.startswith("transformer.")}
+            config = LoraConfig(**get_peft_kwargs(ranks, net or None, transformer))
+    except (TypeError, ValueError, IndexError) as e:  # a metadata block or alphas peft cannot read
+        raise InvalidLora(f"LoRA {name!r}: its ranks and alphas cannot be read as a LoRA config: {e}") from e
     layers: dict[str, tuple] = {}
     for key, a in transformer.items():
         if ".lora_A." not in key:
@@ -265,9 +271,9 @@ class SlotAdapterSet(AdapterSet):
 
     # ------------------------------------------------------------------ the worker
 
-    def _load_adapter(self, file: LoraFile, state: dict, adapter: str) -> None:
+    def _load_adapter(self, file: LoraFile, state: dict, adapter: str, metadata: dict | None) -> None:
         """Convert on the CPU, then keep the converted tensors on the slot's device, in its dtype."""
-        prepared = convert(self.pipe, state, file.name, self.slot.rank, set(self.slot.layers))
+        prepared = convert(self.pipe, state, file.name, self.slot.rank, set(self.slot.layers), metadata)
         self.prepared[adapter] = prepared.to(self.slot.device, self.slot.dtype)
 
     def _delete_adapter(self, adapter: str) -> None:
