@@ -14,7 +14,7 @@ const MAX_SEED = 2 ** 32 - 1;
 const MEDIA = { png: "image/png", jpeg: "image/jpeg", webp: "image/webp" };
 
 const $ = (id) => document.getElementById(id);
-const page = { jobId: null, presets: {}, historyCount: 0 };
+const page = { jobId: null, endedJob: null, presets: {}, historyCount: 0 };
 
 // ---------------------------------------------------------------- calls to the service
 
@@ -257,11 +257,12 @@ async function follow(jobId) {
   for await (const { event, data } of sseEvents(resp)) {
     if (event === "state") showState(data);
     else if (event === "progress") showProgress(data);
-    else if (event === "result") return data;
-    else if (event === "error") return showEnd(data);
+    else if (event === "result") { page.endedJob = jobId; return data; }
+    else if (event === "error") { page.endedJob = jobId; return showEnd(data); }
   }
   // The stream ended without its last event (a proxy cut it): the job itself says how it ended.
   const detail = await api(`jobs/${jobId}`);
+  page.endedJob = jobId;
   if (detail.result) return detail.result;
   return showEnd({ state: detail.state, ...(detail.error || {}) });
 }
@@ -295,7 +296,8 @@ async function cancel() {
   $("cancel").disabled = true;
   try {
     await api(`jobs/${jobId}`, { method: "DELETE" });
-    setProgress(Number($("progress").value), "Cancelling (at the next step)...");
+    // The job may have ended (its stream said "Cancelled.") before this answer came back: say nothing then.
+    if (page.endedJob !== jobId) setProgress(Number($("progress").value), "Cancelling (at the next step)...");
   } catch (e) {
     showError(e, "Could not cancel");
   }
