@@ -77,8 +77,11 @@ def test_full_queue_gives_429_and_every_accepted_job_completes(two):
     for r in refused:
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert r.json()["error"]["type"] == "queue_full"
-    positions = [r.json()["position"] for r in accepted if r.json()["position"] is not None]
-    assert positions == sorted(positions)
+    # FIFO: a job never reports more jobs ahead of it than were accepted before it. (Not "positions
+    # sorted": a worker that takes a job between two POSTs lowers the later ones', a timing a busy CI
+    # machine showed once: [0, 1, 0, 1, 2].)
+    positions = [r.json()["position"] for r in accepted]
+    assert all(p is None or p <= i for i, p in enumerate(positions)), positions
     for r in accepted:
         assert wait_state(two, r.json()["id"], {"done", "failed", "cancelled", "timed_out"}, 120)["state"] == "done"
 
