@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 
 from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory, InvalidLora, LoraNotFound
-from .lora import LoraFile, LoraResolver, LoraSpec, check_lora_fits, file_sha256, file_version, inspect_lora
+from .lora import LoraFile, LoraResolver, LoraSpec, file_sha256, file_version, inspect_lora
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def lora_metadata(data: bytes) -> dict | None:
 class AdapterSet:
     """The LoRA adapters of one pipeline, whatever holds them: which LoRAs are loaded (an LRU cache of
     `cache_size`), their files and hashes, which set is active, and changing that atomically. A
-    subclass says how an adapter is loaded, deleted, switched on and off (`lora_slot.SlotAdapterSet`,
-    the peft one; the Nunchaku backend's own)."""
+    subclass says how an adapter is checked, loaded, deleted, switched on and off
+    (`lora_slot.SlotAdapterSet`, the default; the Nunchaku backend's own)."""
 
     lora_keys = True  # files must hold lora_A/lora_down tensors (a backend with its own format says no)
 
@@ -71,7 +71,7 @@ class AdapterSet:
 
     def fit_check(self, path, name: str) -> None:
         """Raise InvalidLora when the file cannot go into this model (in the request's path: no GPU)."""
-        check_lora_fits(self.pipe, path, name)
+        raise NotImplementedError
 
     def check_together(self, loras: tuple[LoraSpec, ...], files: dict[str, LoraFile]) -> None:
         """Raise InvalidLora when these LoRAs cannot be active at once (each one fits on its own)."""

@@ -235,40 +235,6 @@ def inspect_lora(path: Path, lora_keys: bool = True) -> dict:
     return {"rank": max(ranks, default=None), "target_modules": sorted(targets), "tensors": len(keys)}
 
 
-def check_lora_fits(pipe, path: Path, name: str) -> None:
-    """Refuse a LoRA whose tensors do not fit this model, before diffusers touches the model.
-
-    diffusers' FLUX loader does not refuse a mismatch: it widens the base layer to fit the LoRA
-    (meant for FLUX Control LoRAs), and unloading does not undo it. So shapes are checked here, on
-    the state dict diffusers would load (kohya and other formats already converted).
-    """
-    try:
-        state_dict, _ = pipe.lora_state_dict(str(path), return_alphas=True)
-    except Exception as e:
-        raise InvalidLora(f"LoRA {name!r} is not in a LoRA format diffusers can read for FLUX: {e}") from e
-    components = {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}
-    problems = []
-    for key, tensor in state_dict.items():
-        kind = "A" if ".lora_A." in key else "B" if ".lora_B." in key else None
-        if kind is None:
-            continue
-        prefix, _, rest = key.partition(".")
-        module_path = rest.split(f".lora_{kind}.")[0]
-        try:
-            module = components[prefix].get_submodule(module_path)
-        except (KeyError, AttributeError):
-            problems.append(f"{prefix}.{module_path} does not exist in this model")
-            continue
-        want = getattr(module, "in_features" if kind == "A" else "out_features", None)
-        got = tensor.shape[1] if kind == "A" else tensor.shape[0]
-        if want is not None and got != want:
-            side = "in" if kind == "A" else "out"
-            problems.append(f"{prefix}.{module_path} has {side}_features {want}, the LoRA has {got}")
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
-
-
 def list_lora_folder(lora_dir: Path) -> list[dict]:
     """Every .safetensors file under the folder, with its size, rank and targets (or why not)."""
     root = Path(lora_dir)

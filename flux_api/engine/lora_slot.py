@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..errors import InvalidLora
 from .adapters import AdapterSet
-from .lora import LoraFile, LoraSpec, check_lora_fits
+from .lora import LoraFile, LoraSpec
 
 log = logging.getLogger(__name__)
 # Wrapping layers builds modules; one transformer at a time in the process (replicas load in turn, and
@@ -60,12 +60,12 @@ class PreparedLora:
         return self
 
 
-def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set[str] | None = None,
-            metadata: dict | None = None) -> PreparedLora:
+def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, metadata: dict | None = None) -> PreparedLora:
     """The transformer part of a LoRA file (any format diffusers reads for FLUX: peft, kohya, xlabs...)
-    as per-layer (A, B, scale), on the CPU. Raises InvalidLora (422) for anything the slot cannot hold.
-    `slot_layers`: the layers the slot covers (None: every Linear of the transformer). `metadata`: the
-    file's diffusers LoRA metadata where `state` is its tensors (a path carries its own)."""
+    as per-layer (A, B, scale), on the CPU. Raises InvalidLora (422) for anything the slot cannot hold,
+    and for a LoRA made for another model: each of its layers must be one of the slot's `layers` (name
+    -> layer), with the same in and out features. `metadata`: the file's diffusers LoRA metadata where
+    `state` is its tensors (a path carries its own)."""
     import torch
     from diffusers.utils import convert_unet_state_dict_to_peft, get_peft_kwargs
     from peft import LoraConfig
@@ -104,7 +104,8 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set
             config = LoraConfig(**get_peft_kwargs(ranks, net or None, transformer))
     except (TypeError, ValueError, IndexError) as e:  # a metadata block or alphas peft cannot read
         raise InvalidLora(f"LoRA {name!r}: its ranks and alphas cannot be read as a LoRA config: {e}") from e
-    layers: dict[str, tuple] = {}
+    converted: dict[str, tuple] = {}
+    problems = []
     for key, a in transformer.items():
         if ".lora_A." not in key:
             continue
@@ -112,13 +113,21 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, slot_layers: set
         b = transformer.get(f"{module}.lora_B.weight")
         if b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise InvalidLora(f"LoRA {name!r}: layer {module} has no matching lora_A/lora_B pair")
-        if slot_layers is not None and module not in slot_layers:
-            raise InvalidLora(f"LoRA {name!r} targets {module}, which is not a Linear layer of this transformer")
+        layer = layers.get(module)
+        if layer is None:
+            problems.append(f"{module} is not a Linear layer of this transformer")
+            continue
+        for side, want, got in (("in", layer.in_features, a.shape[1]), ("out", layer.out_features, b.shape[0])):
+            if want != got:
+                problems.append(f"{module} has {side}_features {want}, the LoRA has {got}")
         r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module), config.r)
         alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
         scale = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        layers[module] = (a.to(torch.float32), b.to(torch.float32), float(scale))
-    prepared = PreparedLora(name, layers)
+        converted[module] = (a.to(torch.float32), b.to(torch.float32), float(scale))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
+    prepared = PreparedLora(name, converted)
     if prepared.rank > max_rank:
         raise InvalidLora(f"LoRA {name!r} has rank {prepared.rank}, over the service's lora_max_rank of {max_rank} "
                           "(the LoRA slot's size, fixed at load): restart with a larger lora_max_rank")
@@ -179,7 +188,7 @@ class LoraSlot:
         import torch
 
         SlotLinear = _slot_linear_class()
-        self.transformer, self.rank, self.dtype = transformer, rank, dtype
+        self.rank, self.dtype = rank, dtype
         targets = [(n, m) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
         with _INJECT_LOCK:
             for name, module in targets:
@@ -192,10 +201,6 @@ class LoraSlot:
         self.contents: tuple | None = ()  # what the slot holds: ((key, weight), ...); None: being written
         self.needs = "all"  # the variant the contents need
         self.current = "base"  # the variant switched on
-
-    @property
-    def enabled(self) -> bool:
-        return self.current != "base"
 
     def enable(self, on: bool, variant: str | None = None) -> None:
         """Switch to `variant` (on: the one the contents need; off: "base")."""
@@ -241,9 +246,6 @@ class LoraSlot:
         self.needs = "attention" if used <= self.variant_layers["attention"] else "all"
         self.contents = key
 
-    def variant(self) -> str:
-        return self.current
-
 
 class SlotAdapterSet(AdapterSet):
     """LoRAs through the slot. "Loaded" LoRAs are converted copies kept on the device (an LRU of
@@ -257,8 +259,7 @@ class SlotAdapterSet(AdapterSet):
     # ------------------------------------------------------------------ checks (request path, any thread)
 
     def fit_check(self, path: Path, name: str) -> None:
-        convert(self.pipe, path, name, self.slot.rank, set(self.slot.layers))  # what the slot can hold
-        check_lora_fits(self.pipe, path, name)  # and each layer's shape
+        convert(self.pipe, path, name, self.slot.rank, self.slot.layers)  # the file read once: fit and limits
 
     def check_together(self, loras, files: dict[str, LoraFile]) -> None:
         from .lora import inspect_lora
@@ -273,7 +274,7 @@ class SlotAdapterSet(AdapterSet):
 
     def _load_adapter(self, file: LoraFile, state: dict, adapter: str, metadata: dict | None) -> None:
         """Convert on the CPU, then keep the converted tensors on the slot's device, in its dtype."""
-        prepared = convert(self.pipe, state, file.name, self.slot.rank, set(self.slot.layers), metadata)
+        prepared = convert(self.pipe, state, file.name, self.slot.rank, self.slot.layers, metadata)
         self.prepared[adapter] = prepared.to(self.slot.device, self.slot.dtype)
 
     def _delete_adapter(self, adapter: str) -> None:
@@ -290,7 +291,7 @@ class SlotAdapterSet(AdapterSet):
         self.slot.enable(True)
 
     def graph_variant(self):
-        return self.slot.variant()
+        return self.slot.current
 
     def slot_status(self) -> dict:
         return {"rank": self.slot.rank, "layers": len(self.slot.layers), "variant": self.slot.current}
