@@ -3,9 +3,9 @@ both services: a prompt draws what it says, a negative prompt steers away, the t
 recolours every object (and at weight 0, or once removed, the base image comes back byte for byte),
 and the quantized backend keeps colour adherence within 5 points of BF16's.
 
-The thresholds are what the shipped model reliably does (docs/QUALITY.md has the full table): colour,
-position and background are asserted per prompt; shape is not (the model draws blobs more often than
-clean shapes, see QUALITY.md), only that the checker reads shapes at all.
+The thresholds are what the shipped model reliably does (docs/QUALITY.md has the full table), with a
+margin of one image: colour, position, background and shape are asserted over 8 held-out prompts
+(the model draws 7 of their 8 shapes right on both services; 87% over the 200 held-out prompts).
 """
 
 import base64
@@ -49,13 +49,12 @@ def test_checker_reads_rendered_scenes_exactly():
 
 def test_a_prompt_draws_what_it_says(svc):
     prompts = eval_prompts(8)  # held out of training
-    hits = {"colour": 0, "position": 0, "background": 0}
+    hits = {"colour": 0, "position": 0, "background": 0, "shape": 0}
     for i, (text, spec) in enumerate(prompts):
         got = draw(svc, text, seed=i).spec()
-        hits["colour"] += got.colour == spec.colour
-        hits["position"] += got.position == spec.position
-        hits["background"] += got.background == spec.background
-    assert hits["colour"] >= 6 and hits["position"] >= 7 and hits["background"] >= 7, hits
+        for attribute in hits:
+            hits[attribute] += getattr(got, attribute) == getattr(spec, attribute)
+    assert hits["colour"] >= 7 and hits["position"] >= 7 and hits["background"] >= 7 and hits["shape"] >= 6, hits
 
 
 @pytest.mark.slow
