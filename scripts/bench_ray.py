@@ -76,7 +76,8 @@ def plain(args, report) -> None:
 
     port = free_port()
     env = {"OMP_NUM_THREADS": str(args.threads)}
-    env.update({f"FLUX_BF16_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
+    # as pydantic-settings reads them: strings as they are, anything else (bools, numbers, lists) as JSON
+    env.update({f"FLUX_BF16_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
                 for k, v in service_settings(args).items()})
     with running_service("bf16", args.model, port, env=env, log_path="/tmp/bench-ray-plain.log") as (client, ready_s):
         placement = client.get("/model-status").json().get("placement") or {}

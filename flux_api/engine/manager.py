@@ -329,26 +329,25 @@ class FluxModelManager:
 
     def remove_loras(self, name: str | None = None) -> dict:
         """Unpin one LoRA, or all; their adapters are deleted from every replica."""
-        loaded = {e["name"] for e in self._loaded()}
+        adapters = self._first_adapters()
+        loaded = {e["name"] for e in adapters.loaded()} if adapters else set()
         self.pinning.remove(name, loaded, self.on_every_replica)
         return self.lora_status()
 
     def lora_status(self) -> dict:
+        adapters = self._first_adapters()
         return {
             "pinned": [s.as_dict() for s in self.pinning.pinned],
-            "loaded": self._loaded(),
+            "loaded": adapters.loaded() if adapters else [],
             "cache_size": self.settings.lora_cache_size,
             "lora_dir": str(self.settings.lora_dir),
-            "slot": self._slot_status(),
+            "slot": adapters.slot_status() if adapters else None,
         }
 
-    def _slot_status(self) -> dict | None:
+    def _first_adapters(self):
+        """The first replica's AdapterSet (every replica holds the same LoRAs), or None when unloaded."""
         replicas = self.replicas  # one read: an unload may empty the list meanwhile
-        return replicas[0].adapters.slot_status() if replicas else None
-
-    def _loaded(self) -> list[dict]:
-        replicas = self.replicas  # one read: an unload may empty the list meanwhile
-        return replicas[0].adapters.loaded() if replicas else []
+        return replicas[0].adapters if replicas else None
 
     def list_loras(self) -> dict:
         return {"available": list_lora_folder(self.settings.lora_dir), **self.lora_status()}
