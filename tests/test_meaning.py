@@ -3,9 +3,12 @@ both services: a prompt draws what it says, a negative prompt steers away, the t
 recolours every object (and at weight 0, or once removed, the base image comes back byte for byte),
 and the quantized backend keeps colour adherence within 5 points of BF16's.
 
-The thresholds are what the shipped model reliably does (docs/QUALITY.md has the full table), with a
-margin of one image: colour, position, background and shape are asserted over 8 held-out prompts
-(the model draws 7 of their 8 shapes right on both services; 87% over the 200 held-out prompts).
+The thresholds are what the shipped model does (docs/QUALITY.md has the full table), with a margin of
+one image: colour, position, background and shape are asserted over the first 24 held-out prompts (the
+model draws all their colours, positions and backgrounds and 21 of their 24 shapes right on both
+services; 93% of the 200 held-out prompts' shapes at these 8 steps). 24, not 8: at 93% a sample of 8
+holds two or three misses often enough (the first 8 hold three) that a threshold on it either fails by
+chance or asserts little.
 """
 
 import base64
@@ -16,7 +19,7 @@ from PIL import Image
 
 from conftest import gen
 from flux_api.meaning import Reading, read_scene
-from flux_api.tiny_train.grammar import COLOURS, eval_prompts
+from flux_api.tiny_train.grammar import COLOURS, eval_prompts, partial_prompts
 
 STEPS = 8
 
@@ -47,22 +50,35 @@ def test_checker_reads_rendered_scenes_exactly():
     assert score == {k: 100.0 for k in ("size", "colour", "shape", "position", "background")}
 
 
+def test_the_one_attribute_prompts_are_the_grammars_partial_prompts_not_its_bare_words():
+    # what `adherence --partial` draws (docs/QUALITY.md's weak-spot table)
+    table = dict(partial_prompts())
+    assert len(table) == 54 and "red" not in table and "circle" not in table
+    assert table["a circle"].shape == 0 and table["something green"].colour == COLOURS.index("green")
+    assert table["a shape on a red background"].background == COLOURS.index("red")
+
+
 def test_a_prompt_draws_what_it_says(svc):
-    prompts = eval_prompts(8)  # held out of training
+    prompts = eval_prompts(24)  # held out of training
     hits = {"colour": 0, "position": 0, "background": 0, "shape": 0}
     for i, (text, spec) in enumerate(prompts):
         got = draw(svc, text, seed=i).spec()
         for attribute in hits:
             hits[attribute] += getattr(got, attribute) == getattr(spec, attribute)
-    assert hits["colour"] >= 7 and hits["position"] >= 7 and hits["background"] >= 7 and hits["shape"] >= 6, hits
+    assert hits["colour"] >= 23 and hits["position"] >= 23 and hits["background"] >= 23 and hits["shape"] >= 20, hits
 
 
 @pytest.mark.slow
 def test_a_negative_prompt_steers_away(svc):
+    # "a circle" leaves the colour to the model, which picks blue for half the seeds (docs/QUALITY.md):
+    # the negative prompt "blue" must at least halve that, at the service's default true-CFG scale, and
+    # not by erasing the object. (Red, the issue's example, comes out 3 times in 40 seeds: too rare for
+    # a 20-seed count to show anything.)
     seeds = range(20)
-    plain = sum(draw(svc, "a circle", s).colour == "red" for s in seeds)
-    steered = sum(draw(svc, "a circle", s, negative_prompt="red", true_cfg_scale=3.0).colour == "red" for s in seeds)
-    assert plain >= 2 and steered <= plain / 2, (plain, steered)
+    plain = [draw(svc, "a circle", s).colour for s in seeds]
+    steered = [draw(svc, "a circle", s, negative_prompt="blue").colour for s in seeds]
+    assert plain.count("blue") >= 6 and steered.count("blue") <= plain.count("blue") / 2, (plain, steered)
+    assert steered.count(None) <= 3, steered  # an object is still drawn
 
 
 def test_the_green_lora_recolours_and_weight_0_and_removal_give_the_base(clean):

@@ -112,6 +112,12 @@ def eval_prompts(n: int = 200, seed: int = 0) -> list[tuple[str, Spec]]:
     return random.Random(seed).sample(pool, n)
 
 
+def partial_prompts() -> list[tuple[str, Spec]]:
+    """The prompts that say one attribute only ("a circle", "something green", "a shape on a red
+    background"; not the bare words, which are there for negative prompts), in the table's order."""
+    return [(t, s) for t, s in prompt_table() if sum(v >= 0 for v in s.as_tuple()) == 1 and " " in t]
+
+
 def words() -> list[str]:
     """Every word the grammar uses (the tokenizers must know each as a whole)."""
     ws = {"a", "an", "something", "shape", "on", "background", *COLOURS, *SHAPES, *SIZES}
