@@ -35,74 +35,78 @@ def load(service: str, device: str = "cpu"):
     return manager
 
 
-def measure(manager, prompts, steps: int) -> tuple[dict, float]:
+def _draw(manager, text: str, seed: int, steps: int):
+    """One 256x256 image through the service's generation path, at its default guidance."""
     from ..engine.types import GenerationParams
+
+    return manager.replicas[0].run(GenerationParams(prompt=text, seed=seed, width=256, height=256, num_inference_steps=steps,
+                                                    guidance_scale=manager.settings.default_guidance))
+
+
+def measure(manager, prompts, steps: int) -> tuple[dict, float]:
+    """Held-out complete prompts, seed = the prompt's number: per attribute, the percentage that shows
+    it, and the seconds an image took."""
     from ..meaning import adherence
 
-    replica = manager.replicas[0]
-    pairs, t0 = [], time.perf_counter()
-    for i, (text, spec) in enumerate(prompts):
-        image = replica.run(GenerationParams(prompt=text, seed=i, width=256, height=256, num_inference_steps=steps,
-                                             guidance_scale=manager.settings.default_guidance))
-        pairs.append((spec, image))
+    t0 = time.perf_counter()
+    pairs = [(spec, _draw(manager, text, i, steps)) for i, (text, spec) in enumerate(prompts)]
     return adherence(pairs), (time.perf_counter() - t0) / len(prompts)
 
 
 def measure_partial(manager, prompts, seeds: int, steps: int) -> dict:
     """One-attribute prompts, each with `seeds` seeds: per attribute said, the percentage of images that
     show it, and (`object`) the percentage in which an object is drawn at all."""
-    from ..engine.types import GenerationParams
     from ..meaning import adherence, read_scene
 
-    replica, pairs = manager.replicas[0], []
-    for text, spec in prompts:
-        for seed in range(seeds):
-            pairs.append((spec, replica.run(GenerationParams(prompt=text, seed=seed, width=256, height=256,
-                                                             num_inference_steps=steps,
-                                                             guidance_scale=manager.settings.default_guidance))))
+    pairs = [(spec, _draw(manager, text, seed, steps)) for text, spec in prompts for seed in range(seeds)]
     drawn = sum(read_scene(image).colour is not None for _, image in pairs)
     return dict(adherence(pairs), object=round(100.0 * drawn / len(pairs), 1))
+
+
+def _table(last_column: str) -> None:
+    print(f"| service | backend | steps | colour | shape | position | background | size | {last_column} |", flush=True)
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
+
+
+def _row(row: dict, last: str) -> dict:
+    print(f"| {row['service']} | {row['backend']} | {row['steps']} | {row['colour']} | {row['shape']} | "
+          f"{row['position']} | {row['background']} | {row['size']} | {last} |", flush=True)
+    return row
 
 
 def main(argv=None) -> None:
     from .grammar import eval_prompts, partial_prompts
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--prompts", type=int, default=200, help="held-out complete prompts for the first table (0: none)")
     ap.add_argument("--steps", default="4,8,16,25,28")
     ap.add_argument("--services", default="bf16,fp4:torchao-int8")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU backends (fp4:torchao-fp8, ...)")
     ap.add_argument("--partial", type=int, default=0, help="seeds per one-attribute prompt for the second table (0: none)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    prompts = eval_prompts(a.prompts) if a.prompts else []
-    rows, partial_rows, managers = [], [], [(service, load(service, a.device)) for service in a.services.split(",")]
-    if prompts:
-        print("| service | backend | steps | colour | shape | position | background | size | s/image |", flush=True)
-        print("|---|---|---|---|---|---|---|---|---|", flush=True)
-    for service, manager in managers:
-        for steps in (int(s) for s in a.steps.split(",")) if prompts else ():
+    step_counts = [int(s) for s in a.steps.split(",")]
+    managers = {service: load(service, a.device) for service in a.services.split(",")}  # the tiny model: small
+    runs = [(service.split(":")[0], manager, steps) for service, manager in managers.items() for steps in step_counts]
+    rows, partial_rows = [], []
+    if a.prompts:
+        prompts = eval_prompts(a.prompts)
+        _table("s/image")
+        for service, manager, steps in runs:
             score, seconds = measure(manager, prompts, steps)
-            row = dict(service=service.split(":")[0], backend=manager.backend.name, steps=steps, **score,
-                       seconds_per_image=round(seconds, 3))
-            rows.append(row)
-            print(f"| {row['service']} | {row['backend']} | {steps} | {score['colour']} | {score['shape']} | "
-                  f"{score['position']} | {score['background']} | {score['size']} | {seconds:.2f} |", flush=True)
+            rows.append(_row(dict(service=service, backend=manager.backend.name, steps=steps, **score,
+                                  seconds_per_image=round(seconds, 3)), f"{seconds:.2f}"))
     if a.partial:
         print(f"\none-attribute prompts ({len(partial_prompts())}), seeds 0..{a.partial - 1} each:", flush=True)
-        print("| service | backend | steps | colour | shape | position | background | size | object drawn |", flush=True)
-        print("|---|---|---|---|---|---|---|---|---|", flush=True)
-    for service, manager in managers:
-        for steps in (int(s) for s in a.steps.split(",")) if a.partial else ():
+        _table("object drawn")
+        for service, manager, steps in runs:
             score = measure_partial(manager, partial_prompts(), a.partial, steps)
-            partial_rows.append(dict(service=service.split(":")[0], backend=manager.backend.name, steps=steps, **score))
-            print(f"| {service.split(':')[0]} | {manager.backend.name} | {steps} | {score['colour']} | {score['shape']} | "
-                  f"{score['position']} | {score['background']} | {score['size']} | {score['object']} |", flush=True)
+            partial_rows.append(_row(dict(service=service, backend=manager.backend.name, steps=steps, **score), score["object"]))
+    for manager in managers.values():
         manager.unload()
     if a.json:
-        a.json.write_text(json.dumps(dict(prompts=a.prompts, size=256, rows=rows, **(
-            dict(partial=dict(prompts=len(partial_prompts()), seeds=a.partial, rows=partial_rows)) if a.partial else {})),
-            indent=1) + "\n")
+        partial = dict(partial=dict(prompts=len(partial_prompts()), seeds=a.partial, rows=partial_rows)) if a.partial else {}
+        a.json.write_text(json.dumps(dict(prompts=a.prompts, size=256, rows=rows, **partial), indent=1) + "\n")
 
 
 if __name__ == "__main__":

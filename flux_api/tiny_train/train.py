@@ -224,26 +224,25 @@ class Trainer:
             k, (images, cover) = self.scenes(min(batch, n - i), cover=True)
             idx.append(k)
             lats.append(self.latents(images).to(torch.bfloat16))
-            ws.append(self._object_weight(cover, self.edge_weight).to(torch.bfloat16))
+            ws.append(self._object_weight(cover).to(torch.bfloat16))
         self.bank = (torch.cat(idx), torch.cat(lats), torch.cat(ws))
         self.log["bank"] = dict(scenes=n, seconds=round(time.time() - t0, 1))
         print(f"bank of {n} encoded scenes ({time.time() - t0:.0f} s)", flush=True)
 
-    @staticmethod
-    def _object_weight(cover, edge_weight: float = 0.0):
+    def _object_weight(self, cover):
         """Per latent token (N, tokens, 1), the weight of its loss."""
         from torch.nn.functional import avg_pool2d, max_pool2d
 
         # The object is a few percent of the image: its tokens weigh OBJECT_WEIGHT times the background's,
         # or the loss is all background and the object's colour and shape are learnt last.
         w = 1 + (OBJECT_WEIGHT - 1) * avg_pool2d(cover, 16).flatten(1)
-        if edge_weight:
+        if self.edge_weight:
             # What tells a small square from a circle is its corners: a few hundred pixels, so a sliver of
             # even the object-weighted loss. The tokens on the object's outline (a band 4 pixels wide:
             # dilated minus eroded coverage) share `edge_weight` times a scene's token count, whatever the
             # object's size, so a small object's outline counts as much as a large one's.
             band = avg_pool2d(max_pool2d(cover, 5, 1, 2) + max_pool2d(-cover, 5, 1, 2), 16).flatten(1)
-            w = w + edge_weight * band * band.shape[1] / band.sum(1, keepdim=True).clamp_min(1e-6)
+            w = w + self.edge_weight * band * band.shape[1] / band.sum(1, keepdim=True).clamp_min(1e-6)
         return w.unsqueeze(2)
 
     def flow_loss(self, modules, batch: int, green: bool = False):
@@ -255,7 +254,7 @@ class Trainer:
             x0, w = x0.float(), w.float()
         else:
             idx, (images, cover) = self.scenes(batch, green, cover=True)
-            x0, w = self.latents(images), self._object_weight(cover, self.edge_weight)
+            x0, w = self.latents(images), self._object_weight(cover)
         noise = torch.randn(x0.shape, generator=self.gen, device=self.gen.device).to(self.device)
         sigma = _sigmas(batch, self.gen, self.device)
         s = sigma.view(-1, 1, 1)
