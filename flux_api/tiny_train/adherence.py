@@ -4,6 +4,7 @@ BF16 service; the FP4 service with each backend that runs here), draws the 200 h
 
     python -m flux_api.tiny_train.adherence [--prompts 200] [--steps 4,8,16,25,28] [--services bf16,fp4:torchao-int8]
     python -m flux_api.tiny_train.adherence --device cuda --services bf16,fp4:torchao-fp8,fp4:torchao-int8  # a GPU
+    python -m flux_api.tiny_train.adherence --model /tmp/exported --steps 25 --services bf16 --partial 10  # a candidate
 
 Prints a markdown table (the one in docs/QUALITY.md) and, with --json, writes the numbers. With
 `--partial N`, a second table: every prompt that says one attribute only ("a circle", "something
@@ -19,9 +20,10 @@ import time
 from pathlib import Path
 
 
-def load(service: str, device: str = "cpu"):
-    """A loaded manager of `service` ("bf16", or "fp4:<backend>") over the tiny model, on `device`. On
-    CUDA without compiling: meaning does not depend on it, and the run stays short."""
+def load(service: str, device: str = "cpu", model: str = "tiny"):
+    """A loaded manager of `service` ("bf16", or "fp4:<backend>") over `model` (the tiny model, or an
+    exported model folder not yet shipped), on `device`. On CUDA without compiling: meaning does not
+    depend on it, and the run stays short."""
     from ..engine.services import MANAGERS
     from ..settings import BF16Settings, FP4Settings
 
@@ -29,7 +31,7 @@ def load(service: str, device: str = "cpu"):
     extra = {"backend": backend} if backend else {}
     if device != "cpu":
         extra["compile"] = "none"
-    settings = (BF16Settings if name == "bf16" else FP4Settings)(model="tiny", device=device, warmup=False, **extra)
+    settings = (BF16Settings if name == "bf16" else FP4Settings)(model=model, device=device, warmup=False, **extra)
     manager = MANAGERS[name](settings)
     manager.load()
     return manager
@@ -81,12 +83,13 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=200, help="held-out complete prompts for the first table (0: none)")
     ap.add_argument("--steps", default="4,8,16,25,28")
     ap.add_argument("--services", default="bf16,fp4:torchao-int8")
+    ap.add_argument("--model", default="tiny", help="the shipped tiny model, or a folder `export.py` wrote")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU backends (fp4:torchao-fp8, ...)")
     ap.add_argument("--partial", type=int, default=0, help="seeds per one-attribute prompt for the second table (0: none)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     step_counts = [int(s) for s in a.steps.split(",")]
-    managers = {service: load(service, a.device) for service in a.services.split(",")}  # the tiny model: small
+    managers = {service: load(service, a.device, a.model) for service in a.services.split(",")}  # the tiny model: small
     runs = [(service.split(":")[0], manager, steps) for service, manager in managers.items() for steps in step_counts]
     rows, partial_rows = [], []
     if a.prompts:
