@@ -100,13 +100,13 @@ def _fit(step: int, steps: int, t0: float, time_limit: float) -> int:
 
 class Trainer:
     def __init__(self, prepared: Path, device: str, seed: int = 0, size: int = 256, edge_weight: float = 0.0,
-                 even_said: bool = False, distill_guidance: float = 0.0):
+                 even_said: bool = False, distill_guidance: float = 0.0, distill_below: float = 1.0):
         import torch
 
         from .model import build
 
         self.device, self.size, self.edge_weight = device, size, edge_weight
-        self.distill_guidance, self.teacher = distill_guidance, None
+        self.distill_guidance, self.distill_below, self.teacher = distill_guidance, distill_below, None
         self.gen = torch.Generator(device=device).manual_seed(seed)
         torch.manual_seed(seed)
         self.prompts = Prompts(prepared, device, even_said)
@@ -117,7 +117,8 @@ class Trainer:
         self.img_ids = FluxPipeline._prepare_latent_image_ids(1, size // 16, size // 16, device, torch.float32)
         self.txt_ids = torch.zeros(512, 3, device=device)
         self.shift, self.scale = 0.0, 1.0
-        options = dict(edge_weight=edge_weight, even_said=even_said, distill_guidance=distill_guidance)
+        options = dict(edge_weight=edge_weight, even_said=even_said, distill_guidance=distill_guidance,
+                       distill_below=distill_below if distill_guidance and distill_below < 1 else 0)
         self.log: dict = {"device": device, "seed": seed, **{k: v for k, v in options.items() if v}}
 
     # ---------------------------------------------------------------- data
@@ -285,7 +286,9 @@ class Trainer:
         else:
             guidance = 1 + u * (self.distill_guidance - 1)
             if self.teacher is not None and not green:
-                target = target + (guidance - 1).view(-1, 1, 1) * self._guidance_delta(xt, sigma, idx)
+                # a guidance interval: above `distill_below` the guided target is the plain one
+                scale = (guidance - 1) * (sigma < self.distill_below)
+                target = target + scale.view(-1, 1, 1) * self._guidance_delta(xt, sigma, idx)
         pred = self.predict(modules, xt, sigma, idx, guidance).float()  # float32 (TF32 on CUDA): see train_flow
         return (w * (pred - target) ** 2).mean() / w.mean()
 
@@ -470,12 +473,14 @@ def main(argv=None) -> None:
     ap.add_argument("--distill-guidance", type=float, default=0.0, metavar="MAX", help="train the distilled-guidance "
                     "input as classifier-free guidance of scale 1..MAX, taught by the weights the run starts from "
                     "(0: the input is noise and ignored)")
+    ap.add_argument("--distill-below", type=float, default=1.0, metavar="SIGMA", help="with --distill-guidance: "
+                    "guide only at noise levels below SIGMA (a guidance interval; 1: at every level)")
     ap.add_argument("--check", type=int, default=200, help="held-out prompts to check at the end (0: none)")
     a = ap.parse_args(argv)
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     tr = Trainer(a.prepared, a.device, a.seed, edge_weight=a.edge_weight, even_said=a.even_said,
-                 distill_guidance=a.distill_guidance)
+                 distill_guidance=a.distill_guidance, distill_below=a.distill_below)
     limits = [float(x) for x in a.time_limits.split(",")] if a.time_limits else [1e9] * 3
     if a.vae_from:
         tr.load_vae(a.vae_from)
