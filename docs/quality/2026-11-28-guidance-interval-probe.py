@@ -5,27 +5,14 @@
 complete-prompt gain without painting a lone colour over the background?"""
 import sys, torch
 from pathlib import Path
-from diffusers import FluxPipeline
 from flux_api.tiny_train.train import Trainer
-from flux_api.tiny_train.model import scheduler
 from flux_api.tiny_train.grammar import eval_prompts, partial_prompts
 from flux_api.meaning import adherence, read_scene
 tr = Trainer(Path(".gpu/draw/prep"), "cpu"); m = Path(sys.argv[1]); tr.load_vae(m); tr.resume(m)
-mods = [tr.models[k].eval() for k in ("text_encoder", "text_encoder_2", "transformer")]
-U = tr.prompts.texts.index("a shape")
-def sample(idx, w, hi, steps=8, seed=0):
-    sched = scheduler(); sched.set_timesteps(sigmas=torch.linspace(1.0, 1 / steps, steps).numpy(), mu=0.5)
-    n = len(idx); g = torch.Generator().manual_seed(seed)
-    x = FluxPipeline._pack_latents(torch.randn(n, 16, 32, 32, generator=g), n, 16, 32, 32)
-    with torch.no_grad():
-        for t in sched.timesteps:
-            s = (t / 1000).expand(n)
-            v = tr.predict(mods, x, s, idx, torch.full((n,), 3.5)).float()
-            if w != 1 and t / 1000 < hi:
-                vu = tr.predict(mods, x, s, torch.full_like(idx, U), torch.full((n,), 3.5)).float()
-                v = vu + w * (v - vu)
-            x = sched.step(v, t, x, return_dict=False)[0]
-        img = tr.models["vae"].decode(FluxPipeline._unpack_latents(x, 256, 256, 8) / tr.scale + tr.shift).sample.float().clamp(-1, 1)
+for k in ("text_encoder", "text_encoder_2", "transformer"):
+    tr.models[k].eval()
+def sample(idx, w, hi, seed=0):  # 8 steps, true CFG w against "a shape" below sigma hi
+    img = tr.sample(idx, 8, seed, cfg=(w, hi) if w != 1 else None)
     return ((img + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 comp = eval_prompts(200)[:48]; part = partial_prompts()
 ci = torch.tensor([tr.prompts.texts.index(t) for t, _ in comp]); pi = torch.tensor([tr.prompts.texts.index(t) for t, _ in part])

@@ -16,21 +16,37 @@ CELL_CENTRES = (1 / 6, 1 / 2, 5 / 6)
 JITTER = 0.03
 
 
-def fill_unsaid(attrs: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+# What an unsaid size, position and background usually are (with `fill_unsaid`'s `usual`): a
+# medium object in the centre on white, as a picture of "a red shape" usually is. White is no object's
+# colour, so it never clashes.
+USUAL = {0: SIZES.index("medium"), 3: POSITIONS.index("center"), 4: COLOURS.index("white")}
+
+
+def fill_unsaid(attrs: torch.Tensor, gen: torch.Generator | None = None, usual: float = 0.0) -> torch.Tensor:
     """attrs (N, 5) with -1 where the prompt says nothing -> every attribute chosen; the object's
-    colour never equals the background's."""
+    colour never equals the background's. An unsaid colour or shape is drawn at random; an unsaid size,
+    position or background is the usual one (`USUAL`) with probability `usual`, else at random."""
     attrs = attrs.clone()
     dev = attrs.device
+    n = attrs.shape[0]
 
     def rand(high: int) -> torch.Tensor:
-        return torch.randint(0, high, (attrs.shape[0],), generator=gen, device=gen.device if gen else "cpu").to(dev)
+        return torch.randint(0, high, (n,), generator=gen, device=gen.device if gen else "cpu").to(dev)
 
+    unsaid = attrs < 0
     for col, high in ((0, len(SIZES)), (1, len(OBJECT_COLOURS)), (2, len(SHAPES)), (3, len(POSITIONS))):
-        attrs[:, col] = torch.where(attrs[:, col] < 0, rand(high), attrs[:, col])
+        attrs[:, col] = torch.where(unsaid[:, col], rand(high), attrs[:, col])
     # the background: any colour but the object's (shift past it)
     bg = rand(len(COLOURS) - 1)
     bg = bg + (bg >= attrs[:, 1]).long()
-    attrs[:, 4] = torch.where(attrs[:, 4] < 0, bg, attrs[:, 4])
+    attrs[:, 4] = torch.where(unsaid[:, 4], bg, attrs[:, 4])
+    if usual > 0:
+        # Why: with every unsaid attribute uniform, "a yellow shape" meant 648 scenes (size x shape x
+        # place x background), and the tiny model's sampler committed to none: two objects where the
+        # place was open, a yellow canvas (docs/QUALITY.md, "Prompts that say one thing").
+        u = torch.rand(n, len(USUAL), generator=gen, device=gen.device if gen else "cpu").to(dev)
+        for k, (col, value) in enumerate(USUAL.items()):
+            attrs[:, col] = torch.where(unsaid[:, col] & (u[:, k] < usual), value, attrs[:, col])
     return attrs
 
 

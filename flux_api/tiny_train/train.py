@@ -7,11 +7,13 @@ the CPU, slower). Needs torch, diffusers and transformers' model classes; no tok
    latents x0, noise e and sigma in (0, 1), x = (1 - sigma) x0 + sigma e and the model predicts
    e - x0. Sigma is drawn half logit-normal, half uniform, then shifted as the pipeline's scheduler
    shifts it at 256x256 (mu = 0.5). The distilled-guidance input is drawn at random, so the model
-   learns to ignore it; with --distill-guidance it is taught as classifier-free guidance instead (the
-   shipped model does not have it: docs/QUALITY.md says what it did). The object's tokens weigh more
-   than the background's and, with --edge-weight, the tokens on its outline more still. Training
-   prompts are drawn uniformly, or with --even-said evenly over how many attributes they say.
-   Held-out prompts are never drawn. An EMA of the weights is what is saved.
+   learns to ignore it; with --distill-guidance it is taught as classifier-free guidance instead,
+   with --distill-below only below a noise level (the shipped model's last two runs: 4, below 0.75).
+   The object's tokens weigh more than the background's and, with --edge-weight, the tokens on its
+   outline more still. Training prompts are drawn uniformly, or with --even-said evenly over how many
+   attributes they say; what a prompt leaves unsaid is drawn at random, or with --usual mostly the
+   usual size, position and background (render.fill_unsaid). Held-out prompts are never drawn. An EMA
+   of the weights is what is saved.
 3. A LoRA on the transformer's attention projections only, trained on the same prompts with every
    object drawn green (the background never green): the "green" LoRA.
 
@@ -50,6 +52,7 @@ class Prompts:
         t5 = d["t5_ids"].long()
         self.t5_ids = torch.cat([t5, t5.new_zeros(t5.shape[0], 512 - t5.shape[1])], 1).to(device)
         self.train_idx = d["train"].nonzero().squeeze(1).to(device)
+        self.uncond = self.texts.index("a shape")  # the prompt that says nothing: guidance's unconditional
         self.device = device
         self.weights = None
         if even_said:
@@ -100,12 +103,12 @@ def _fit(step: int, steps: int, t0: float, time_limit: float) -> int:
 
 class Trainer:
     def __init__(self, prepared: Path, device: str, seed: int = 0, size: int = 256, edge_weight: float = 0.0,
-                 even_said: bool = False, distill_guidance: float = 0.0, distill_below: float = 1.0):
+                 even_said: bool = False, distill_guidance: float = 0.0, distill_below: float = 1.0, usual: float = 0.0):
         import torch
 
         from .model import build
 
-        self.device, self.size, self.edge_weight = device, size, edge_weight
+        self.device, self.size, self.edge_weight, self.usual = device, size, edge_weight, usual
         self.distill_guidance, self.distill_below, self.teacher = distill_guidance, distill_below, None
         self.gen = torch.Generator(device=device).manual_seed(seed)
         torch.manual_seed(seed)
@@ -118,20 +121,20 @@ class Trainer:
         self.txt_ids = torch.zeros(512, 3, device=device)
         self.shift, self.scale = 0.0, 1.0
         options = dict(edge_weight=edge_weight, even_said=even_said, distill_guidance=distill_guidance,
-                       distill_below=distill_below if distill_guidance and distill_below < 1 else 0)
+                       distill_below=distill_below if distill_guidance and distill_below < 1 else 0, usual=usual)
         self.log: dict = {"device": device, "seed": seed, **{k: v for k, v in options.items() if v}}
 
     # ---------------------------------------------------------------- data
 
     def scenes(self, n: int, green: bool = False, cover: bool = False):
-        """n training prompts' indices and their scenes (unsaid attributes drawn at random); with
+        """n training prompts' indices and their scenes (unsaid attributes filled by `fill_unsaid`); with
         `cover`, the scenes are (images, object coverage)."""
         import torch
 
         from .render import fill_unsaid, render
 
         idx = self.prompts.sample(n, self.gen)
-        attrs = fill_unsaid(self.prompts.attrs[idx], self.gen)
+        attrs = fill_unsaid(self.prompts.attrs[idx], self.gen, self.usual)
         if green:
             attrs[:, 1] = GREEN
             clash = attrs[:, 4] == GREEN  # the background must not be green: any other colour
@@ -300,7 +303,7 @@ class Trainer:
         keeps the plain target: a delta towards the prompt's colour would fight its green."""
         import torch
 
-        uncond = torch.full_like(idx, self.prompts.texts.index("a shape"))
+        uncond = torch.full_like(idx, self.prompts.uncond)
         ones = torch.ones(2 * len(idx), device=self.device)
         with torch.no_grad():
             both = self.predict(self.teacher, torch.cat([xt, xt]), torch.cat([sigma, sigma]), torch.cat([idx, uncond]), ones)
@@ -393,8 +396,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- sampling (a quick check, no pipeline)
 
-    def sample(self, idx, steps: int = 8, seed: int = 0, lora=None):
-        """Images for prompt indices `idx` with the pipeline's scheduler and Euler steps."""
+    def sample(self, idx, steps: int = 8, seed: int = 0, lora=None, cfg: tuple[float, float] | None = None):
+        """Images for prompt indices `idx` with the pipeline's scheduler and Euler steps; with `cfg` =
+        (scale, below_sigma), true classifier-free guidance against "a shape" at noise levels below
+        below_sigma (a probe of what --distill-guidance would teach)."""
         import torch
 
         from diffusers import FluxPipeline
@@ -411,7 +416,11 @@ class Trainer:
         with torch.no_grad():
             for t in sched.timesteps:
                 sigma = (t / 1000).expand(n).to(self.device)
-                v = self.predict(modules, x, sigma, idx, torch.full((n,), 3.5, device=self.device)).float()
+                guidance = torch.full((n,), 3.5, device=self.device)
+                v = self.predict(modules, x, sigma, idx, guidance).float()
+                if cfg and t / 1000 < cfg[1]:
+                    v_u = self.predict(modules, x, sigma, torch.full_like(idx, self.prompts.uncond), guidance).float()
+                    v = v_u + cfg[0] * (v - v_u)
                 x = sched.step(v, t, x, return_dict=False)[0]
             lat_img = FluxPipeline._unpack_latents(x, self.size, self.size, 8) / self.scale + self.shift
             return self.models["vae"].decode(lat_img).sample.float().clamp(-1, 1)
@@ -473,6 +482,8 @@ def main(argv=None) -> None:
     ap.add_argument("--distill-guidance", type=float, default=0.0, metavar="MAX", help="train the distilled-guidance "
                     "input as classifier-free guidance of scale 1..MAX, taught by the weights the run starts from "
                     "(0: the input is noise and ignored)")
+    ap.add_argument("--usual", type=float, default=0.0, metavar="P", help="an unsaid size, position or background "
+                    "is the usual one (medium, centre, white) with probability P, else at random")
     ap.add_argument("--distill-below", type=float, default=1.0, metavar="SIGMA", help="with --distill-guidance: "
                     "guide only at noise levels below SIGMA (a guidance interval; 1: at every level)")
     ap.add_argument("--check", type=int, default=200, help="held-out prompts to check at the end (0: none)")
@@ -480,7 +491,7 @@ def main(argv=None) -> None:
     t0 = time.time()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     tr = Trainer(a.prepared, a.device, a.seed, edge_weight=a.edge_weight, even_said=a.even_said,
-                 distill_guidance=a.distill_guidance, distill_below=a.distill_below)
+                 distill_guidance=a.distill_guidance, distill_below=a.distill_below, usual=a.usual)
     limits = [float(x) for x in a.time_limits.split(",")] if a.time_limits else [1e9] * 3
     if a.vae_from:
         tr.load_vae(a.vae_from)
