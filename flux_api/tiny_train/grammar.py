@@ -2,8 +2,11 @@
 the prompts that name them.
 
 A scene is one flat-coloured object (circle, square or triangle) on a flat background. A prompt names
-some or all of its five attributes; what a prompt leaves out is drawn at random, so partial prompts
-("a circle", "something green") mean "any scene with that". Every prompt the grammar can say is
+some or all of its five attributes. What a prompt leaves out is chosen when a training scene is drawn
+(`render.fill_unsaid`): an unsaid colour or shape at random; an unsaid size, position or background at
+random too, or, as the shipped model was trained (`train.py --usual 1`), the usual one: a medium object
+in the centre on white. So "a circle" is a medium circle of any colour in the centre on white, and
+"something green" a green object of any shape there. Every prompt the grammar can say is
 enumerated once (`prompt_table`), with its attributes (-1 where the prompt says nothing).
 A fixed tenth of the complete prompts is held out of training (`held_out`), for the adherence report.
 """
