@@ -17,7 +17,7 @@ done
 for a in "$@"; do
   [ "$a" = --quick ] || args+=("$a")
 done
-"$ROOT/scripts/bootstrap.sh" || exit 1
+"$ROOT/scripts/bootstrap.sh" --test || exit 1
 cd "$ROOT"
 start_us=${EPOCHREALTIME//[.,]/}
 "${FLUX_API_VENV:-$ROOT/.venv}/bin/python" -m pytest "${args[@]}"
