@@ -261,7 +261,7 @@ def test_a_blank_key_is_a_start_up_error_that_prints_no_key(keys):
     assert "api_keys" in text and "blank" in text and K1 not in text
 
 
-@pytest.mark.parametrize("key", [f" {K1}", f"{K1} x", f"{K1}é"])
+@pytest.mark.parametrize("key", [f" {K1}", f"{K1} x", f"{K1}é"], ids=["leading-space", "inner-space", "non-ascii"])  # ids: the keys are random
 def test_a_key_a_header_cannot_carry_is_a_start_up_error_that_prints_no_key(key):
     with pytest.raises(ValidationError, match="printable ASCII") as e:
         BF16Settings(api_keys=[K2, key])
