@@ -42,13 +42,14 @@ fi
 $installed && exit 0
 
 # pip picks torch: it honours this machine's pip configuration, which may point at a local wheel (see
-# above). uv installs it and everything else, in parallel: about 12 s here where pip took 140 s. The
+# above). uv installs it and everything else, in parallel: about 12 s here where pip took about 130 s. The
 # venv is made without pip (ensurepip alone takes 7 s), with the pip of the Python that makes it as
 # the tool where it has one; uv then puts pip into the venv.
 # Bytecode: Python writes it for what a process imports, on first import (a first start pays about
 # 25 s for it, once). Where PYTHONDONTWRITEBYTECODE forbids that, every start would compile torch
-# again (37 s instead of 12), so the whole venv is compiled here (about 45 s on 2 cores, once); also
-# for the tests, whose many processes would each compile the same modules at once.
+# again (37 s instead of 12), so what this run installs is compiled here (the whole venv on a first
+# run: about 45 s on 2 cores, once); also for the tests, whose many processes would each compile the
+# same modules at once. uv compiles only what it installs: packages already in the venv keep what they had.
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating $VENV" >&2
   if "$PY" -m pip --version >/dev/null 2>&1; then "$PY" -m venv --without-pip "$VENV"; else "$PY" -m venv "$VENV"; fi
