@@ -1,0 +1,88 @@
+"""flux_api/png.py, the service's PNG writer: the same pixels and text as Pillow's PNG, a valid zlib
+stream, the same bytes every time, and faster than Pillow on the same machine."""
+
+import io
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flux_api.bench.images import natural_image
+from flux_api.imaging import encode_image
+from flux_api.png import STRIP_ROWS, write_png
+
+TEXT = {"parameters": '{"prompt": "a café ✓ 猫"}', "latin": "déjà vu"}  # iTXt and tEXt
+
+
+def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    out, i = [], 8
+    while i < len(data):
+        (n,) = struct.unpack(">I", data[i:i + 4])
+        kind, body, (crc,) = data[i + 4:i + 8], data[i + 8:i + 8 + n], struct.unpack(">I", data[i + 8 + n:i + 12 + n])
+        assert crc == zlib.crc32(kind + body), kind
+        out.append((kind, body))
+        i += 12 + n
+    return out
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+@pytest.mark.parametrize("size", [(1, 1), (37, 5), (256, STRIP_ROWS), (200, 3 * STRIP_ROWS + 7)])
+@pytest.mark.parametrize("level", [0, 1, 6, 9])
+def test_pixels_and_text_read_back_as_written(mode, size, level):
+    rng = np.random.default_rng(sum(size) + level)
+    img = natural_image(max(size)).resize(size).convert(mode)
+    if size == (37, 5):  # noise too, PNG's worst case
+        img = Image.fromarray(rng.integers(0, 256, (5, 37, len(mode)), dtype=np.uint8).squeeze(-1 if mode == "L" else ()))
+        img = img.convert(mode)
+    data = write_png(img, TEXT, level)
+    back = Image.open(io.BytesIO(data))
+    back.load()
+    assert back.mode == mode and back.size == img.size
+    assert np.array_equal(np.asarray(back), np.asarray(img))
+    assert back.text == TEXT
+    # one strict zlib stream (its Adler-32 checked) over all the IDAT chunks, of the right length
+    idat = b"".join(body for kind, body in chunks(data) if kind == b"IDAT")
+    w, h = img.size
+    assert len(zlib.decompress(idat)) == h * (w * len(mode) + 1)
+    assert [k for k, _ in chunks(data)][0] == b"IHDR" and chunks(data)[-1] == (b"IEND", b"")
+
+
+def test_same_image_same_bytes():
+    img = natural_image(512)
+    assert write_png(img, TEXT) == write_png(img.copy(), TEXT)
+
+
+def test_service_encoding_keeps_its_parameters_and_falls_back_to_pillow_for_other_modes():
+    img = natural_image(64)
+    data = encode_image(img, "png", {"seed": 3, "prompt": "ü"})
+    assert Image.open(io.BytesIO(data)).text["parameters"] == '{"prompt": "ü", "seed": 3}'
+    sixteen = Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 7)  # I;16: Pillow's job
+    back = Image.open(io.BytesIO(encode_image(sixteen, "png", {"seed": 1})))
+    assert np.array_equal(np.asarray(back), np.asarray(sixteen)) and back.text["parameters"] == '{"seed": 1}'
+
+
+def test_faster_than_pillow_at_1024():
+    # Issue 25: PNG encoding is on every request's path. Measured against Pillow in the same process
+    # at the same moment, so a slow or busy machine slows both (the absolute figure on a GPU host is in
+    # the benchmark's encoding_ms). About 4x on 2 cores (23 against 91 ms).
+    img = natural_image(1024)
+
+    def best(fn):
+        ts = []
+        for _ in range(5):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    ours = best(lambda: write_png(img, TEXT, 1))
+    pillow = best(lambda: img.save(io.BytesIO(), "PNG", compress_level=1))
+    print(f"1024 px natural image, level 1: {ours * 1e3:.1f} ms, Pillow {pillow * 1e3:.1f} ms")
+    assert ours < pillow / 2
+    size_ours, buf = len(write_png(img, TEXT, 1)), io.BytesIO()
+    img.save(buf, "PNG", compress_level=1)
+    assert size_ours < 1.1 * len(buf.getvalue())  # and about as small
