@@ -165,6 +165,11 @@ class ServiceSettings(BaseSettings):
         "auto: regional on a CUDA GPU for the diffusers (BF16) and torchao-fp8 backends, none on the CPU and "
         "for the others."
     )
+    prompt_cache_size: int = Field(
+        32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) stay on the device, most recent "
+        "first (engine/prompts.py): a request of n images, a retry or a new seed for the same prompt skips the "
+        "text encoders. About 4 MiB each at 512 T5 tokens; the images are the same bytes. 0: off."
+    )
     lora_max_rank: int = Field(
         64, ge=1, le=1024, description="The size of the LoRA slot made at load (lora_slot.py): the highest rank "
         "of one LoRA, and of the LoRAs of one request together. It costs memory (about 11 MiB per unit of rank "

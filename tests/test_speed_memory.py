@@ -70,6 +70,13 @@ def test_bench_target_options():
     assert parse_target("bf16") == ("bf16", None, {})
     with pytest.raises(ValueError, match="unknown target option"):
         parse_target("bf16+turbo")
+    # stock diffusers' peers (issue 25): what a user builds in a few lines, not the services' settings
+    assert parse_target("stock") == ("stock", None, {})
+    kind, backend, opts = parse_target("stock+fp8")
+    assert (kind, backend, sorted(opts)) == ("stock", None, ["fp8"]) and "torchao" in opts["fp8"]
+    for bad in ("stock+low", "stock:torchao-fp8", "stock+regional"):
+        with pytest.raises(ValueError, match="stock takes"):
+            parse_target(bad)
 
 
 def _pixels(b64: str):
@@ -101,3 +108,29 @@ def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
     assert images["low"] == images["default"]
     diff = np.abs(images["low-768"] - images["default-768"])
     assert diff.max() > 0 and diff.mean() < 12  # tiled above 512 px: blended seams, same picture (another image: ~50+)
+
+
+def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lora_dir):
+    # Issue 25: a request of n images, a retry or a new seed encodes its prompt once.
+    body = dict(prompt="a blue square at the top", seed=5, width=256, height=256, num_inference_steps=2)
+    answers, stats = {}, {}
+    for size in (0, 2):
+        with InProcess(create_app(BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir,
+                                               prompt_cache_size=size))) as s:
+            s.wait_ready()
+            cache = lambda: s.client.get("/model-status").json()["placement"]["replica_status"][0]["prompt_cache"]  # noqa: E731
+            before = cache()
+            three = s.client.post("/generate", json={**body, "num_images": 3})
+            neg = gen(s, **body, negative_prompt="red")
+            again = gen(s, **{**body, "seed": 6})
+            for p in ("a red dot", "a green dot", "a blue dot"):  # the least recently used go first
+                assert gen(s, **{**body, "prompt": p}).status_code == 200
+            assert all(r.status_code == 200 for r in (three, neg, again)), three.text
+            answers[size] = [three.json()["images"], neg.json()["image"], again.json()["image"]]
+            after = cache()
+            stats[size] = {k: after[k] - before[k] for k in ("hits", "misses")} | {"entries": after["entries"]}
+    assert answers[0] == answers[2]
+    # 3 images: 1 miss + 2 hits; the negative prompt's request: a hit and a miss ("red"); the new seed: a
+    # hit; three new prompts: 3 misses. Off: every prompt encoded.
+    assert stats[2] == {"hits": 4, "misses": 5, "entries": 2}
+    assert stats[0] == {"hits": 0, "misses": 9, "entries": 0}

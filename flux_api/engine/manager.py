@@ -26,6 +26,7 @@ from .devices import Hardware, PlacementPlan, detect_hardware, plan_placement
 from .lora import LoraFile, LoraResolver, LoraSpec, list_lora_folder
 from .loader import LoadSpec
 from .pinning import LoraPinning
+from .prompts import PromptCache
 from .replica import Replica, RunConfig
 from .scheduler import Job, Scheduler
 from .sources import ModelSource, check_source, estimate_pipeline_bytes, resolve_source
@@ -212,7 +213,7 @@ class FluxModelManager:
             graphs = GraphedForward(pipe.transformer, adapters.graph_variant).install()
         config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
                            self.speed.text_on_cpu, self.free_memory)
-        return Replica(index, device, pipe, adapters, config, graphs)
+        return Replica(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size))
 
     def begin_shutdown(self) -> None:
         """The moment a shutdown begins (SIGTERM): take no more work and cancel what is queued, whose

@@ -16,6 +16,7 @@ from ..errors import FluxAPIError, GenerationFailed, GPUOutOfMemory
 from .adapters import AdapterSet
 from .loader import COMPONENTS
 from .lora import LoraFile, LoraSpec
+from .prompts import PromptCache
 from .types import GenerationParams, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class Replica:
     graphs: Any = None  # GraphedForward, where CUDA graphs are on
     stats: dict = field(default_factory=lambda: {"images": 0})
     variants: dict = field(default_factory=dict)  # image-to-image and inpainting pipelines, over the same modules
+    prompts: PromptCache = field(default_factory=lambda: PromptCache(0))  # recent prompts' embeddings
 
     def on_thread_start(self) -> None:
         if self.device.startswith("cuda:"):
@@ -132,8 +134,7 @@ class Replica:
 
             kwargs["callback_on_step_end"] = on_step
         try:
-            if self.config.text_on_cpu:
-                kwargs = self._encode_on_cpu(kwargs)
+            kwargs = self._encode_prompts(kwargs)
             out = self.pipeline(params.kind)(
                 width=params.width, height=params.height,
                 num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
@@ -154,19 +155,17 @@ class Replica:
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
         return out.images[0]
 
-    def _encode_on_cpu(self, kwargs: dict) -> dict:
-        """Text encoders on the CPU: encode there, hand the pipeline embeddings on its own device."""
-        import torch
-
+    def _encode_prompts(self, kwargs: dict) -> dict:
+        """The prompt and negative prompt as embeddings, from the prompt cache or encoded now (on the CPU
+        where memory_mode=low keeps the text encoders there), on the pipeline's own device."""
         pipe, n = self.pipe, self.config.max_sequence_length
         device = pipe._execution_device
         out = {k: v for k, v in kwargs.items() if k not in ("prompt", "negative_prompt")}
-        with torch.no_grad():
-            for prefix, key in (("", "prompt"), ("negative_", "negative_prompt")):
-                if kwargs.get(key):
-                    embeds, pooled, _ = pipe.encode_prompt(kwargs[key], None, device="cpu", max_sequence_length=n)
-                    out[f"{prefix}prompt_embeds"] = embeds.to(device)
-                    out[f"{prefix}pooled_prompt_embeds"] = pooled.to(device)
+        for prefix, key in (("", "prompt"), ("negative_", "negative_prompt")):
+            if kwargs.get(key):
+                embeds, pooled = self.prompts.embeddings(pipe, kwargs[key], n, "cpu" if self.config.text_on_cpu else device,
+                                                         device)
+                out[f"{prefix}prompt_embeds"], out[f"{prefix}pooled_prompt_embeds"] = embeds, pooled
         return out
 
     def truncation(self, prompt: str) -> dict:
