@@ -10,7 +10,8 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
 /dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
 each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
 `+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` (placement); without them a
-service runs with its defaults. `--lora A[,B]` times a LoRA request (and, given two, both at once,
+service runs with its defaults. The peers a user would build from stock diffusers: `stock+compile`
+(torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled). `--lora A[,B]` times a LoRA request (and, given two, both at once,
 and switching) against the base request on each target. Every target reports the compiles after
 its warm-up over the whole mixed run (sizes, an unseen size, LoRAs, true CFG): they must be 0.
 """
@@ -56,7 +57,7 @@ def run(args) -> dict:
         kind, backend, options = parse_target(target)
         try:
             if kind == "stock":
-                R["targets"][target] = run_stock(model, args.sizes, args.steps, args.images)
+                R["targets"][target] = run_stock(model, args.sizes, args.steps, args.images, tuple(options))
             else:
                 env = service_env(kind, options, args.sizes, lora_dir)
                 with running_service(kind, model, args.port + i, backend=backend, env=env,
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--out", default="bench.json")
     ap.add_argument("--stock-child", help=argparse.SUPPRESS)
+    ap.add_argument("--stock-options", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.argv = argv
     for t in args.targets:
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             ap.error(str(e))
     if args.stock_child:
-        print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps, args.images)), flush=True)
+        options = tuple(o for o in args.stock_options.split(",") if o)
+        print("STOCK " + json.dumps(stock_child(args.stock_child, args.sizes, args.steps, args.images, options)), flush=True)
         return
     R = run(args)
     Path(args.out).write_text(json.dumps(R, indent=1, default=str))

@@ -22,8 +22,11 @@ def table(R: dict) -> str:
         for px, s in t["sizes"].items():
             base = stock.get("sizes", {}).get(px, {}).get("latency_s")
             ratio = round(s["latency_s"] / base, 3) if base else "-"
-            if name == "stock":
-                rows.append(f"| stock | diffusers eager | {px} | {s['latency_s']} | 1.0 | - | - | - | {t.get('load_s')} | - | - | {t.get('peak_mib', '-')} | - |")
+            if name.startswith("stock"):
+                how = " + ".join(t.get("options") or ["eager"])
+                ps = psnr(t["sizes"][px]["png_b64"], stock["sizes"][px]["png_b64"]) if base and name != "stock" else "-"
+                rows.append(f"| {name} | diffusers {how} | {px} | {s['latency_s']} | {ratio} | - | - | - | {t.get('load_s')} "
+                            f"(+{t.get('warmup_s', {}).get(px, '-')} warm-up) | - | - | {t.get('peak_mib', '-')} | {ps} |")
                 continue
             ps = psnr(t["last_image_b64"][px], stock["sizes"][px]["png_b64"]) if base else "-"
             u = t["unseen_size"]

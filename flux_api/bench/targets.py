@@ -17,10 +17,24 @@ OPTIONS = {
 }
 
 
+# What a user would build from stock diffusers in a few lines (issue 25's peers): option -> what it does
+STOCK_OPTIONS = {
+    "compile": "torch.compile(pipe.transformer, fullgraph=True)",
+    "fp8": "torchao Float8DynamicActivationFloat8WeightConfig(PerRow()) on the transformer, then torch.compile "
+           "(fullgraph=True): torchao's and diffusers' public recipe",
+}
+
+
 def parse_target(t: str) -> tuple[str, str | None, dict]:
-    """`fp4:bnb-fp4+compile+low` -> ("fp4", "bnb-fp4", {"COMPILE": "regional", "MEMORY_MODE": "low"})."""
+    """`fp4:bnb-fp4+compile+low` -> ("fp4", "bnb-fp4", {"COMPILE": "regional", "MEMORY_MODE": "low"});
+    `stock+fp8` -> ("stock", None, {"fp8": ...}): stock diffusers as a user would speed it up."""
     base, *opts = t.split("+")
     kind, _, backend = base.partition(":")
+    if kind == "stock":
+        unknown = [o for o in opts if o not in STOCK_OPTIONS]
+        if unknown or backend:
+            raise ValueError(f"stock takes no backend and the options {sorted(STOCK_OPTIONS)}, not {t!r}")
+        return kind, None, {o: STOCK_OPTIONS[o] for o in opts}
     unknown = [o for o in opts if o not in OPTIONS]
     if unknown:
         raise ValueError(f"unknown target option(s) {unknown} in {t!r}; known: {sorted(OPTIONS)}")
