@@ -13,6 +13,8 @@ from flux_api.app import create_app
 from flux_api.settings import BF16Settings
 
 MAX_RANK = 8  # style and detail are rank 4, green rank 8: two fit together, green with another does not
+# The module's service compiles on the CPU (about 25 s): the full tier's (issue 26: a quick tier under a minute).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

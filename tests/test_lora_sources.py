@@ -109,6 +109,7 @@ def test_adapters_stay_in_a_bounded_lru_cache(clean):
     assert again["timings"]["lora_ms"] < 1000
 
 
+@pytest.mark.slow  # about 6 s: in the full tier (issue 26: a quick tier under a minute)
 def test_interleaved_requests_each_get_their_own_loras(clean):
     """Queued requests with different LoRAs, sent at once, give the same bytes as each run alone."""
     svc = clean

@@ -58,6 +58,7 @@ def test_the_one_attribute_prompts_are_the_grammars_partial_prompts_not_its_bare
     assert table["a shape on a red background"].background == COLOURS.index("red")
 
 
+@pytest.mark.slow  # dozens of images, about 14 s each service
 def test_a_prompt_draws_what_it_says(svc):
     prompts = eval_prompts(24)  # held out of training
     hits = {"colour": 0, "position": 0, "background": 0, "shape": 0}
@@ -81,6 +82,7 @@ def test_a_negative_prompt_steers_away(svc):
     assert steered.count(None) <= 4, steered  # an object is still drawn
 
 
+@pytest.mark.slow  # about 8 s each service
 def test_the_green_lora_recolours_and_weight_0_and_removal_give_the_base(clean):
     svc = clean
     prompts = [(t, s) for t, s in eval_prompts(40) if s.colour != 3 and s.background != 3][:6]  # not green

@@ -83,6 +83,7 @@ def _pixels(b64: str):
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.float64)
 
 
+@pytest.mark.slow  # two services loaded, about 12 s each
 @pytest.mark.parametrize("kind", ["bf16", "fp4"])
 def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
     cls = BF16Settings if kind == "bf16" else FP4Settings
@@ -110,6 +111,7 @@ def test_low_memory_mode_serves_the_same_images(kind, cache_dir, lora_dir):
     assert diff.max() > 0 and diff.mean() < 12  # tiled above 512 px: blended seams, same picture (another image: ~50+)
 
 
+@pytest.mark.slow  # two services loaded, about 7 s
 def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lora_dir):
     # Issue 25: a request of n images, a retry or a new seed encodes its prompt once.
     body = dict(prompt="a blue square at the top", seed=5, width=256, height=256, num_inference_steps=2)

@@ -423,8 +423,12 @@ def test_delivery_never_outlives_the_jobs_record(cache_dir, lora_dir, receiver):
         delivery = job.extra["webhook"]
         wait_for(lambda: delivery.state == "failed", 10, what="the delivery to give up")
         finished = job.finished
-        # attempts at +0, +0.2, +0.6 (+1.4 with luck); the next (+3.0) would start after jobs_keep_s
-        assert 3 <= len(delivery.attempts) <= 4 and "deadline" in delivery.error
+        # attempts at +0, +0.2, +0.6 (+1.4 with luck); the next (+3.0) would start after jobs_keep_s. Which
+        # guard stops it depends on timing: the deadline before the wait, or, on a busy machine where the
+        # wait ends past jobs_keep_s, the record already dropped (seen under pytest-xdist). Either way no
+        # attempt starts after the record's end (next line).
+        assert 3 <= len(delivery.attempts) <= 4
+        assert "deadline" in delivery.error or "record was dropped" in delivery.error, delivery.error
         assert all(r["at"] <= finished + 1.5 for r in receiver.requests)
 
 
