@@ -52,15 +52,15 @@ def pytest_configure(config):
                                        "`python -m flux_api`, the launch scripts); left out by test.sh --quick")
     config.addinivalue_line("markers", "slow: many seconds by design (large images kept in flight); left out by "
                                        "test.sh --quick")
-    config.addinivalue_line("markers", "serial: run by test.sh in a pass of its own, after the parallel one "
-                                       "(schemathesis gives all its cases one node id, which pytest-xdist cannot share out)")
 
 
-def pytest_collection_modifyitems(config, items):
-    # scripts/test.sh --quick runs one pass without the `serial` tests because they are all `socket` tests
-    stray = [i.nodeid for i in items if i.get_closest_marker("serial") and not i.get_closest_marker("socket")]
-    if stray:
-        raise pytest.UsageError(f"tests marked serial must be marked socket too (scripts/test.sh): {stray}")
+def pytest_collection_modifyitems(items):
+    # schemathesis names each case's item after its operation (`test_fuzz[bf16][GET /]`) but gives them all
+    # one node id (`test_fuzz.py::test_fuzz`); pytest-xdist schedules by node id and would run one of them.
+    for item in items:
+        base = getattr(item, "originalname", None)
+        if base and item.name != base and item.nodeid.endswith("::" + base):
+            item._nodeid = item.nodeid[: -len(base)] + item.name
 
 
 T = TypeVar("T")

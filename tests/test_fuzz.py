@@ -48,7 +48,7 @@ from flux_api.app import create_app
 from flux_api.limits import MAX_SEED, MAX_SIDE, MAX_STEPS, MIN_SIDE, SIDE_STEP
 from flux_api.settings import BF16Settings, FP4Settings
 
-pytestmark = [pytest.mark.socket, pytest.mark.slow, pytest.mark.serial]
+pytestmark = [pytest.mark.socket, pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 # Settings of the services under test. request_timeout_s bounds a request that should have been refused

@@ -73,13 +73,16 @@ def replica_actors(deployment: str, want: int) -> dict:
     found = {}
 
     def enough():
+        from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError
 
         # A replacement replica still loading (2 busy cores) answers late: ask again, within the wait. The
         # late call stays queued, so with a deployment's queue of one the next ask may be refused: again.
+        # Just after a test kills a replica, the router may still send the ask to it (ActorDiedError, a
+        # RayActorError; seen under pytest-xdist): again, Serve routes around it once it knows.
         try:
             info = handle.actor.remote().result(timeout_s=20)
-        except (TimeoutError, BackPressureError):
+        except (TimeoutError, BackPressureError, RayActorError):
             return False
         found[info["pid"]] = info["actor"]
         return len(found) >= want
