@@ -21,6 +21,7 @@ for _k in [k for k in os.environ if k.startswith(("FLUX_BF16_", "FLUX_FP4_"))]:
     del os.environ[_k]  # the tests set every setting they rely on
 
 import asyncio  # noqa: E402
+import collections  # noqa: E402
 import concurrent.futures  # noqa: E402
 import functools  # noqa: E402
 import hashlib  # noqa: E402
@@ -57,10 +58,22 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     # schemathesis names each case's item after its operation (`test_fuzz[bf16][GET /]`) but gives them all
     # one node id (`test_fuzz.py::test_fuzz`); pytest-xdist schedules by node id and would run one of them.
+    # The id is private to pytest (a string before pytest 9, a structured NodeId since), hence the check below.
     for item in items:
         base = getattr(item, "originalname", None)
         if base and item.name != base and item.nodeid.endswith("::" + base):
-            item._nodeid = item.nodeid[: -len(base)] + item.name
+            new = item.nodeid[: -len(base)] + item.name
+            if hasattr(item, "_id"):
+                from _pytest.nodeid import NodeId
+
+                item._id = NodeId.parse(new)
+            else:
+                item._nodeid = new
+    ids = collections.Counter(item.nodeid for item in items)
+    twice = [nodeid for nodeid, n in ids.items() if n > 1]
+    if twice:
+        raise pytest.UsageError(f"{len(twice)} node ids are shared by several tests, of which pytest-xdist runs "
+                                f"one: {twice[:5]}")
 
 
 T = TypeVar("T")
