@@ -23,7 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 STRIP_ROWS = 64  # rows per deflate strip: 16 strips at 1024 px; ~3 KiB of extra output per strip at most
 _WINDOW = 32 * 1024  # deflate's window: a strip is primed with this much of the data before it
 _COLOUR_TYPE = {"L": (0, 1), "RGB": (2, 3), "RGBA": (6, 4)}  # mode -> (PNG colour type, bytes per pixel)
-_POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="png")
+# the cores this process may use (a container's or a Ray replica's share), not the machine's
+_POOL = ThreadPoolExecutor(max_workers=min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                           else os.cpu_count() or 1), thread_name_prefix="png")
 
 
 def can_write(image) -> bool:
@@ -34,6 +36,8 @@ def write_png(image, text: dict[str, str] | None = None, level: int = 1) -> byte
     """`image` (PIL, mode L, RGB or RGBA) as PNG bytes, with `text` as text chunks, deflated at `level`."""
     import numpy as np
 
+    if not 0 <= level <= 9:
+        raise ValueError(f"PNG compression level {level} is not in 0-9")
     colour_type, channels = _COLOUR_TYPE[image.mode]
     width, height = image.size
     pixels = np.asarray(image, dtype=np.uint8).reshape(height, width * channels)

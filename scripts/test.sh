@@ -7,7 +7,8 @@
 #
 # The test files are spread over FLUX_TEST_WORKERS processes (pytest-xdist, --dist loadfile: a file's
 # tests stay in one process, with its module fixtures; default: the cores, at most 4), each with its
-# share of the cores for torch. FLUX_TEST_WORKERS=1: one process.
+# share of the cores for torch (unless OMP_NUM_THREADS is set). FLUX_TEST_WORKERS=1, --pdb or your own
+# -n: one process, or the processes you chose.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tier="full suite"
@@ -23,16 +24,25 @@ done
 "$ROOT/scripts/bootstrap.sh" --test || exit 1
 cd "$ROOT"
 cores=$(nproc)
+own=""
 workers=${FLUX_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}
+if ! [[ "$workers" =~ ^[0-9]+$ ]]; then
+  echo "test.sh: FLUX_TEST_WORKERS must be a number of processes, not '$workers'" >&2
+  exit 2
+fi
+for a in "${args[@]}"; do  # options that want one process, or that choose the processes themselves
+  case "$a" in --pdb|--trace|-n|-n[0-9]*|--numprocesses*|no:xdist) workers=1; own="as given" ;; esac
+done
 if [ "$workers" -gt 1 ]; then
   args=(-n "$workers" --dist loadfile "${args[@]}")
   # one torch thread pool per worker, the cores shared out (torch would otherwise take them all in each)
-  export OMP_NUM_THREADS=$(( cores / workers > 0 ? cores / workers : 1 ))
+  : "${OMP_NUM_THREADS:=$(( cores / workers > 0 ? cores / workers : 1 ))}"
+  export OMP_NUM_THREADS
 fi
 start_us=${EPOCHREALTIME//[.,]/}
 "${FLUX_API_VENV:-$ROOT/.venv}/bin/python" -m pytest "${args[@]}"
 rc=$?
 ds=$(( (${EPOCHREALTIME//[.,]/} - start_us) / 100000 ))  # tenths of a second
-echo "test.sh: $tier took $((ds / 10)).$((ds % 10)) s wall time, pytest included, $workers worker(s) (exit $rc)"
+echo "test.sh: $tier took $((ds / 10)).$((ds % 10)) s wall time, pytest included, ${own:-$workers} worker(s) (exit $rc)"
 [ $rc -eq 5 ] && echo "test.sh: no tests ran: that is a failure" >&2
 exit $rc

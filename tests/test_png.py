@@ -51,6 +51,11 @@ def test_pixels_and_text_read_back_as_written(mode, size, level):
     assert [k for k, _ in chunks(data)][0] == b"IHDR" and chunks(data)[-1] == (b"IEND", b"")
 
 
+def test_a_level_outside_zlib_s_is_refused():
+    with pytest.raises(ValueError, match="not in 0-9"):
+        write_png(natural_image(16), level=10)
+
+
 def test_same_image_same_bytes():
     img = natural_image(512)
     assert write_png(img, TEXT) == write_png(img.copy(), TEXT)
@@ -68,7 +73,8 @@ def test_service_encoding_keeps_its_parameters_and_falls_back_to_pillow_for_othe
 def test_faster_than_pillow_at_1024():
     # Issue 25: PNG encoding is on every request's path. Measured against Pillow in the same process
     # at the same moment, so a slow or busy machine slows both (the absolute figure on a GPU host is in
-    # the benchmark's encoding_ms). About 4x on 2 cores (23 against 91 ms).
+    # the benchmark's encoding_ms). About 4x on 2 cores (23 against 91 ms), 2.2x on one; 1.5x leaves room
+    # for the other test processes on the same cores.
     img = natural_image(1024)
 
     def best(fn):
@@ -82,7 +88,7 @@ def test_faster_than_pillow_at_1024():
     ours = best(lambda: write_png(img, TEXT, 1))
     pillow = best(lambda: img.save(io.BytesIO(), "PNG", compress_level=1))
     print(f"1024 px natural image, level 1: {ours * 1e3:.1f} ms, Pillow {pillow * 1e3:.1f} ms")
-    assert ours < pillow / 2
+    assert ours < pillow / 1.5
     size_ours, buf = len(write_png(img, TEXT, 1)), io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
     assert size_ours < 1.1 * len(buf.getvalue())  # and about as small

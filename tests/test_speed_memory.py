@@ -125,7 +125,8 @@ def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lor
             three = s.client.post("/generate", json={**body, "num_images": 3})
             neg = gen(s, **body, negative_prompt="red")
             again = gen(s, **{**body, "seed": 6})
-            for p in ("a red dot", "a green dot", "a blue dot"):  # the least recently used go first
+            # three new prompts (2 entries: the least recently used go), then a used one is kept over an older one
+            for p in ("a red dot", "a green dot", "a blue dot", "a green dot", "a yellow dot", "a green dot"):
                 assert gen(s, **{**body, "prompt": p}).status_code == 200
             assert all(r.status_code == 200 for r in (three, neg, again)), three.text
             answers[size] = [three.json()["images"], neg.json()["image"], again.json()["image"]]
@@ -133,6 +134,7 @@ def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lor
             stats[size] = {k: after[k] - before[k] for k in ("hits", "misses")} | {"entries": after["entries"]}
     assert answers[0] == answers[2]
     # 3 images: 1 miss + 2 hits; the negative prompt's request: a hit and a miss ("red"); the new seed: a
-    # hit; three new prompts: 3 misses. Off: every prompt encoded.
-    assert stats[2] == {"hits": 4, "misses": 5, "entries": 2}
-    assert stats[0] == {"hits": 0, "misses": 9, "entries": 0}
+    # hit; three new prompts: 3 misses; green again: a hit (blue is now the least recently used); yellow:
+    # a miss that drops blue; green: a hit (first in, first out would have dropped green). Off: all encoded.
+    assert stats[2] == {"hits": 6, "misses": 6, "entries": 2}
+    assert stats[0] == {"hits": 0, "misses": 12, "entries": 0}

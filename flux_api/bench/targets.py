@@ -48,6 +48,8 @@ def parse_target(t: str) -> tuple[str, str | None, dict]:
 def service_env(kind: str, options: dict, warmup_sizes: list[int], lora_dir: str | None) -> dict:
     """The environment a target's service runs with."""
     prefix = f"FLUX_{kind.upper()}_"
-    env = {"WARMUP_SIZES": json.dumps(sorted(set(warmup_sizes), reverse=True)),
+    # The prompt cache off: the benchmark repeats one prompt, which would time every request but the first
+    # without the text encoders, while stock pays them on every call (docs/PERFORMANCE.md, 2026-12-06).
+    env = {"WARMUP_SIZES": json.dumps(sorted(set(warmup_sizes), reverse=True)), "PROMPT_CACHE_SIZE": "0",
            **({"LORA_DIR": str(lora_dir)} if lora_dir else {}), **options}
     return {prefix + k: v for k, v in env.items()}

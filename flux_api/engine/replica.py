@@ -143,6 +143,7 @@ class Replica:
             )
         except torch.cuda.OutOfMemoryError as e:
             del e  # drop the traceback's references to the step's tensors before freeing
+            self.prompts.clear()  # its embeddings are GPU memory too; they are recomputed when needed
             self.config.free_memory()
             raise GPUOutOfMemory(
                 f"the GPU ran out of memory at {params.width}x{params.height}; the memory was freed, "
