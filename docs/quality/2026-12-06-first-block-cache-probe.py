@@ -4,7 +4,8 @@ three thresholds, and the time an image took. A RECORD, not maintained code.
 
     PYTHONPATH=. python docs/quality/2026-12-06-first-block-cache-probe.py 100
 """
-import json, sys, time
+import json
+import sys
 from flux_api.tiny_train.adherence import load, measure
 from flux_api.tiny_train.grammar import eval_prompts
 from diffusers import FirstBlockCacheConfig
