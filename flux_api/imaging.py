@@ -14,14 +14,13 @@ from .png import can_write, write_png
 def encode_image(image, fmt: str, parameters: dict, png_compress_level: int = 1, jpeg_quality: int = 90) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
-        text = {"parameters": json.dumps(parameters, sort_keys=True, ensure_ascii=False)}
+        text = json.dumps(parameters, sort_keys=True, ensure_ascii=False)
         if can_write(image):  # flux_api/png.py: the same pixels as Pillow's PNG, several times faster
-            return write_png(image, text, png_compress_level)
-        from PIL.PngImagePlugin import PngInfo
+            return write_png(image, {"parameters": text}, png_compress_level)
+        from PIL.PngImagePlugin import PngInfo  # other modes (16-bit, palette): Pillow's own writer
 
         info = PngInfo()
-        for key, value in text.items():
-            info.add_text(key, value)
+        info.add_text("parameters", text)
         image.save(buf, "PNG", pnginfo=info, compress_level=png_compress_level)
     elif fmt == "jpeg":
         image.convert("RGB").save(buf, "JPEG", quality=jpeg_quality)

@@ -166,9 +166,11 @@ class ServiceSettings(BaseSettings):
         "for the others."
     )
     prompt_cache_size: int = Field(
-        32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) stay on the device, most recent "
-        "first (engine/prompts.py): a request of n images, a retry or a new seed for the same prompt skips the "
-        "text encoders. About 4 MiB each at 512 T5 tokens; the images are the same bytes. 0: off."
+        32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "
+        "(the GPU; host memory in memory_mode=low), least recently used dropped first (engine/prompts.py): a "
+        "request of n images, a retry or a new seed for the same prompt skips the text encoders. About 4 MiB "
+        "each at 512 T5 tokens; the images are the same bytes. 0: off (where clients must not learn from "
+        "timings that another sent a prompt)."
     )
     lora_max_rank: int = Field(
         64, ge=1, le=1024, description="The size of the LoRA slot made at load (lora_slot.py): the highest rank "

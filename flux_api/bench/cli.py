@@ -11,8 +11,9 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
 each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
 `+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` (placement); without them a
 service runs with its defaults. The peers a user would build from stock diffusers: `stock+compile`
-(torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled). `--lora A[,B]` times a LoRA request (and, given two, both at once,
-and switching) against the base request on each target. Every target reports the compiles after
+(torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled).
+`--lora A[,B]` times a LoRA request (and, given two, both at once, and switching) against the base
+request on each target. Every target reports the compiles after
 its warm-up over the whole mixed run (sizes, an unseen size, LoRAs, true CFG): they must be 0.
 """
 

@@ -29,22 +29,24 @@ def encoding_costs(images: dict) -> dict:
     """ms per format/level on each image (median of 3), the service's encoder and Pillow's PNG."""
     from ..imaging import encode_image
 
+    def pillow_png(img) -> bytes:  # what the service paid before flux_api/png.py: Pillow's own PNG, level 1
+        buf = io.BytesIO()
+        img.save(buf, "PNG", compress_level=1)
+        return buf.getvalue()
+
+    encoders = {f"{fmt}{level or ''}": (lambda img, fmt=fmt, level=level:
+                                        encode_image(img, fmt, {"p": 1}, png_compress_level=level or 1))
+                for fmt, level in (("png", 1), ("png", 6), ("jpeg", None), ("webp", None))}
+    encoders["pillow_png1"] = pillow_png
     out = {}
     for label, img in images.items():
-        for fmt, level in (("png", 1), ("png", 6), ("jpeg", None), ("webp", None)):
+        for key, encode in encoders.items():
             ts = []
             for _ in range(3):
                 t = time.perf_counter()
-                data = encode_image(img, fmt, {"p": 1}, png_compress_level=level or 1)
+                data = encode(img)
                 ts.append((time.perf_counter() - t) * 1e3)
-            key = f"{fmt}{level or ''}"
             out.setdefault(label, {})[key] = {"ms": round(sorted(ts)[1], 1), "kib": round(len(data) / 1024)}
-        ts = []
-        for _ in range(3):  # what the service paid before flux_api/png.py: Pillow's own PNG at level 1
-            buf, t = io.BytesIO(), time.perf_counter()
-            img.save(buf, "PNG", compress_level=1)
-            ts.append((time.perf_counter() - t) * 1e3)
-        out[label]["pillow_png1"] = {"ms": round(sorted(ts)[1], 1), "kib": round(len(buf.getvalue()) / 1024)}
     return out
 
 
