@@ -165,6 +165,13 @@ class ServiceSettings(BaseSettings):
         "auto: regional on a CUDA GPU for the diffusers (BF16) and torchao-fp8 backends, none on the CPU and "
         "for the others."
     )
+    attention: Literal["auto", "sdpa", "cudnn"] = Field(
+        "auto", description="The transformer's attention kernel (diffusers' attention backends). sdpa: PyTorch's "
+        "scaled_dot_product_attention with its own choice (FlashAttention-2 on an H100). cudnn: cuDNN's fused "
+        "attention (diffusers' _native_cudnn), faster at FLUX's 4096+512 tokens on Hopper; the image differs by "
+        "rounding only (docs/PERFORMANCE.md). auto: cudnn on a CUDA GPU of sm_90 or newer, sdpa elsewhere (the CPU "
+        "always). A backend with its own attention (nunchaku) ignores it."
+    )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "
         "(the GPU; host memory in memory_mode=low), least recently used dropped first (engine/prompts.py): a "
@@ -305,6 +312,8 @@ class ServiceSettings(BaseSettings):
     def _cuda_choice(self):
         if self.device == "cpu" and self.placement == "balanced":
             raise ValueError("placement=balanced needs CUDA GPUs; it cannot be combined with device=cpu")
+        if self.device == "cpu" and self.attention == "cudnn":
+            raise ValueError("attention=cudnn needs a CUDA GPU; it cannot be combined with device=cpu")
         return self
 
     @property

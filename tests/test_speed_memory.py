@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import InProcess, gen
 from PIL import Image
-from test_backends import NONE, pk, select_backend
+from test_backends import NONE, REAL, pk, select_backend
 
 from flux_api.app import create_app
 from flux_api.bench import parse_target
@@ -51,6 +51,25 @@ def test_cuda_graphs_off_reasons(cache_dir):
 
     assert reason(cuda_graphs=False) == "cuda_graphs=false"
     assert "memory_mode=low" in reason(memory_mode="low")
+
+
+def test_attention_kernel_choice(cache_dir):
+    def attention(hw=H100, manager=BF16FluxModelManager, settings=BF16Settings, packages=None, **kw):
+        extra = (packages,) if packages is not None else ()
+        return _planned(manager(settings(model="tiny", cache_dir=cache_dir, **kw), hw, *extra)).speed.attention
+
+    assert attention() == ("cudnn", "sm_90: cuDNN's fused attention is faster there")
+    a100 = Hardware((GPU(0, "A100 (stand-in)", (8, 0), 80 * GiB),))
+    assert attention(a100)[0] == "sdpa" and attention(a100, attention="cudnn") == ("cudnn", "as configured")
+    assert attention(Hardware()) == ("sdpa", "no CUDA device") and attention(attention="sdpa")[0] == "sdpa"
+    assert attention(manager=FP4FluxModelManager, settings=FP4Settings, packages=pk(NONE))[0] == "cudnn"
+    own = attention(a100, FP4FluxModelManager, FP4Settings, pk(REAL), attention="cudnn")
+    assert own == ("own", "backend nunchaku runs its own attention kernels")
+    with pytest.raises(ValueError, match="attention=cudnn needs a CUDA GPU"):
+        attention(Hardware(), attention="cudnn")  # device auto, no GPU: start-up stops, saying why
+    with pytest.raises(ValueError, match="attention=cudnn needs a CUDA GPU"):
+        BF16Settings(model="tiny", device="cpu", attention="cudnn")
+    assert parse_target("fp4+sdpa") == ("fp4", None, {"ATTENTION": "sdpa"})
 
 
 def test_low_memory_picks_a_4bit_backend_and_4bit_t5_on_a_gpu(cache_dir):

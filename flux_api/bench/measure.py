@@ -51,7 +51,7 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
     res["true_cfg_status"] = cfg.status_code
     st = client.get("/model-status").json()
     res["backend"], res["precision"], res["compile"] = st["backend"], st["precision"]["transformer"], st.get("compile")
-    res["cuda_graphs"], res["memory"] = st.get("cuda_graphs"), st.get("memory")
+    res["cuda_graphs"], res["memory"], res["attention"] = st.get("cuda_graphs"), st.get("memory"), st.get("attention")
     res["placement"] = {k: st.get("placement", {}).get(k) for k in ("mode", "devices")}
     res["compiles_after_warmup"] = (st.get("compile") or {}).get("compiles_after_warmup")
     dev = st["devices"][0]

@@ -51,7 +51,7 @@ def table(R: dict) -> str:
     for name, t in R["targets"].items():
         if t.get("memory"):
             rows.append(f"\n{name}: placement {t.get('placement')}; compile {t.get('compile')}; compiles after "
-                        f"warm-up {t.get('compiles_after_warmup')}; CUDA graphs {t.get('cuda_graphs')}; memory "
+                        f"warm-up {t.get('compiles_after_warmup')}; attention {t.get('attention')}; CUDA graphs {t.get('cuda_graphs')}; memory "
                         f"{t.get('memory')}; LoRA switches ms {t.get('lora', {}).get('lora_ms_load_then_switches')}; "
                         f"other LoRAs {t.get('lora', {}).get('more')}; "
                         f"true CFG status {t.get('true_cfg_status')}")

@@ -14,6 +14,8 @@ OPTIONS = {
     "single": ("PLACEMENT", "single"),
     "replicas": ("PLACEMENT", "replicas"),
     "balanced": ("PLACEMENT", "balanced"),
+    "sdpa": ("ATTENTION", "sdpa"),
+    "cudnn": ("ATTENTION", "cudnn"),
 }
 
 

@@ -128,7 +128,7 @@ class FluxModelManager:
         size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None
         self.plan = plan_placement(s.device, s.placement, self.hardware, size, s.replicas)
         # 4. Compile, CUDA graphs, memory mode.
-        self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text)
+        self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text, in_use)
 
     def start_background_load(self) -> bool:
         """Start loading in a thread unless loaded or loading. Returns whether a load was started."""

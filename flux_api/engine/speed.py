@@ -8,10 +8,10 @@ pipeline. Nothing here runs on a live request.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .backends import Backend
-from .devices import PlacementPlan
+from .devices import Hardware, PlacementPlan
 
 
 @dataclass
@@ -22,6 +22,7 @@ class SpeedPolicy:
     # memory_mode=low puts the text encoders on the CPU ("cpu") or T5 in 4-bit on the GPU ("nf4"):
     # the service's preference, kept only where bitsandbytes and a GPU are there.
     low_memory_text: str = "cpu"
+    hardware: Hardware = field(default_factory=Hardware)  # the GPUs in use (none on the CPU)
 
     # ------------------------------------------------------------------ decisions
 
@@ -48,6 +49,26 @@ class SpeedPolicy:
         if self.low_memory:
             return "memory_mode=low (a graph keeps its own activation memory)"
         return None
+
+    def __post_init__(self):
+        self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
+
+    def _choose_attention(self) -> tuple[str, str]:
+        """(sdpa | cudnn | own: the backend's, why). auto: cuDNN's fused attention on sm_90 and newer, where it
+        was measured faster than PyTorch's default choice at FLUX's sequence lengths (docs/PERFORMANCE.md)."""
+        if not self.backend.diffusers_attention:
+            return "own", f"backend {self.backend.name} runs its own attention kernels"
+        asked = self.settings.attention
+        if asked != "auto":
+            if asked == "cudnn" and not self.on_gpu:
+                raise ValueError("attention=cudnn needs a CUDA GPU; none is in use (use attention=sdpa or auto)")
+            return asked, "as configured"
+        if not self.on_gpu:
+            return "sdpa", "no CUDA device"
+        gpu = self.hardware.gpus[0] if self.hardware.gpus else None
+        if gpu is not None and gpu.capability >= (9, 0):
+            return "cudnn", f"{gpu.sm}: cuDNN's fused attention is faster there"
+        return "sdpa", f"{gpu.sm if gpu else 'this GPU'}: PyTorch's default attention"
 
     @property
     def low_memory(self) -> bool:
@@ -96,10 +117,17 @@ class SpeedPolicy:
                 pipe.text_encoder_2.to("cpu")
             tile_vae(pipe.vae)
             free_memory()
+        if self.attention[0] == "cudnn":
+            # Before compiling: the kernel is part of what gets compiled and captured.
+            pipe.transformer.set_attention_backend("_native_cudnn")
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph)
 
     # ------------------------------------------------------------------ status
+
+    def attention_status(self) -> dict:
+        kernel, why = self.attention
+        return {"kernel": kernel, "why": why}
 
     def memory_status(self) -> dict:
         out = {"mode": self.settings.memory_mode}

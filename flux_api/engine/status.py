@@ -43,6 +43,7 @@ def service_status(manager) -> dict:
         "precision": precision(manager),
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile, **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
+        "attention": manager.speed.attention_status() if manager.speed else {"kernel": s.attention},
         "memory": manager.speed.memory_status() if manager.speed else {"mode": s.memory_mode},
         "placement": {**plan.as_dict(), "replica_status": replicas,
                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if plan else None,

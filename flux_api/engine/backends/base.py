@@ -45,6 +45,9 @@ class Backend:
     # Whether a LoRA's tensors are checked against the model's layers before it loads (diffusers widens
     # a layer to fit a LoRA made for another model instead of refusing it).
     checks_lora_fit: ClassVar[bool] = True
+    # Whether its transformer's attention is diffusers' (so the `attention` setting chooses the kernel);
+    # False for a backend with its own attention kernels.
+    diffusers_attention: ClassVar[bool] = True
     # What to suggest when this backend is asked for and cannot run.
     alternatives: ClassVar[str] = ""
     # Where it runs; most backends need nothing more than this to say `problem`.

@@ -78,6 +78,7 @@ class NunchakuBackend(Backend):
     # Nunchaku converts LoRA formats into its own layers (update_lora_params): diffusers' shape check
     # against a diffusers transformer does not apply to its model.
     checks_lora_fit = False
+    diffusers_attention = False  # its transformer runs Nunchaku's own attention kernels
     alternatives = "choose backend torchao-fp8 (sm_89+) or bnb-fp4 (any CUDA GPU), or auto"
     precision_text = "Nunchaku SVDQuant W4A4 {b.kind}, rank {b.settings.nunchaku_rank} low-rank branch"
 
