@@ -1,4 +1,4 @@
-"""`python -m flux_api fp4|bf16 [--host H] [--port P] [--model SRC]`: start one service under uvicorn."""
+"""`python -m flux_api fp4|bf16 [--host H] [--port P] [--model SRC] [--placement P]`: start one service under uvicorn."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, help="port (default 8000 for fp4, 8001 for bf16)")
     ap.add_argument("--model", help="'tiny', a local diffusers folder, or a Hugging Face repo id")
     ap.add_argument("--backend", help="fp4 only: auto, nunchaku, bnb-fp4, bnb-nf4, torchao-fp8, torchao-int8")
+    ap.add_argument("--placement", help="auto, single, balanced, replicas or parallel (GPU placement)")
     ap.add_argument("--log-level", default="info")
     args = ap.parse_args(argv)
 
     from .settings import SETTINGS_CLASSES
 
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("model", args.model)) if v is not None}
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port), ("model", args.model),
+                                   ("placement", args.placement)) if v is not None}
     if args.backend is not None:
         if args.service != "fp4":
             ap.error("--backend is for the fp4 service")

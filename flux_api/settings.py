@@ -30,7 +30,7 @@ def config_dir() -> Path:
     source = PROJECT_ROOT / "config"
     return source if source.is_dir() or not installed.is_dir() else installed
 
-Placement = Literal["auto", "single", "balanced", "replicas"]
+Placement = Literal["auto", "single", "balanced", "replicas", "parallel"]
 DType = Literal["auto", "bfloat16", "float16", "float32"]
 FP4Backend = Literal["auto", "nunchaku", "bnb-fp4", "bnb-nf4", "torchao-fp8", "torchao-int8"]
 
@@ -93,10 +93,24 @@ class ServiceSettings(BaseSettings):
     placement: Placement = Field(
         "auto",
         description="single: one device. balanced: one pipeline over the visible GPUs (device_map='balanced'). "
-        "replicas: one pipeline per GPU, requests go to an idle one. auto: replicas when a copy fits one GPU, "
-        "else balanced; single with one GPU.",
+        "replicas: one pipeline per GPU, requests go to an idle one. parallel: one pipeline over the GPUs by "
+        "context parallelism (one process per GPU, each image's tokens split between them): one image faster. "
+        "auto: with several GPUs and a copy that fits one, replicas (placement_goal=throughput) or parallel "
+        "(placement_goal=latency); balanced when a copy does not fit; single with one GPU.",
     )
     replicas: int | None = Field(None, ge=1, le=64, description="Pipelines in replicas mode (default: one per GPU).")
+    placement_goal: Literal["throughput", "latency"] = Field(
+        "throughput", description="What placement=auto serves on several GPUs: throughput (replicas: more images "
+        "a minute when requests come together) or latency (parallel: each image sooner, for one request at a time)."
+    )
+    parallel_degree: int | None = Field(
+        None, ge=2, le=8, description="Processes in placement=parallel (default: one per visible GPU). On the CPU "
+        "it must be given: CPU processes over gloo (tests). The attention heads (24 on FLUX.1) must divide by it."
+    )
+    parallel_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="placement=parallel: the longest one rank waits for the others in a "
+        "collective (a rank stuck or gone); the request then fails and the group restarts."
+    )
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
 
     # --- generation defaults and limits
@@ -312,6 +326,8 @@ class ServiceSettings(BaseSettings):
     def _cuda_choice(self):
         if self.device == "cpu" and self.placement == "balanced":
             raise ValueError("placement=balanced needs CUDA GPUs; it cannot be combined with device=cpu")
+        if self.device == "cpu" and self.placement == "parallel" and self.parallel_degree is None:
+            raise ValueError("placement=parallel on the CPU needs parallel_degree (the number of processes)")
         if self.device == "cpu" and self.attention == "cudnn":
             raise ValueError("attention=cudnn needs a CUDA GPU; it cannot be combined with device=cpu")
         return self

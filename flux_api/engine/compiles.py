@@ -8,6 +8,7 @@ Read without importing torch._dynamo where nothing was compiled (it is then 0 by
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 
@@ -24,6 +25,16 @@ class CompileWatch:
 
     def start(self) -> None:
         self.baseline = compiled_graphs()
+
+    @contextlib.contextmanager
+    def reloading(self):
+        """Graphs compiled inside are a reload's (placement=parallel rebuilding its group), not a live request's."""
+        before = compiled_graphs()
+        try:
+            yield
+        finally:
+            if self.baseline is not None:
+                self.baseline += compiled_graphs() - before
 
     @property
     def during_warmup(self) -> int:

@@ -126,7 +126,8 @@ class FluxModelManager:
                                            s.memory_mode == "low", s)
         # 3. Where the pipelines go: the weights' size (as the backend stores them) decides it.
         size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None
-        self.plan = plan_placement(s.device, s.placement, self.hardware, size, s.replicas)
+        self.plan = plan_placement(s.device, s.placement, self.hardware, size, s.replicas, s.placement_goal,
+                                   s.parallel_degree)
         # 4. Compile, CUDA graphs, memory mode.
         self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text, in_use)
 
@@ -163,8 +164,11 @@ class FluxModelManager:
                 # 2. What to read: the tiny model is built once, on first use.
                 spec = self._load_spec()
                 # 3. One pipeline per device, prepared (low memory, compile), with adapters and graphs.
-                for i, device in enumerate(self.plan.devices):
-                    replicas.append(self._build_replica(i, device, spec))
+                if self.plan.mode == "parallel":
+                    replicas.append(self._build_parallel(spec))
+                else:
+                    for i, device in enumerate(self.plan.devices):
+                        replicas.append(self._build_replica(i, device, spec))
                 # 4. Warm-up: first-call costs (compile, graph capture) before /health says ready, for
                 # the base model and for each variant a LoRA request runs (the slot switched on).
                 if self.settings.warmup:
@@ -185,6 +189,8 @@ class FluxModelManager:
                 log.info("model ready in %.1f s: %s, backend %s, %s", self.load_seconds, self.source.spec,
                          self.backend.name, self.plan.as_dict())
             except Exception as e:
+                for r in replicas:
+                    r.close()
                 replicas.clear()
                 self.replicas = []
                 self.free_memory()
@@ -215,6 +221,37 @@ class FluxModelManager:
                            self.speed.text_on_cpu, self.free_memory)
         return Replica(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size))
 
+    def _build_parallel(self, spec: LoadSpec):
+        """placement=parallel: the other ranks' processes started, this process joined as rank 0, and rank 0's
+        replica built beside theirs (parallel.py)."""
+        from dataclasses import fields
+
+        from .parallel import GroupFailed, ParallelGroup, ParallelReplica
+
+        group = ParallelGroup(type(self), self.settings, self.plan.ranks, self.plan.device == "cpu")
+        try:
+            group.start()
+            base = self._build_replica(0, self.plan.device, spec)
+            group.collect()  # every rank built and ready
+        except BaseException as e:
+            said = [str(e)] if isinstance(e, GroupFailed) else group.errors()
+            group.close(failed=True)
+            if said:
+                raise RuntimeError(f"placement=parallel could not start: {'; '.join(said)}") from None
+            raise
+        return ParallelReplica(**{f.name: getattr(base, f.name) for f in fields(Replica)}, group=group,
+                               rebuild=lambda: self._rebuild_parallel(spec))
+
+    def _rebuild_parallel(self, spec: LoadSpec):
+        """A new group after a rank failed: built and warmed up as at load; its compiles are not a live request's."""
+        with self.compiles.reloading():
+            fresh = self._build_parallel(spec)
+            fresh.on_thread_start()
+            if self.settings.warmup:
+                for px in self.speed.warmup_sizes(fresh.graphs is not None):
+                    fresh.warm_up(px)
+        return fresh
+
     def begin_shutdown(self) -> None:
         """The moment a shutdown begins (SIGTERM): take no more work and cancel what is queued, whose
         waiters answer 503 shutting_down at once; running work goes on until `unload`. Thread-safe,
@@ -230,6 +267,8 @@ class FluxModelManager:
             self.scheduler.shutdown(timeout)
         with self._load_lock:
             self.scheduler = None
+            for r in self.replicas:
+                r.close()
             self.replicas = []
             self.free_memory()
             if self.phase != FAILED:

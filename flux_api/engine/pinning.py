@@ -32,7 +32,7 @@ class LoraPinning:
         what it loaded)."""
         with self._changing:
             keep = self.names() | {s.name for s in loras}
-            on_every_replica(lambda r: r.adapters.activate(loras, keep, files))
+            on_every_replica(lambda r: r.activate_loras(loras, keep, files))
             with self._lock:
                 self._pinned = loras
 
@@ -48,6 +48,6 @@ class LoraPinning:
             # Every replica first; the pinned set changes only once all of them have dropped it (a
             # replica that fails leaves the set as it was, and a replica that already dropped the
             # adapter loads it again when a pinned request needs it).
-            on_every_replica(lambda r: r.adapters.drop_all_but(keep, only=name))
+            on_every_replica(lambda r: r.drop_loras(keep, only=name))
             with self._lock:
                 self._pinned = remaining

@@ -51,6 +51,9 @@ class Replica:
 
             torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
 
+    def close(self) -> None:
+        """Release what the replica holds beyond its memory (placement=parallel: the other ranks)."""
+
     def components(self) -> dict:
         """Where each component is (accelerate's map, in GPU indices, for a balanced pipeline)."""
         hf_map = getattr(self.pipe, "hf_device_map", None)
@@ -82,6 +85,14 @@ class Replica:
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
             backend=self.config.backend, model=self.config.model,
         )
+
+    def activate_loras(self, loras: tuple[LoraSpec, ...], keep: set[str], files: dict[str, LoraFile]) -> None:
+        """Load and switch to `loras` (pinning): all of them, or nothing changes."""
+        self.adapters.activate(loras, keep, files)
+
+    def drop_loras(self, keep: set[str], only: str | None = None) -> None:
+        """Delete loaded adapters but those in `keep` (or only `only`)."""
+        self.adapters.drop_all_but(keep, only=only)
 
     def warm_up(self, px: int) -> None:
         """Run `px` x `px` once (2 steps) for the base model and once per variant a LoRA request runs

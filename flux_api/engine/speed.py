@@ -52,6 +52,9 @@ class SpeedPolicy:
 
     def __post_init__(self):
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
+        if self.plan.mode == "parallel" and not self.backend.diffusers_attention:
+            raise ValueError(f"placement=parallel splits diffusers' attention between processes; backend "
+                             f"{self.backend.name} runs its own: choose another backend or placement")
 
     def _choose_attention(self) -> tuple[str, str]:
         """(sdpa | cudnn | own: the backend's, why). auto: cuDNN's fused attention on sm_90 and newer, where it
@@ -120,6 +123,10 @@ class SpeedPolicy:
         if self.attention[0] == "cudnn":
             # Before compiling: the kernel is part of what gets compiled and captured.
             pipe.transformer.set_attention_backend("_native_cudnn")
+        if self.plan.mode == "parallel":  # before compiling too: its hooks split and gather the tokens
+            from .parallel import enable_context_parallel
+
+            enable_context_parallel(pipe.transformer, self.plan.ranks)
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph)
 

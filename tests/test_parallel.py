@@ -1,0 +1,222 @@
+"""placement=parallel (issue 27): one pipeline run by two processes by context parallelism.
+
+The real thing on the CPU: the BF16 service as a process of its own (`python -m flux_api bf16
+--placement parallel`), rank 0 inside it and rank 1 a process it starts, joined over gloo (NCCL's place
+on GPUs), diffusers' Ulysses attention splitting each image's tokens between them. Checked: the image is the one-process image (up
+to float rounding) and the same bytes every time; a cancel stops both ranks at one step and the next
+request is right; LoRAs reach both ranks; a rank killed mid-request fails that request, the group
+restarts, and the next request is right again; nothing is left running when the service stops.
+The placement plan's choices are checked with stand-in GPUs (named as such).
+"""
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port, wait_for, wait_state
+from PIL import Image
+
+from flux_api.engine.devices import GPU, Hardware, plan_placement
+from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+from flux_api.settings import BF16Settings, FP4Settings
+
+GiB = 2**30
+H100S = Hardware(tuple(GPU(i, "H100 (stand-in)", (9, 0), 80 * GiB) for i in range(4)))
+PROMPT = "a red circle in the top left on a blue background"
+BODY = {"prompt": PROMPT, "width": 256, "height": 256, "num_inference_steps": 6, "seed": 3}
+
+
+# ---------------------------------------------------------------------- the plan (no process needed)
+
+
+def test_auto_placement_follows_the_goal_on_several_gpus():
+    fits = 30 * GiB
+    latency = plan_placement("auto", "auto", H100S, fits, goal="latency")
+    assert (latency.mode, latency.ranks) == ("parallel", 4) and "placement_goal=latency" in latency.reason
+    throughput = plan_placement("auto", "auto", H100S, fits, goal="throughput")
+    assert throughput.mode == "replicas" and "placement_goal=throughput" in throughput.reason
+    # too big for one GPU: balanced whatever the goal; one GPU: single
+    assert plan_placement("auto", "auto", H100S, 200 * GiB, goal="latency").mode == "balanced"
+    assert plan_placement("auto", "auto", Hardware(H100S.gpus[:1]), fits, goal="latency").mode == "single"
+    two = plan_placement("auto", "parallel", H100S, fits, degree=2)
+    assert two.as_dict()["rank_devices"] == ["cuda:0", "cuda:1"] and two.reason.startswith("2 GPUs")
+
+
+@pytest.mark.parametrize("hw, degree, message", [
+    (Hardware(H100S.gpus[:1]), None, "needs 2 or more GPUs; 1 visible"),
+    (H100S, 6, "parallel_degree=6 but only 4 GPU"),
+    (Hardware(), None, "on the CPU needs parallel_degree"),
+])
+def test_parallel_plans_that_cannot_be(hw, degree, message):
+    with pytest.raises(ValueError, match=message):
+        plan_placement("auto", "parallel", hw, degree=degree)
+
+
+def test_parallel_settings_that_cannot_be(cache_dir):
+    with pytest.raises(ValueError, match="needs parallel_degree"):
+        BF16Settings(model="tiny", device="cpu", placement="parallel")
+    with pytest.raises(ValueError):
+        BF16Settings(model="tiny", parallel_degree=1)
+    # Nunchaku runs its own attention, which diffusers cannot split between processes
+    from test_backends import REAL, pk
+
+    a100s = Hardware(tuple(GPU(i, "A100 (stand-in)", (8, 0), 80 * GiB) for i in range(2)))
+    m = FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, placement="parallel"), a100s, pk(REAL))
+    with pytest.raises(ValueError, match="backend nunchaku runs its own"):
+        m.preflight()
+    ok = BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, placement="parallel"), H100S)
+    ok.preflight()
+    assert (ok.plan.mode, ok.plan.ranks, ok.speed.graphs_off_reason) == ("parallel", 4, None)
+
+
+def test_heads_must_divide_between_the_ranks(tiny_dir):
+    from diffusers import FluxTransformer2DModel
+
+    from flux_api.engine.parallel import enable_context_parallel
+
+    transformer = FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer")
+    heads = transformer.config.num_attention_heads
+    bad = next(d for d in range(2, 9) if heads % d)
+    with pytest.raises(ValueError, match=f"{heads} attention heads do not divide between {bad} processes"):
+        enable_context_parallel(transformer, bad)
+
+
+# ---------------------------------------------------------------------- the service, two CPU processes
+
+
+class Service:
+    def __init__(self, proc, port):
+        self.proc, self.port = proc, port
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
+
+    def group(self) -> dict:
+        return self.client.get("/model-status").json()["placement"]["replica_status"][0]["parallel"]
+
+
+@pytest.fixture(scope="module")
+def parallel(cache_dir, lora_dir, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("parallel") / "service.log"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}, "PYTHONUNBUFFERED": "1",
+           "FLUX_BF16_CACHE_DIR": str(cache_dir), "FLUX_BF16_LORA_DIR": str(lora_dir), "FLUX_BF16_DEVICE": "cpu",
+           "FLUX_BF16_PARALLEL_DEGREE": "2", "FLUX_BF16_PARALLEL_TIMEOUT_S": "60"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port),
+                                 "--placement", "parallel"],
+                                cwd=Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
+    s = Service(proc, port)
+
+    def ready():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            return s.client.get("/health").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(ready, timeout=180, interval=0.2, what="the parallel service to be ready")
+        yield s
+    finally:
+        followers = [f["pid"] for f in s.group()["followers"]] if proc.poll() is None else []
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+        # nothing left running: the other rank stopped with the service
+        for pid in followers:
+            wait_for(lambda: not _alive(pid), timeout=30, what=f"rank process {pid} to exit")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _pixels(resp) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(resp.json()["image"]))).convert("RGB"), dtype=np.int16)
+
+
+@pytest.mark.socket
+def test_parallel_status_says_where_each_rank_runs(parallel):
+    placement = parallel.client.get("/model-status").json()["placement"]
+    assert placement["mode"] == "parallel" and placement["ranks"] == 2
+    assert placement["rank_devices"] == ["cpu", "cpu"] and "2 CPU processes over gloo" in placement["reason"]
+    group = parallel.group()
+    assert group["state"] == "ready" and group["backend"] == "gloo"
+    assert [f["rank"] for f in group["followers"]] == [1] and all(f["alive"] for f in group["followers"])
+
+
+@pytest.mark.socket
+def test_parallel_image_is_the_one_process_image_and_repeats(parallel, bf16):
+    first = parallel.client.post("/generate", json=BODY)
+    again = parallel.client.post("/generate", json=BODY)
+    assert first.json()["image"] == again.json()["image"]  # same seed and parameters: same bytes
+    alone = bf16.client.post("/generate", json=BODY)
+    # the tokens split between two processes: the same image up to float rounding (measured 2.2e-6 of [0, 1])
+    assert np.abs(_pixels(first) - _pixels(alone)).max() <= 1
+    assert first.json()["seed"] == 3
+
+
+@pytest.mark.socket
+def test_parallel_cancel_stops_every_rank_at_one_step(parallel):
+    expected = parallel.client.post("/generate", json=BODY).json()["image"]
+    job = parallel.client.post("/jobs", json={**BODY, "num_inference_steps": 100}).json()
+    wait_for(lambda: parallel.client.get(f"/jobs/{job['id']}").json()["step"] >= 2, timeout=120,
+             what="the job to be running")
+    assert parallel.client.delete(f"/jobs/{job['id']}").status_code == 200
+    end = wait_state(parallel, job["id"], ("cancelled",), timeout=60)
+    assert end["step"] < 100
+    # had rank 1 gone on alone, it would now be out of step: this request would hang or differ
+    assert parallel.client.post("/generate", json=BODY).json()["image"] == expected
+    assert parallel.group()["restarts"] == 0
+
+
+@pytest.mark.socket
+def test_parallel_loras_reach_every_rank(parallel, bf16):
+    base = parallel.client.post("/generate", json=BODY)
+    green = parallel.client.post("/generate", json={**BODY, "lora_name": "green", "lora_weight": 1.0})
+    alone = bf16.client.post("/generate", json={**BODY, "lora_name": "green", "lora_weight": 1.0})
+    assert np.abs(_pixels(green) - _pixels(alone)).max() <= 1  # both ranks drew with the LoRA
+    assert np.abs(_pixels(green) - _pixels(base)).max() > 10
+    # pinned on every rank, then removed from every rank
+    assert parallel.client.post("/apply-lora", json={"lora_name": "green", "lora_weight": 1.0}).status_code == 200
+    try:
+        pinned = parallel.client.post("/generate", json=BODY)
+        assert np.abs(_pixels(pinned) - _pixels(green)).max() <= 1
+    finally:
+        assert parallel.client.post("/remove-lora").status_code == 200
+    assert parallel.client.post("/generate", json=BODY).json()["image"] == base.json()["image"]
+
+
+@pytest.mark.socket
+def test_a_rank_that_dies_fails_its_request_and_the_group_restarts(parallel):
+    expected = parallel.client.post("/generate", json=BODY).json()["image"]
+    before = parallel.group()
+    victim = before["followers"][0]["pid"]
+    job = parallel.client.post("/jobs", json={**BODY, "num_inference_steps": 100}).json()
+    wait_for(lambda: parallel.client.get(f"/jobs/{job['id']}").json()["step"] >= 2, timeout=120,
+             what="the job to be running")
+    os.kill(victim, signal.SIGKILL)
+    end = wait_state(parallel, job["id"], ("failed",), timeout=60)
+    assert end["error"]["type"] == "generation_failed"
+    assert "rank 1 exited" in end["error"]["message"] and "restarting" in end["error"]["message"]
+    # the next request waits for the new group, then is right
+    after = parallel.client.post("/generate", json=BODY)
+    assert after.status_code == 200 and after.json()["image"] == expected
+    group = parallel.group()
+    assert group["state"] == "ready" and group["restarts"] == before["restarts"] + 1
+    assert group["followers"][0]["pid"] != victim and group["followers"][0]["alive"]
+    assert parallel.client.get("/health").json()["status"] == "ok"
+    assert parallel.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
