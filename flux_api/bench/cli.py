@@ -5,11 +5,14 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
     python -m flux_api.bench --model full --targets stock,bf16,bf16+compile --out bench.json   # a GPU
     python -m flux_api.bench --model full --targets bf16+single,bf16+replicas,bf16+balanced \\
         --sizes 1024 --concurrency 1 2 4                                             # 2 GPUs: placement
+    python -m flux_api.bench --model full --targets stock,bf16+single,bf16+parallel,fp4+single,fp4+parallel \
+        --sizes 1024 --steps 28                                                      # 2 GPUs: one image sooner
 
 `--model full` builds the full-size random-weight FLUX.1-dev and two random LoRAs first (into
 /dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
 each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
-`+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` (placement); without them a
+`+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` / `+parallel` (placement),
+`+sdpa` / `+cudnn` (the attention kernel); without them a
 service runs with its defaults. The peers a user would build from stock diffusers: `stock+compile`
 (torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled).
 `--lora A[,B]` times a LoRA request (and, given two, both at once, and switching) against the base

@@ -14,6 +14,7 @@ OPTIONS = {
     "single": ("PLACEMENT", "single"),
     "replicas": ("PLACEMENT", "replicas"),
     "balanced": ("PLACEMENT", "balanced"),
+    "parallel": ("PLACEMENT", "parallel"),
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
 }
