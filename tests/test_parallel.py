@@ -12,6 +12,7 @@ The placement plan's choices are checked with stand-in GPUs (named as such).
 import base64
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,8 +93,8 @@ def test_heads_must_divide_between_the_ranks(tiny_dir):
 
 
 class Service:
-    def __init__(self, proc, port):
-        self.proc, self.port = proc, port
+    def __init__(self, proc, port, lora_dir):
+        self.proc, self.port, self.lora_dir = proc, port, lora_dir
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300)
 
     def group(self) -> dict:
@@ -103,15 +104,18 @@ class Service:
 @pytest.fixture(scope="module")
 def parallel(cache_dir, lora_dir, tmp_path_factory):
     port = free_port()
-    log = tmp_path_factory.mktemp("parallel") / "service.log"
+    home = tmp_path_factory.mktemp("parallel")
+    log = home / "service.log"
+    own = home / "loras"  # its own copy: a test changes a file in it
+    shutil.copytree(lora_dir, own, symlinks=True)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FLUX_")}, "PYTHONUNBUFFERED": "1",
-           "FLUX_BF16_CACHE_DIR": str(cache_dir), "FLUX_BF16_LORA_DIR": str(lora_dir), "FLUX_BF16_DEVICE": "cpu",
+           "FLUX_BF16_CACHE_DIR": str(cache_dir), "FLUX_BF16_LORA_DIR": str(own), "FLUX_BF16_DEVICE": "cpu",
            "FLUX_BF16_PARALLEL_DEGREE": "2", "FLUX_BF16_PARALLEL_TIMEOUT_S": "60"}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "flux_api", "bf16", "--model", "tiny", "--port", str(port),
                                  "--placement", "parallel"],
                                 cwd=Path(__file__).resolve().parent.parent, env=env, stdout=out, stderr=subprocess.STDOUT)
-    s = Service(proc, port)
+    s = Service(proc, port, own)
 
     def ready():
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -172,6 +176,7 @@ def test_parallel_image_is_the_one_process_image_and_repeats(parallel, bf16):
 @pytest.mark.socket
 def test_parallel_cancel_stops_every_rank_at_one_step(parallel):
     expected = parallel.client.post("/generate", json=BODY).json()["image"]
+    restarts = parallel.group()["restarts"]
     job = parallel.client.post("/jobs", json={**BODY, "num_inference_steps": 100}).json()
     wait_for(lambda: parallel.client.get(f"/jobs/{job['id']}").json()["step"] >= 2, timeout=120,
              what="the job to be running")
@@ -180,7 +185,7 @@ def test_parallel_cancel_stops_every_rank_at_one_step(parallel):
     assert end["step"] < 100
     # had rank 1 gone on alone, it would now be out of step: this request would hang or differ
     assert parallel.client.post("/generate", json=BODY).json()["image"] == expected
-    assert parallel.group()["restarts"] == 0
+    assert parallel.group()["restarts"] == restarts
 
 
 @pytest.mark.socket
@@ -220,3 +225,35 @@ def test_a_rank_that_dies_fails_its_request_and_the_group_restarts(parallel):
     assert group["followers"][0]["pid"] != victim and group["followers"][0]["alive"]
     assert parallel.client.get("/health").json()["status"] == "ok"
     assert parallel.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
+
+
+@pytest.mark.socket
+def test_a_lora_changed_while_queued_is_refused_by_every_rank_and_the_group_goes_on(parallel, lora_dir):
+    shutil.copy(lora_dir / "style.safetensors", parallel.lora_dir / "mine.safetensors")
+    expected = parallel.client.post("/generate", json=BODY).json()["image"]
+    restarts = parallel.group()["restarts"]
+    slow = parallel.client.post("/jobs", json={**BODY, "num_inference_steps": 100}).json()["id"]
+    queued = parallel.client.post("/jobs", json={**BODY, "lora_name": "mine"})
+    assert queued.status_code == 202  # checked and queued behind the slow job
+    shutil.copy(lora_dir / "detail.safetensors", parallel.lora_dir / "mine.safetensors")  # changed while it waits
+    parallel.client.delete(f"/jobs/{slow}")
+    end = wait_state(parallel, queued.json()["id"], ("done", "failed", "cancelled", "timed_out"), timeout=120)
+    # every rank refused it before drawing: the request's own error, and no restart
+    assert end["state"] == "failed" and end["error"]["type"] == "invalid_lora", end
+    assert parallel.group()["restarts"] == restarts and parallel.group()["state"] == "ready"
+    assert parallel.client.post("/generate", json=BODY).json()["image"] == expected
+
+
+@pytest.mark.socket
+def test_a_rank_that_dies_between_requests_is_replaced_before_the_next_one(parallel):
+    expected = parallel.client.post("/generate", json=BODY).json()["image"]
+    before = parallel.group()
+    victim = before["followers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    # gone as the service sees it (its pipes closed: a few ms after the kill, once all its threads ended)
+    wait_for(lambda: not parallel.group()["followers"][0]["alive"], timeout=30, what="the rank to be gone")
+    # no request was in flight: this one waits for the new group and is served, not failed
+    r = parallel.client.post("/generate", json=BODY)
+    assert r.status_code == 200 and r.json()["image"] == expected, r.text
+    group = parallel.group()
+    assert group["restarts"] == before["restarts"] + 1 and group["followers"][0]["pid"] != victim

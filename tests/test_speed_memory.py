@@ -58,11 +58,12 @@ def test_attention_kernel_choice(cache_dir):
         extra = (packages,) if packages is not None else ()
         return _planned(manager(settings(model="tiny", cache_dir=cache_dir, **kw), hw, *extra)).speed.attention
 
-    assert attention() == ("cudnn", "sm_90: cuDNN's fused attention is faster there")
+    # auto: PyTorch's choice (on an H100 with torch 2.11 it is cuDNN already; forcing it measured the same)
+    assert attention()[0] == "sdpa" and "PyTorch's own choice" in attention()[1]
     a100 = Hardware((GPU(0, "A100 (stand-in)", (8, 0), 80 * GiB),))
-    assert attention(a100)[0] == "sdpa" and attention(a100, attention="cudnn") == ("cudnn", "as configured")
-    assert attention(Hardware()) == ("sdpa", "no CUDA device") and attention(attention="sdpa")[0] == "sdpa"
-    assert attention(manager=FP4FluxModelManager, settings=FP4Settings, packages=pk(NONE))[0] == "cudnn"
+    assert attention(a100, attention="cudnn") == ("cudnn", "as configured")
+    assert attention(Hardware())[0] == "sdpa" and attention(attention="sdpa") == ("sdpa", "as configured")
+    assert attention(manager=FP4FluxModelManager, settings=FP4Settings, packages=pk(NONE), attention="cudnn")[0] == "cudnn"
     own = attention(a100, FP4FluxModelManager, FP4Settings, pk(REAL), attention="cudnn")
     assert own == ("own", "backend nunchaku runs its own attention kernels")
     with pytest.raises(ValueError, match="attention=cudnn needs a CUDA GPU"):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import socket
 import threading
@@ -164,8 +165,18 @@ class Follower:
     process: Any  # multiprocessing.Process
     conn: Any  # rank 0's end of the pipe
 
+    @property
+    def alive(self) -> bool:
+        # The sentinel (a pipe the child holds open until it exits), not is_alive(): that waits on the pid,
+        # which says "alive" forever once something else in the process has reaped the child.
+        return not multiprocessing.connection.wait([self.process.sentinel], 0)
+
+    def exited(self) -> str:
+        code = self.process.exitcode
+        return f"rank {self.rank} exited" + (f" (code {code})" if code is not None else "")
+
     def as_dict(self) -> dict:
-        return {"rank": self.rank, "pid": self.process.pid, "alive": self.process.is_alive()}
+        return {"rank": self.rank, "pid": self.process.pid, "alive": self.alive}
 
 
 class ParallelGroup:
@@ -199,7 +210,7 @@ class ParallelGroup:
         """NCCL does not notice a peer that is gone: a rank-0 collective would wait for the whole timeout.
         Abort the communicator as soon as another rank's process exits (gloo sees its socket close)."""
         while not self.closed:
-            if any(not f.process.is_alive() for f in self.followers) and not self.closed:
+            if any(not f.alive for f in self.followers) and not self.closed:
                 log.error("parallel group: a rank exited; aborting the NCCL communicator")
                 leave_group(aborted=True)
                 return
@@ -213,20 +224,21 @@ class ParallelGroup:
                 raise GroupFailed(f"rank {f.rank} is gone ({type(e).__name__})") from None
 
     def collect(self, timeout_s: float | None = None) -> list[tuple[str, Any]]:
-        """Every other rank's answer to the last call: ("ok" | "stopped" | "ready", None) each, or
-        GroupFailed naming the first rank that failed, died or did not answer in time."""
+        """Every other rank's answer to the last call: ("ok" | "stopped" | "ready", None) or ("failed", what:
+        a domain error, the rank still in the group) each, or GroupFailed naming the first rank that
+        failed otherwise, died or did not answer in time."""
         deadline = time.monotonic() + (timeout_s or self.settings.parallel_timeout_s)
         answers = []
         for f in self.followers:
             while not f.conn.poll(0.05):
-                if not f.process.is_alive():
-                    raise GroupFailed(f"rank {f.rank} exited (code {f.process.exitcode})")
+                if not f.alive:
+                    raise GroupFailed(f.exited())
                 if time.monotonic() > deadline:
                     raise GroupFailed(f"rank {f.rank} did not answer within {timeout_s or self.settings.parallel_timeout_s} s")
             try:
                 kind, detail = f.conn.recv()
             except (OSError, EOFError):
-                raise GroupFailed(f"rank {f.rank} exited (code {f.process.exitcode})") from None
+                raise GroupFailed(f.exited()) from None
             if kind == "error":
                 raise GroupFailed(f"rank {f.rank}: {detail}")
             answers.append((kind, detail))
@@ -243,8 +255,8 @@ class ParallelGroup:
                     said = f"rank {f.rank}: {detail}" if kind == "error" else None
             except (OSError, EOFError):
                 pass
-            if said is None and not f.process.is_alive():
-                said = f"rank {f.rank} exited (code {f.process.exitcode})"
+            if said is None and not f.alive:
+                said = f.exited()
             if said is not None:
                 out.append(said)
         return out
@@ -260,7 +272,7 @@ class ParallelGroup:
                     f.conn.send(("close", ()))
         for f in self.followers:
             f.process.join(5 if not failed else 0.1)
-            if f.process.is_alive():
+            if f.alive:
                 f.process.kill()
                 f.process.join(5)
             with contextlib.suppress(Exception):
@@ -305,6 +317,10 @@ class ParallelReplica(Replica):
             self._restart()
             if self.broken is not None:
                 raise GenerationFailed(f"the parallel group could not restart: {self.broken}")
+        gone = [f.rank for f in self.group.followers if not f.alive]
+        if gone:  # a rank died between two requests: rebuild first, then serve this one
+            self._begin_restart(f"rank(s) {gone} exited while idle")
+            return self._on_every_rank(op, args, job)
         local = getattr(super(), op)
         try:
             self.group.send(op, args)
@@ -312,24 +328,41 @@ class ParallelReplica(Replica):
                 result = local(RankZeroJob(job, self.group.agree), *args)
             else:
                 result = local(*args)
-        except (JobCancelled, GenerationTimeout):
-            self._collect_or_fail(stopping=True)  # every rank stopped at the same step
-            raise
+        except (JobCancelled, GenerationTimeout) as e:
+            try:
+                self.group.collect()  # every rank stopped at the same step
+            except GroupFailed as g:
+                self._begin_restart(f"{g}, while stopping a request")
+            raise e
         except GroupFailed as e:
             self._fail(str(e))
+        except FluxAPIError as e:  # rank 0's own domain error (a LoRA file changed, out of memory, ...)
+            self._settle(e)
         except BaseException as e:  # on rank 0, or a collective that failed because another rank did
-            self._fail(f"rank 0: {type(e).__name__}: {getattr(e, 'message', e)}", e)
-        self._collect_or_fail()
+            self._fail(f"rank 0: {type(e).__name__}: {e}", e)
+        try:
+            answers = self.group.collect()
+        except GroupFailed as e:
+            self._fail(str(e))
+        failed = [detail for kind, detail in answers if kind == "failed"]
+        if failed:  # another rank failed where rank 0 did not: their states differ
+            self._fail("; ".join(failed))
         return result
 
-    def _collect_or_fail(self, stopping: bool = False) -> None:
+    def _settle(self, error: FluxAPIError):
+        """Rank 0 failed with a domain error. If every other rank failed too and said so (none waits in a
+        collective), they all left the call the same way: raise it, the group as it is. Otherwise rebuild."""
         try:
-            self.group.collect()
-        except GroupFailed as e:
-            if not stopping:
-                self._fail(str(e))
-            log.error("parallel group: %s while stopping a request; rebuilding it", e)
-            self._begin_restart(str(e))
+            answers = self.group.collect(timeout_s=min(10.0, self.settings_timeout))
+        except GroupFailed as g:
+            self._fail(str(g), error)
+        if all(kind == "failed" for kind, _ in answers):
+            raise error
+        self._fail(f"rank 0: {error.message}, where the other ranks went on", error)
+
+    @property
+    def settings_timeout(self) -> float:
+        return self.group.settings.parallel_timeout_s
 
     def _fail(self, why: str, error: BaseException | None = None):
         """Fail the request (raises) and rebuild the group in the background."""
@@ -370,7 +403,7 @@ class ParallelReplica(Replica):
         log.info("parallel group restarted (%d restart(s) so far)", self.restarts)
 
     def close(self) -> None:
-        self._rebuilt.wait(600)  # a rebuild under way finishes first, so its group is the one closed
+        self._rebuilt.wait(60)  # a rebuild under way finishes first, so its group is the one closed
         if self.group is not None:
             self.group.close()
 

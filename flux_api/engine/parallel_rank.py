@@ -2,8 +2,8 @@
 
 It builds the service's pipeline the service's own way (the same manager class and settings: the same
 backend, adapters, compile and graphs), joins the group, then does each call rank 0 sends, in order,
-and answers "ok", "stopped" (a cancel at a step, agreed with rank 0) or "error" (then exits: the group
-is rebuilt). It exits when rank 0 says "close" or its pipe closes (rank 0's process is gone).
+and answers "ok", "stopped" (a cancel at a step, agreed with rank 0), "failed" (a domain error: rank 0
+decides whether the group can go on) or "error" (anything else; then it exits and the group is rebuilt). It exits when rank 0 says "close" or its pipe closes (rank 0's process is gone).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import traceback
 
+from ..errors import FluxAPIError
 from .parallel import MIRRORED, FollowerJob, RankStopped, StepAgreement, init_group, leave_group
 
 
@@ -32,6 +33,16 @@ def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s:
         _say(conn, "error", f"could not start: {type(e).__name__}: {e}\n{traceback.format_exc()[-1500:]}")
         os._exit(1)
     _say(conn, "ready", None)
+    # Whether this call has reached the pipeline (and so the collectives): a rank that fails before it
+    # leaves no one waiting and may stay; one that fails inside it must exit, so that no rank waits on it.
+    in_pipeline = [False]
+    pipeline_run = replica.run
+
+    def run(*args, **kwargs):
+        in_pipeline[0] = True
+        return pipeline_run(*args, **kwargs)
+
+    replica.run = run
     while True:
         try:
             op, args = conn.recv()
@@ -39,6 +50,7 @@ def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s:
             break
         if op == "close":
             break
+        in_pipeline[0] = False
         try:
             if op not in MIRRORED:
                 raise ValueError(f"unknown call {op!r}")
@@ -49,6 +61,12 @@ def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s:
             _say(conn, "ok", None)
         except RankStopped:
             _say(conn, "stopped", None)
+        except FluxAPIError as e:
+            if in_pipeline[0]:  # e.g. out of memory at a step: leave, the group is rebuilt
+                _say(conn, "error", f"{type(e).__name__}: {e.message}")
+                os._exit(1)
+            # before the pipeline (a LoRA file changed, say): rank 0 decides whether the group goes on
+            _say(conn, "failed", f"rank {rank}: {type(e).__name__}: {e.message}")
         except BaseException as e:  # noqa: BLE001 - said, then this rank exits and the group is rebuilt
             _say(conn, "error", f"{type(e).__name__}: {getattr(e, 'message', e)}")
             os._exit(1)
