@@ -5,13 +5,8 @@
 # ready? Stock in the same run. Results into /tmp/r25c (device call: carry [".whl"], setsid in the background).
 set -u
 R=/tmp/r25c
-mkdir -p $R
-cd "$(dirname "$0")/../../.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo PIP FAILED; touch $R/DONE; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-date
-TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python3 -m flux_api.bench --model full --targets stock,fp4+sdpa --sizes 1024 \
+source "$(dirname "$0")/../prepare.sh"
+TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 python3 -m flux_api.bench --model full --targets stock,fp4 --sizes 1024 \
     --steps 28 --repeats 2 --out $R/bench.json
 date
 touch $R/DONE

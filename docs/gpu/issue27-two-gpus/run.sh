@@ -7,14 +7,9 @@
 #   first call: mkdir -p /tmp/r27 && (setsid nohup bash docs/gpu/issue27-two-gpus/run.sh > /tmp/r27/run.log 2>&1 &)
 set -u
 R=/tmp/r27
-mkdir -p $R
-cd "$(dirname "$0")/../../.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || { echo PIP FAILED; touch $R/DONE; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 CUDA_VISIBLE_DEVICES=0,1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+source "$(dirname "$0")/../prepare.sh"
+export CUDA_VISIBLE_DEVICES=0,1
 nvidia-smi topo -m
-python3 -c "import torch, diffusers, torchao; print('versions', torch.__version__, diffusers.__version__, torchao.__version__, 'nccl', torch.cuda.nccl.version())"
-date
 python3 -m flux_api.bench --model full --targets stock,bf16+single,bf16+parallel,fp4+single,fp4+parallel \
     --sizes 1024 --steps 28 --concurrency --repeats 2 --unseen 768 --out $R/bench.json
 date
