@@ -105,11 +105,12 @@ class ServiceSettings(BaseSettings):
     )
     parallel_degree: int | None = Field(
         None, ge=2, le=8, description="Processes in placement=parallel (default: one per visible GPU). On the CPU "
-        "it must be given: CPU processes over gloo (tests). The attention heads (24 on FLUX.1) must divide by it."
+        "it must be given: CPU processes over gloo (tests)."
     )
     parallel_timeout_s: float = Field(
-        300.0, gt=0, le=3600, description="placement=parallel: the longest one rank waits for the others in a "
-        "collective (a rank stuck or gone); the request then fails and the group restarts."
+        300.0, gt=0, le=3600, description="placement=parallel: the longest one rank waits for another (a rank "
+        "stuck: in a collective, joining the group at start-up, or answering rank 0); the request then fails "
+        "and the group restarts."
     )
     dtype: DType = Field("auto", description="auto: bfloat16 on CUDA, float32 on the CPU.")
 

@@ -66,6 +66,9 @@ def test_attention_kernel_choice(cache_dir):
     assert attention(manager=FP4FluxModelManager, settings=FP4Settings, packages=pk(NONE), attention="cudnn")[0] == "cudnn"
     own = attention(a100, FP4FluxModelManager, FP4Settings, pk(REAL), attention="cudnn")
     assert own == ("own", "backend nunchaku runs its own attention kernels")
+    t4 = Hardware((GPU(0, "T4 (stand-in)", (7, 5), 16 * GiB),))
+    with pytest.raises(ValueError, match=r"attention=cudnn needs an sm_80\+ GPU, not T4 \(stand-in\) \(sm_75\)"):
+        attention(t4, attention="cudnn")
     with pytest.raises(ValueError, match="attention=cudnn needs a CUDA GPU"):
         attention(Hardware(), attention="cudnn")  # device auto, no GPU: start-up stops, saying why
     with pytest.raises(ValueError, match="attention=cudnn needs a CUDA GPU"):

@@ -17,7 +17,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ..errors import GenerationTimeout
-from .devices import memory_report
 from .lora import LoraSpec
 from .scheduler import QUEUED, Job
 from .types import FAILED, LOADING, WARMING_UP, GenerationParams
@@ -58,7 +57,8 @@ class EngineClient(Protocol):
     def begin_shutdown(self) -> None: ...  # at SIGTERM, any thread, quick: no new work, queued work cancelled (503)
     async def stop(self) -> None: ...  # cancel queued work, finish running work, free the memory
     async def load(self, wait: bool) -> dict: ...  # /load-model: {"status", "started", "phase", ["error"]}
-    def health(self) -> dict: ...  # {"ready", "phase", "error": str | None, "replicas": {"alive": n, "dead": [i]}}
+    def health(self) -> dict: ...  # {"ready", "phase", "error": str | None, "replicas": {"alive": n, "dead": [i]},
+    #                                 "restarting": [i]}
     def backend_name(self) -> str: ...
 
     # generation
@@ -162,8 +162,10 @@ class LocalEngine:
         dead = sorted(sched.dead.items()) if sched is not None else []
         alive = sched.alive if sched is not None else 0
         error = m.error or ("; ".join(why for _, why in dead) if dead else None)
+        # placement=parallel: a group restarting after a rank failed serves nothing until it is back
+        restarting = [r.index for r in m.replicas if getattr(r, "restarting", False)]
         return {"ready": m.ready and alive > 0, "phase": m.phase, "error": error,
-                "replicas": {"alive": alive, "dead": [i for i, _ in dead]}}
+                "replicas": {"alive": alive, "dead": [i for i, _ in dead]}, "restarting": restarting}
 
     def backend_name(self) -> str:
         return self.manager.backend_name
@@ -227,7 +229,7 @@ class LocalEngine:
                 "compiles_after_warmup": self.manager.compiles.after_warmup}
 
     def devices(self) -> list[dict]:
-        return memory_report(self.manager.hardware)
+        return self.manager.memory_report()
 
     def on_job_finished(self, hook) -> None:
         self.manager.job_hooks.append(hook)

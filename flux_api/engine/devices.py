@@ -74,9 +74,11 @@ def fits_one_gpu(pipeline_bytes: int, gpu_bytes: int) -> bool:
 
 
 def plan_placement(device: str, placement: str, hw: Hardware, pipeline_bytes: int | None = None,
-                   replicas: int | None = None, goal: str = "throughput", degree: int | None = None) -> PlacementPlan:
+                   replicas: int | None = None, goal: str = "throughput", degree: int | None = None,
+                   can_split: bool = True) -> PlacementPlan:
     """Where the pipeline(s) go. `device`: auto | cuda | cpu; `placement`: auto | single | balanced |
-    replicas | parallel; `goal`: throughput | latency (what auto serves); `degree`: parallel's processes.
+    replicas | parallel; `goal`: throughput | latency (what auto serves); `degree`: parallel's processes;
+    `can_split`: whether the backend's attention can be split between processes (not Nunchaku's).
     Raises ValueError with a message for impossible combinations.
 
     auto: one device with one GPU; with several, when a copy of the pipeline fits one GPU, one replica
@@ -99,7 +101,7 @@ def plan_placement(device: str, placement: str, hw: Hardware, pipeline_bytes: in
             return PlacementPlan("replicas", ("cpu",) * replicas, f"{replicas} CPU replicas, as configured")
         return PlacementPlan("single", ("cpu",), "no CUDA GPU in use")
     fits = pipeline_bytes is not None and fits_one_gpu(pipeline_bytes, min(g.total_bytes for g in hw.gpus))
-    if placement == "auto" and n_gpus > 1 and fits and goal == "latency":
+    if placement == "auto" and n_gpus > 1 and fits and goal == "latency" and can_split:
         return _parallel_plan(True, n_gpus, degree, f"placement_goal=latency, and one copy (~{pipeline_bytes / 2**30:.1f} "
                               "GiB of weights) fits one GPU")
     if placement == "replicas" or (placement == "auto" and n_gpus > 1 and fits):
@@ -107,7 +109,8 @@ def plan_placement(device: str, placement: str, hw: Hardware, pipeline_bytes: in
         if n > n_gpus:
             raise ValueError(f"replicas={n} but only {n_gpus} GPU(s) are visible; one replica per GPU")
         why = "as configured" if placement == "replicas" else (
-            f"placement_goal=throughput, and one copy (~{pipeline_bytes / 2**30:.1f} GiB of weights) fits one GPU")
+            f"placement_goal={goal}, and one copy (~{pipeline_bytes / 2**30:.1f} GiB of weights) fits one GPU"
+            + ("" if goal == "throughput" else "; the backend's attention cannot be split between processes"))
         return PlacementPlan("replicas", tuple(f"cuda:{i}" for i in range(n)), why)
     if placement == "balanced" or (placement == "auto" and n_gpus > 1):
         why = "as configured" if placement == "balanced" else (
@@ -131,8 +134,8 @@ def _parallel_plan(use_cuda: bool, n_gpus: int, degree: int | None, why: str) ->
     return PlacementPlan("parallel", ("cuda:0",), f"{n} GPUs by context parallelism, {why}", ranks=n)
 
 
-def memory_report(hw: Hardware) -> list[dict]:
-    """Each device's memory, in MiB. On the CPU: the process's peak resident memory."""
+def memory_report(hw: Hardware, only: tuple[int, ...] | None = None) -> list[dict]:
+    """Each device's memory (or the GPUs `only`), in MiB. On the CPU: the process's peak resident memory."""
     if not hw.cuda:
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return [{"device": "cpu", "process_peak_rss_mib": round(peak_kib / 1024, 1)}]
@@ -140,6 +143,8 @@ def memory_report(hw: Hardware) -> list[dict]:
 
     out = []
     for g in hw.gpus:
+        if only is not None and g.index not in only:
+            continue
         free, total = torch.cuda.mem_get_info(g.index)
         out.append(
             {

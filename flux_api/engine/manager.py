@@ -17,12 +17,12 @@ import time
 from concurrent.futures import wait as wait_futures
 from typing import ClassVar
 
-from ..errors import FluxAPIError, JobNotFound, ModelNotReady, ShuttingDown
+from ..errors import FluxAPIError, InvalidRequest, JobNotFound, ModelNotReady, ShuttingDown
 from ..settings import ServiceSettings
 from .backends import Backend, Packages, select_backend
 from .checks import LoraChecker
 from .compiles import CompileWatch
-from .devices import Hardware, PlacementPlan, detect_hardware, plan_placement
+from .devices import Hardware, PlacementPlan, detect_hardware, memory_report, plan_placement
 from .lora import LoraFile, LoraResolver, LoraSpec, list_lora_folder
 from .loader import LoadSpec
 from .pinning import LoraPinning
@@ -127,7 +127,7 @@ class FluxModelManager:
         # 3. Where the pipelines go: the weights' size (as the backend stores them) decides it.
         size = estimate_pipeline_bytes(self.source, self.backend.size_factor, s.hub_endpoint) if self.uses_cuda else None
         self.plan = plan_placement(s.device, s.placement, self.hardware, size, s.replicas, s.placement_goal,
-                                   s.parallel_degree)
+                                   s.parallel_degree, can_split=self.backend.diffusers_attention)
         # 4. Compile, CUDA graphs, memory mode.
         self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text, in_use)
 
@@ -177,6 +177,8 @@ class FluxModelManager:
                         r.on_thread_start()
                         for px in self.speed.warmup_sizes(r.graphs is not None):
                             r.warm_up(px)
+                for r in replicas:
+                    r.mark_serving()
                 self.compiles.start()  # from here on, a compile would be on a live request
                 # 5. The workers: one thread per replica behind one queue.
                 self.replicas = replicas
@@ -226,31 +228,46 @@ class FluxModelManager:
         replica built beside theirs (parallel.py)."""
         from dataclasses import fields
 
-        from .parallel import GroupFailed, ParallelGroup, ParallelReplica
+        from .parallel import ParallelReplica
+
+        if self.plan.device == "cpu":  # the host's cores shared out between the ranks (parallel_rank.py too)
+            import os
+
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.plan.ranks))
+        group = self._start_group()
+        try:
+            base = self._build_replica(0, self.plan.device, spec)
+            group.collect()  # every rank built and ready
+        except BaseException as e:
+            self._close_failed_group(group, e)
+            raise
+        warm = tuple(self.speed.warmup_sizes(base.graphs is not None)) if self.settings.warmup else ()
+        return ParallelReplica(**{f.name: getattr(base, f.name) for f in fields(Replica)}, group=group,
+                               new_group=self._start_group, warm_sizes=warm, reloading=self.compiles.reloading)
+
+    def _start_group(self):
+        """The other ranks' processes, and this process joined to them as rank 0 (a new group each time)."""
+        from .parallel import ParallelGroup
 
         group = ParallelGroup(type(self), self.settings, self.plan.ranks, self.plan.device == "cpu")
         try:
             group.start()
-            base = self._build_replica(0, self.plan.device, spec)
-            group.collect()  # every rank built and ready
         except BaseException as e:
-            said = [str(e)] if isinstance(e, GroupFailed) else group.errors()
-            group.close(failed=True)
-            if said:
-                raise RuntimeError(f"placement=parallel could not start: {'; '.join(said)}") from None
+            self._close_failed_group(group, e)
             raise
-        return ParallelReplica(**{f.name: getattr(base, f.name) for f in fields(Replica)}, group=group,
-                               rebuild=lambda: self._rebuild_parallel(spec))
+        return group
 
-    def _rebuild_parallel(self, spec: LoadSpec):
-        """A new group after a rank failed: built and warmed up as at load; its compiles are not a live request's."""
-        with self.compiles.reloading():
-            fresh = self._build_parallel(spec)
-            fresh.on_thread_start()
-            if self.settings.warmup:
-                for px in self.speed.warmup_sizes(fresh.graphs is not None):
-                    fresh.warm_up(px)
-        return fresh
+    @staticmethod
+    def _close_failed_group(group, error: BaseException) -> None:
+        """Close a group that failed to form, raising what its ranks said, if they said anything."""
+        from .parallel import GroupFailed
+
+        said = [str(error)] if isinstance(error, GroupFailed) else group.errors()
+        group.close(failed=True)
+        if said:
+            raise RuntimeError(f"placement=parallel could not start: {'; '.join(said)}") from None
 
     def begin_shutdown(self) -> None:
         """The moment a shutdown begins (SIGTERM): take no more work and cancel what is queued, whose
@@ -273,6 +290,12 @@ class FluxModelManager:
             self.free_memory()
             if self.phase != FAILED:
                 self.phase = NOT_LOADED
+
+    def memory_report(self) -> list[dict]:
+        """The memory of the devices this process uses (placement=parallel: rank 0's GPU; asking another
+        GPU would open a CUDA context on it)."""
+        parallel_gpu = self.plan is not None and self.plan.mode == "parallel" and self.plan.device != "cpu"
+        return memory_report(self.hardware, (0,) if parallel_gpu else None)
 
     def free_memory(self) -> None:
         gc.collect()
@@ -314,10 +337,23 @@ class FluxModelManager:
         """Everything that needs no GPU, in the caller's thread (blocking: a Hub LoRA may download).
         Raises the domain error of the first problem; nothing is queued."""
         self.require_ready()
+        if self.plan.mode == "parallel" and self.plan.device == "cpu":
+            self._check_even_split(params)
         loras = params.loras or ()
         if not loras:
             return CheckedRequest(params)
         return CheckedRequest(params, self.check_loras(loras))
+
+    def _check_even_split(self, params: GenerationParams) -> None:
+        from .parallel import uneven_split
+
+        replicas = self.replicas  # one read: an unload may empty the list meanwhile
+        if replicas:
+            px_per_token = replicas[0].pipe.vae_scale_factor * 2  # the VAE's downscale, then 2x2 patches
+            why = uneven_split(params.width, params.height, px_per_token, self.settings.max_sequence_length,
+                               self.plan.ranks)
+            if why:
+                raise InvalidRequest(why)
 
     def check_loras(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
         """Each LoRA found, read, fitting this model and what its adapters can hold (alone and together),

@@ -16,9 +16,12 @@ Two things need the ranks to agree:
   broadcasts "go on" or "stop" (one integer, on a gloo group of the host: no GPU sync), so every rank
   stops at the same step and the group stays in step for the next request;
 - failing: any other failure, on any rank (a rank gone, an error, a collective timed out), fails the
-  request, and the group is rebuilt (every process started again, rank 0's pipeline loaded again:
-  diffusers' parallel hooks cannot be moved to a new group) in the background; the next request
-  waits for it. No rank is left waiting in a collective: the followers are killed.
+  request, and the group is restarted in the background: the other ranks' processes are killed and
+  started afresh, and rank 0 keeps its model, only its parallel hooks pointed at the new group (diffusers
+  reads the mesh at each call), then every rank warms up again; the next request waits for it. Rank 0
+  waits in a collective at most `parallel_timeout_s` for a rank that hangs (gloo notices a rank that
+  exits at once; for NCCL a watcher aborts the communicator). A domain error that every rank raises
+  before its pipeline (a LoRA file changed while queued) fails only its request.
 """
 
 from __future__ import annotations
@@ -80,25 +83,55 @@ def leave_group(aborted: bool = False) -> None:
             dist.destroy_process_group()
 
 
-def enable_context_parallel(transformer, ranks: int) -> None:
-    """Ulysses context parallelism over all `ranks`, before compiling (the hooks are part of the graph)."""
+@contextlib.contextmanager
+def _one_cpu_device():
+    """diffusers picks each rank's device as rank % torch.accelerator.device_count(), which is 0 on a
+    CPU-only torch (a division by zero): there, one "device", the CPU."""
     import torch
-    from diffusers import ContextParallelConfig
 
-    heads = transformer.config.num_attention_heads
-    if heads % ranks:
-        raise ValueError(f"placement=parallel: the model's {heads} attention heads do not divide between "
-                         f"{ranks} processes; choose parallel_degree among {[d for d in range(2, 9) if heads % d == 0]}")
-    # diffusers picks each rank's device as rank % torch.accelerator.device_count(), which is 0 on a
-    # CPU-only torch (a division by zero): there, one "device", the CPU.
-    shim = torch.accelerator.device_count() == 0
     real = torch.accelerator.device_count
-    if shim:
+    if real() == 0:
         torch.accelerator.device_count = lambda: 1
     try:
-        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=ranks))
+        yield
     finally:
         torch.accelerator.device_count = real
+
+
+def enable_context_parallel(transformer, ranks: int) -> None:
+    """Ulysses context parallelism over all `ranks`, before compiling (the hooks are part of the graph).
+    "Anything" mode: any image size, any T5 budget and any number of ranks, though the tokens or the
+    heads do not divide evenly (24 heads over 5, a 272 px image's 289 tokens over 2)."""
+    from diffusers import ContextParallelConfig
+
+    with _one_cpu_device():
+        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=ranks, ulysses_anything=True))
+
+
+def rejoin_context_parallel(transformer, rank: int, ranks: int, device: str) -> None:
+    """Point a transformer's context parallelism at the group just formed (after a restart): diffusers'
+    hooks and attention read the mesh from the config at each call, so the model itself stays loaded."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    config = transformer._parallel_config
+    cp = config.context_parallel_config
+    mesh = init_device_mesh("cpu" if device == "cpu" else "cuda", mesh_shape=cp.mesh_shape,
+                            mesh_dim_names=cp.mesh_dim_names)
+    config.setup(rank, ranks, torch.device(device), mesh=mesh)
+
+
+def uneven_split(width: int, height: int, px_per_token: int, text_tokens: int, ranks: int) -> str | None:
+    """Why gloo (the CPU group) cannot split this request's tokens between `ranks`, or None. diffusers'
+    "anything" mode gathers uneven shares with an all-gather of unequal tensors, which NCCL does and gloo
+    does not; so on the CPU the image's and the prompt's tokens must divide evenly."""
+    image = (height // px_per_token) * (width // px_per_token)
+    for what, n in (("image", image), ("prompt (max_sequence_length)", text_tokens)):
+        if n % ranks:
+            return (f"placement=parallel on the CPU (gloo) splits tokens evenly between its {ranks} processes: "
+                    f"this {what}'s {n} tokens do not divide; choose a size whose sides in units of "
+                    f"{px_per_token} px multiply to a multiple of {ranks}")
+    return None
 
 
 class StepAgreement:
@@ -289,14 +322,19 @@ class ParallelReplica(Replica):
     """Rank 0: a Replica whose pipeline calls every other rank makes too (see the module's docstring)."""
 
     group: ParallelGroup | None = None
-    rebuild: Callable[[], "ParallelReplica"] | None = None  # a new group and rank-0 pipeline, warmed up
+    new_group: Callable[[], ParallelGroup] | None = None  # starts the other ranks and joins a new group
+    warm_sizes: tuple = ()  # what a restarted group warms up, as at load
+    reloading: Callable = contextlib.nullcontext  # its compiles inside are a restart's, not a live request's
     restarts: int = 0
-    broken: str | None = None  # why the group failed, until it is rebuilt
-    _rebuilt: threading.Event | None = None
+    broken: str | None = None  # why the group failed, until a restart succeeds
+    last_failure: str | None = None
+    serving: bool = False  # restarts only once serving: a failure while loading fails the load
+    _closing: bool = False
+    _in_pipeline: bool = False  # whether rank 0 reached the pipeline (and so the collectives) in this call
+    _restart_thread: threading.Thread | None = None
 
-    def __post_init__(self):
-        self._rebuilt = threading.Event()
-        self._rebuilt.set()
+    def mark_serving(self) -> None:
+        self.serving = True
 
     # The mirrored calls: each runs on every rank.
     def generate(self, job, params, loras, pinned, files):
@@ -311,17 +349,24 @@ class ParallelReplica(Replica):
     def drop_loras(self, keep, only=None) -> None:
         self._on_every_rank("drop_loras", (keep, only))
 
+    def run(self, *args, **kwargs):
+        self._in_pipeline = True
+        return super().run(*args, **kwargs)
+
     def _on_every_rank(self, op: str, args: tuple, job=None):
-        self._rebuilt.wait()
-        if self.broken is not None:  # the last rebuild failed: try again, on this request
-            self._restart()
-            if self.broken is not None:
-                raise GenerationFailed(f"the parallel group could not restart: {self.broken}")
-        gone = [f.rank for f in self.group.followers if not f.alive]
-        if gone:  # a rank died between two requests: rebuild first, then serve this one
+        self._wait_for_restart()
+        gone = [f.rank for f in self.group.followers if not f.alive] if self.broken is None else []
+        if gone:  # a rank died between two requests: restart first, then serve this one
             self._begin_restart(f"rank(s) {gone} exited while idle")
-            return self._on_every_rank(op, args, job)
+            self._wait_for_restart()
+        elif self.broken is not None and not self._closing:  # the last restart failed: try again
+            self._begin_restart(self.broken)
+            self._wait_for_restart()
+        if self.broken is not None:
+            raise GenerationFailed(f"placement=parallel: the group of {self.group.ranks} processes is down: "
+                                   f"{self.broken}")
         local = getattr(super(), op)
+        self._in_pipeline = False
         try:
             self.group.send(op, args)
             if job is not None:
@@ -336,9 +381,11 @@ class ParallelReplica(Replica):
             raise e
         except GroupFailed as e:
             self._fail(str(e))
-        except FluxAPIError as e:  # rank 0's own domain error (a LoRA file changed, out of memory, ...)
-            self._settle(e)
-        except BaseException as e:  # on rank 0, or a collective that failed because another rank did
+        except FluxAPIError as e:
+            if self._in_pipeline:  # in the pipeline: another rank may wait in a collective
+                self._fail(f"rank 0: {e.message}", e)
+            self._settle(e)  # before it (a LoRA file changed, say): the others may have failed alike
+        except BaseException as e:
             self._fail(f"rank 0: {type(e).__name__}: {e}", e)
         try:
             answers = self.group.collect()
@@ -350,64 +397,78 @@ class ParallelReplica(Replica):
         return result
 
     def _settle(self, error: FluxAPIError):
-        """Rank 0 failed with a domain error. If every other rank failed too and said so (none waits in a
-        collective), they all left the call the same way: raise it, the group as it is. Otherwise rebuild."""
+        """Rank 0 failed with a domain error before its pipeline. If every other rank failed before its
+        pipeline too and said so, no rank waits in a collective and they all left the call the same way:
+        raise it, the group as it is. Otherwise restart."""
         try:
-            answers = self.group.collect(timeout_s=min(10.0, self.settings_timeout))
+            answers = self.group.collect(timeout_s=min(10.0, self.group.settings.parallel_timeout_s))
         except GroupFailed as g:
             self._fail(str(g), error)
         if all(kind == "failed" for kind, _ in answers):
             raise error
         self._fail(f"rank 0: {error.message}, where the other ranks went on", error)
 
-    @property
-    def settings_timeout(self) -> float:
-        return self.group.settings.parallel_timeout_s
-
     def _fail(self, why: str, error: BaseException | None = None):
-        """Fail the request (raises) and rebuild the group in the background."""
+        """Fail the request (raises) and restart the group in the background."""
         said = self.group.errors()
         detail = "; ".join(said) if said else why
         self._begin_restart(detail)
-        if isinstance(error, FluxAPIError) and not said:  # rank 0's own domain error (e.g. out of memory)
-            raise error
+        if isinstance(error, FluxAPIError) and not isinstance(error, GenerationFailed) and not said:
+            raise error  # rank 0's own domain error (out of memory, say), as on one GPU
+        then = "is restarting" if self.serving and not self._closing else "is closed"
         raise GenerationFailed(f"placement=parallel: {detail}; the request failed and the group of "
-                               f"{self.group.ranks} processes is restarting") from None
+                               f"{self.group.ranks} processes {then}") from None
+
+    # ------------------------------------------------------------------ restarts
 
     def _begin_restart(self, why: str) -> None:
-        log.error("parallel group failed: %s; restarting it", why)
-        self.broken = why
-        self._rebuilt.clear()
+        log.error("parallel group failed: %s", why)
+        self.broken = self.last_failure = why
         self.group.close(failed=True)
-        threading.Thread(target=self._restart_then_signal, name="flux-parallel-restart", daemon=True).start()
+        if self.serving and not self._closing:
+            self._restart_thread = threading.Thread(target=self._restart, name="flux-parallel-restart", daemon=True)
+            self._restart_thread.start()
 
-    def _restart_then_signal(self) -> None:
-        try:
-            self._restart()
-        finally:
-            self._rebuilt.set()
+    def _wait_for_restart(self) -> None:
+        t = self._restart_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
 
     def _restart(self) -> None:
-        if self.group is not None and not self.group.closed:
-            self.group.close(failed=True)
+        """A new group: the other ranks started afresh, rank 0's own model kept (only its parallel hooks
+        pointed at the new group, so no second copy of the model on its GPU), then the warm-up again."""
+        group = None
         try:
-            fresh = self.rebuild()
+            with self.reloading():
+                group = self.new_group()
+                rejoin_context_parallel(self.pipe.transformer, 0, group.ranks, self.device)
+                group.collect()  # every new rank built
+                for px in self.warm_sizes:  # as at load (not through _on_every_rank: no restart within)
+                    group.send("warm_up", (px,))
+                    Replica.warm_up(self, px)
+                    group.collect()
         except Exception as e:  # noqa: BLE001 - said in /model-status and on the next request
-            self.broken = f"{type(e).__name__}: {e}"
-            log.error("parallel group restart failed: %s\n%s", self.broken, traceback.format_exc())
+            self.broken = f"restart failed: {type(e).__name__}: {getattr(e, 'message', e)}"
+            log.error("parallel group: %s\n%s", self.broken, traceback.format_exc())
+            if group is not None:
+                group.close(failed=True)
             return
-        self.pipe, self.adapters, self.graphs, self.prompts = fresh.pipe, fresh.adapters, fresh.graphs, fresh.prompts
-        self.group, self.variants = fresh.group, {}
+        self.group, self.broken = group, None
         self.restarts += 1
-        self.broken = None
         log.info("parallel group restarted (%d restart(s) so far)", self.restarts)
 
     def close(self) -> None:
-        self._rebuilt.wait(60)  # a rebuild under way finishes first, so its group is the one closed
+        self._closing = True  # no restart from here on
+        self._wait_for_restart()
         if self.group is not None:
             self.group.close()
 
     def parallel_status(self) -> dict:
-        state = "restarting" if not self._rebuilt.is_set() else ("failed" if self.broken else "ready")
+        t = self._restart_thread
+        state = "restarting" if t is not None and t.is_alive() else ("failed" if self.broken else "ready")
         return {**(self.group.status() if self.group else {}), "state": state, "restarts": self.restarts,
-                "last_failure": self.broken}
+                "last_failure": self.last_failure, "down_because": self.broken}
+
+    @property
+    def restarting(self) -> bool:
+        return self.parallel_status()["state"] != "ready"

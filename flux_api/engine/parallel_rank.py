@@ -9,6 +9,7 @@ decides whether the group can go on) or "error" (anything else; then it exits an
 from __future__ import annotations
 
 import os
+import signal
 import traceback
 
 from ..errors import FluxAPIError
@@ -17,6 +18,10 @@ from .parallel import MIRRORED, FollowerJob, RankStopped, StepAgreement, init_gr
 
 def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s: float, manager_cls, settings,
                   conn) -> None:
+    # A signal to the whole process group (Ctrl-C, systemd, killpg) must not stop this rank before the
+    # service has finished its requests: it exits when rank 0 says "close" or rank 0's pipe closes.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import torch
 

@@ -1,7 +1,7 @@
 """One pipeline on one device (or one balanced pipeline over several), and how it generates.
 
 A replica generates on one thread at a time: the load thread while it warms up, then its scheduler
-worker, so generation takes no lock. Its adapters change only there, between two generations; other
+worker (placement=parallel's restart thread too, while the worker waits for it), so generation takes no lock. Its adapters change only there, between two generations; other
 threads only read them (AdapterSet.loaded takes a snapshot).
 """
 
@@ -50,6 +50,9 @@ class Replica:
             import torch
 
             torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
+
+    def mark_serving(self) -> None:
+        """The warm-up is over: from here on the replica serves requests (placement=parallel may restart)."""
 
     def close(self) -> None:
         """Release what the replica holds beyond its memory (placement=parallel: the other ranks)."""

@@ -46,6 +46,8 @@ class SpeedPolicy:
             return "no CUDA device"
         if self.plan.mode == "balanced":
             return "placement balanced (one model over several GPUs)"
+        if self.plan.mode == "parallel":  # capturing NCCL's all-to-alls in a graph has not run on GPUs yet
+            return "placement parallel (not yet measured with CUDA graphs over the ranks' collectives)"
         if self.low_memory:
             return "memory_mode=low (a graph keeps its own activation memory)"
         return None
@@ -64,6 +66,9 @@ class SpeedPolicy:
         asked = self.settings.attention
         if asked == "cudnn" and not self.on_gpu:
             raise ValueError("attention=cudnn needs a CUDA GPU; none is in use (use attention=sdpa or auto)")
+        old_gpu = next((g for g in self.hardware.gpus if g.capability < (8, 0)), None)
+        if asked == "cudnn" and old_gpu is not None:  # cuDNN's fused attention runs on Ampere and newer
+            raise ValueError(f"attention=cudnn needs an sm_80+ GPU, not {old_gpu.name} ({old_gpu.sm}); use sdpa or auto")
         if asked != "auto":
             return asked, "as configured"
         return "sdpa", "PyTorch's own choice of kernel (on an H100 with torch 2.11: cuDNN's, measured as fast as forcing it)"

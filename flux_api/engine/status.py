@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from .devices import memory_report
 
 
 def precision(manager) -> dict | None:
@@ -49,7 +48,7 @@ def service_status(manager) -> dict:
         "memory": manager.speed.memory_status() if manager.speed else {"mode": s.memory_mode},
         "placement": {**plan.as_dict(), "replica_status": replicas,
                       "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")} if plan else None,
-        "devices": memory_report(manager.hardware),
+        "devices": manager.memory_report(),
         "queue": {"queued": sched.queued if sched else 0, "running": sched.running if sched else 0,
                   "max_queued": s.queue_size},
         "lora": manager.lora_status(),

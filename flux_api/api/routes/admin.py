@@ -20,12 +20,16 @@ async def root(request: Request, engine: EngineDep) -> dict:
 
 
 @router.get("/health", summary="Readiness: 200 once the model can generate",
-            responses={503: {"description": "Not ready: loading, failed, or no replica can generate"}})
+            responses={503: {"description": "Not ready: loading, failed, no replica can generate, or a parallel group restarting"}})
 async def health(engine: EngineDep) -> JSONResponse:
     """200 when the model is loaded and warmed up (`degraded`, naming them, when some replicas' workers
-    stopped); 503 with the phase (or the error) before that, or when no replica can generate."""
+    stopped); 503 with the phase (or the error) before that, when no replica can generate, or while a
+    placement=parallel group restarts (`restarting`; requests wait for it)."""
     h = engine.health()
     dead = h["replicas"]["dead"]
+    if h["ready"] and h.get("restarting"):  # placement=parallel: its group is being restarted; requests wait
+        return JSONResponse({"status": "restarting", "replicas": h["replicas"]}, status_code=503,
+                            headers={"Retry-After": "5"})
     if h["ready"]:
         if not dead:
             return JSONResponse({"status": "ok"})
