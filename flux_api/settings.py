@@ -188,6 +188,12 @@ class ServiceSettings(BaseSettings):
         "time; cudnn is for a torch that picks FlashAttention-2 there. auto: sdpa. cudnn needs a CUDA GPU. A "
         "backend with its own attention (nunchaku) ignores it."
     )
+    compile_autotune: bool = Field(
+        False, description="With compile: inductor's coordinate-descent tuning of the compiled blocks' kernels "
+        "(what torchao's recommended settings turn on). Measured on an H100 (docs/PERFORMANCE.md): the FP4 "
+        "service's fp8 blocks 4.3% faster (a step 99.4 -> 95.1 ms), about a minute more to compile with a cold "
+        "inductor cache; the tuned kernels are cached in cache_dir, so a restart pays little."
+    )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "
         "(the GPU; host memory in memory_mode=low), least recently used dropped first (engine/prompts.py): a "

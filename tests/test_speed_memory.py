@@ -76,6 +76,23 @@ def test_attention_kernel_choice(cache_dir):
     assert parse_target("fp4+sdpa") == ("fp4", None, {"ATTENTION": "sdpa"})
 
 
+def test_compile_autotune_turns_on_inductors_tuning_for_the_blocks(tiny_dir, cache_dir):
+    import torch._inductor.config as inductor
+    from diffusers import FluxTransformer2DModel
+
+    from flux_api.engine.speed import compile_blocks
+
+    before = inductor.coordinate_descent_tuning
+    try:
+        compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True, autotune=True)
+        assert inductor.coordinate_descent_tuning is True
+        compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True)
+        assert inductor.coordinate_descent_tuning is False  # off again: the setting, not what came before
+    finally:
+        inductor.coordinate_descent_tuning = before
+    assert parse_target("fp4+autotune") == ("fp4", None, {"COMPILE_AUTOTUNE": "true"})
+
+
 def test_low_memory_picks_a_4bit_backend_and_4bit_t5_on_a_gpu(cache_dir):
     assert select_backend("auto", H100, pk(NONE)).name == "torchao-fp8"
     low = select_backend("auto", H100, pk(NONE), low_memory=True)

@@ -15,6 +15,7 @@ OPTIONS = {
     "replicas": ("PLACEMENT", "replicas"),
     "balanced": ("PLACEMENT", "balanced"),
     "parallel": ("PLACEMENT", "parallel"),
+    "autotune": ("COMPILE_AUTOTUNE", "true"),
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
 }

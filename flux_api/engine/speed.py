@@ -128,7 +128,8 @@ class SpeedPolicy:
 
             enable_context_parallel(pipe.transformer, self.plan.ranks)
         if self.compile_mode == "regional":
-            compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph)
+            compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph,
+                           self.settings.compile_autotune)
 
     # ------------------------------------------------------------------ status
 
@@ -145,18 +146,21 @@ class SpeedPolicy:
         return out
 
 
-def compile_blocks(transformer, cache_dir, fullgraph: bool) -> None:
+def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = False) -> None:
     """torch.compile the transformer's repeated blocks. The 57 blocks share two compiled graphs, so this
     takes seconds instead of minutes; the LoRA slot switched on and off are two variants of each, made
     at warm-up. dynamic=True: one graph serves every image size (with torch's automatic dynamic shapes,
     the first request at a size the warm-up did not run compiled on the live request). Inductor's
-    cache (`cache_dir`/inductor) is reused across restarts."""
+    cache (`cache_dir`/inductor) is reused across restarts. `autotune`: coordinate-descent tuning of the
+    generated kernels (slower to compile, faster to run; the tuned kernels are cached there too)."""
     import torch._dynamo
+    import torch._inductor.config
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
     # Two variants (slot off/on) of each block, per dtype and grad mode: room to spare, so that a
     # variant never falls back to eager for want of cache entries.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    torch._inductor.config.coordinate_descent_tuning = autotune  # read when the kernels are generated
     transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=True)
 
 
