@@ -61,12 +61,20 @@ def test_parallel_plans_that_cannot_be(hw, degree, message):
         plan_placement("auto", "parallel", hw, degree=degree)
 
 
-def test_what_gloo_cannot_split_is_said_before_queueing():
-    from flux_api.engine.parallel import uneven_split
+def test_what_cannot_be_split_evenly_is_said_before_it_queues_or_at_start_up(cache_dir):
+    from flux_api.engine.parallel import check_parallel_settings, uneven_split
 
-    assert uneven_split(1024, 1024, 16, 512, 2) is None and uneven_split(272, 288, 16, 512, 2) is None
-    assert "289 tokens do not divide" in uneven_split(272, 272, 16, 512, 2)
-    assert "prompt (max_sequence_length)'s 512 tokens" in uneven_split(768, 768, 16, 512, 3)  # 48 x 48 divides
+    assert uneven_split(1024, 1024, 2) is None and uneven_split(272, 288, 2) is None  # 17 x 18 tokens
+    assert "272x272 has 289 tokens (17 x 17 of 16 px)" in uneven_split(272, 272, 2)
+    assert uneven_split(768, 768, 3) is None and uneven_split(1024, 1024, 3) is not None
+    with pytest.raises(ValueError, match="512 T5 tokens"):
+        check_parallel_settings(3, 512, [768])  # 3 or 6 GPUs: the prompt's 512 tokens do not divide
+    check_parallel_settings(3, 384, [768])
+    with pytest.raises(ValueError, match="warmup_sizes: .*1024x1024 has 4096 tokens"):
+        check_parallel_settings(3, 384, [1024])
+    six = Hardware(tuple(GPU(i, "H100 (stand-in)", (9, 0), 80 * GiB) for i in range(6)))
+    with pytest.raises(ValueError, match="512 T5 tokens"):
+        BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, placement="parallel"), six).preflight()
 
 
 def test_parallel_settings_that_cannot_be(cache_dir):
@@ -178,12 +186,11 @@ def test_parallel_image_is_the_one_process_image_and_repeats(parallel, bf16):
 
 
 @pytest.mark.socket
-def test_sizes_whose_tokens_do_not_divide_between_cpu_ranks_are_refused_before_queueing(parallel):
-    # 272 px: 17 x 17 = 289 image tokens. diffusers' "anything" mode splits them unevenly (NCCL gathers
-    # unequal shares); gloo cannot, so on the CPU it is a 422 at the door, and nothing reaches the ranks
+def test_sizes_whose_tokens_do_not_divide_between_the_ranks_are_refused_before_queueing(parallel):
+    # 272 px: 17 x 17 = 289 image tokens: no even split between two ranks, a 422 at the door
     odd = parallel.client.post("/generate", json={**BODY, "width": 272, "height": 272})
     assert odd.status_code == 422 and odd.json()["error"]["type"] == "invalid_request"
-    assert "289 tokens do not divide" in odd.json()["error"]["message"]
+    assert "has 289 tokens" in odd.json()["error"]["message"]
     assert parallel.group()["state"] == "ready"
     assert parallel.client.post("/generate", json={**BODY, "width": 272, "height": 288}).status_code == 200  # 17 x 18
 
@@ -275,6 +282,23 @@ def test_a_rank_that_dies_between_requests_is_replaced_before_the_next_one(paral
     assert r.status_code == 200 and r.json()["image"] == expected, r.text
     group = parallel.group()
     assert group["restarts"] == before["restarts"] + 1 and group["followers"][0]["pid"] != victim
+
+
+@pytest.mark.socket
+def test_a_pinned_lora_is_drawn_by_every_rank_after_a_restart(parallel):
+    assert parallel.client.post("/apply-lora", json={"lora_name": "green", "lora_weight": 1.0}).status_code == 200
+    try:
+        before = parallel.client.post("/generate", json=BODY).json()["image"]
+        restarts = parallel.group()["restarts"]
+        os.kill(parallel.group()["followers"][0]["pid"], signal.SIGKILL)
+        wait_for(lambda: not parallel.group()["followers"][0]["alive"], timeout=30, what="the rank to be gone")
+        # rank 0 kept its model and its adapters across the restart: it must still draw with the LoRA,
+        # and the new rank must load it
+        after = parallel.client.post("/generate", json=BODY)
+        assert after.status_code == 200 and after.json()["image"] == before
+        assert parallel.group()["restarts"] == restarts + 1
+    finally:
+        assert parallel.client.post("/remove-lora").status_code == 200
 
 
 @pytest.mark.socket

@@ -130,6 +130,11 @@ class FluxModelManager:
                                    s.parallel_degree, can_split=self.backend.diffusers_attention)
         # 4. Compile, CUDA graphs, memory mode.
         self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text, in_use)
+        if self.plan.mode == "parallel":  # what every request splits between the ranks must divide
+            from .parallel import check_parallel_settings
+
+            check_parallel_settings(self.plan.ranks, s.max_sequence_length,
+                                    self.speed.warmup_sizes(self.speed.graphs_off_reason is None) if s.warmup else [])
 
     def start_background_load(self) -> bool:
         """Start loading in a thread unless loaded or loading. Returns whether a load was started."""
@@ -337,23 +342,16 @@ class FluxModelManager:
         """Everything that needs no GPU, in the caller's thread (blocking: a Hub LoRA may download).
         Raises the domain error of the first problem; nothing is queued."""
         self.require_ready()
-        if self.plan.mode == "parallel" and self.plan.device == "cpu":
-            self._check_even_split(params)
+        if self.plan.mode == "parallel":
+            from .parallel import uneven_split
+
+            why = uneven_split(params.width, params.height, self.plan.ranks)
+            if why:
+                raise InvalidRequest(why)
         loras = params.loras or ()
         if not loras:
             return CheckedRequest(params)
         return CheckedRequest(params, self.check_loras(loras))
-
-    def _check_even_split(self, params: GenerationParams) -> None:
-        from .parallel import uneven_split
-
-        replicas = self.replicas  # one read: an unload may empty the list meanwhile
-        if replicas:
-            px_per_token = replicas[0].pipe.vae_scale_factor * 2  # the VAE's downscale, then 2x2 patches
-            why = uneven_split(params.width, params.height, px_per_token, self.settings.max_sequence_length,
-                               self.plan.ranks)
-            if why:
-                raise InvalidRequest(why)
 
     def check_loras(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
         """Each LoRA found, read, fitting this model and what its adapters can hold (alone and together),

@@ -35,11 +35,11 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Callable
 
-from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled
+from ..errors import FluxAPIError, GenerationFailed, GenerationTimeout, JobCancelled, ModelNotReady, ShuttingDown
 from .replica import Replica
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,17 @@ def _one_cpu_device():
 
 def enable_context_parallel(transformer, ranks: int) -> None:
     """Ulysses context parallelism over all `ranks`, before compiling (the hooks are part of the graph).
-    "Anything" mode: any image size, any T5 budget and any number of ranks, though the tokens or the
-    heads do not divide evenly (24 heads over 5, a 272 px image's 289 tokens over 2)."""
+    Equal shares: the heads, and each request's tokens, must divide by the ranks (checked before a request
+    queues, `uneven_split`). diffusers' "anything" mode would take uneven ones, but its size exchange does
+    not compile (a fullgraph or not) and syncs the host at every attention."""
     from diffusers import ContextParallelConfig
 
+    heads = transformer.config.num_attention_heads
+    if heads % ranks:
+        raise ValueError(f"placement=parallel: the model's {heads} attention heads do not divide between "
+                         f"{ranks} processes; choose parallel_degree among {[d for d in range(2, 9) if heads % d == 0]}")
     with _one_cpu_device():
-        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=ranks, ulysses_anything=True))
+        transformer.enable_parallelism(config=ContextParallelConfig(ulysses_degree=ranks))
 
 
 def rejoin_context_parallel(transformer, rank: int, ranks: int, device: str) -> None:
@@ -121,17 +126,29 @@ def rejoin_context_parallel(transformer, rank: int, ranks: int, device: str) -> 
     config.setup(rank, ranks, torch.device(device), mesh=mesh)
 
 
-def uneven_split(width: int, height: int, px_per_token: int, text_tokens: int, ranks: int) -> str | None:
-    """Why gloo (the CPU group) cannot split this request's tokens between `ranks`, or None. diffusers'
-    "anything" mode gathers uneven shares with an all-gather of unequal tensors, which NCCL does and gloo
-    does not; so on the CPU the image's and the prompt's tokens must divide evenly."""
-    image = (height // px_per_token) * (width // px_per_token)
-    for what, n in (("image", image), ("prompt (max_sequence_length)", text_tokens)):
-        if n % ranks:
-            return (f"placement=parallel on the CPU (gloo) splits tokens evenly between its {ranks} processes: "
-                    f"this {what}'s {n} tokens do not divide; choose a size whose sides in units of "
-                    f"{px_per_token} px multiply to a multiple of {ranks}")
-    return None
+# FLUX: the VAE downscales 8x, then 2x2 patches make one token: one token per 16x16 pixels.
+PX_PER_TOKEN = 16
+
+
+def uneven_split(width: int, height: int, ranks: int) -> str | None:
+    """Why this image's tokens cannot be split evenly between `ranks`, or None."""
+    n = (height // PX_PER_TOKEN) * (width // PX_PER_TOKEN)
+    if n % ranks == 0:
+        return None
+    return (f"placement=parallel splits an image's tokens evenly between its {ranks} processes: {width}x{height} "
+            f"has {n} tokens ({width // PX_PER_TOKEN} x {height // PX_PER_TOKEN} of {PX_PER_TOKEN} px), which do "
+            f"not divide; choose sides whose counts of {PX_PER_TOKEN} px multiply to a multiple of {ranks}")
+
+
+def check_parallel_settings(ranks: int, max_sequence_length: int, warmup_sizes) -> None:
+    """What must divide between the ranks for every request, checked at start-up (ValueError)."""
+    if max_sequence_length % ranks:
+        raise ValueError(f"placement=parallel splits the prompt's {max_sequence_length} T5 tokens (max_sequence_length) "
+                         f"evenly between {ranks} processes: choose a max_sequence_length that divides by {ranks}")
+    for px in warmup_sizes:
+        why = uneven_split(px, px, ranks)
+        if why:
+            raise ValueError(f"warmup_sizes: {why}")
 
 
 class StepAgreement:
@@ -332,6 +349,7 @@ class ParallelReplica(Replica):
     _closing: bool = False
     _in_pipeline: bool = False  # whether rank 0 reached the pipeline (and so the collectives) in this call
     _restart_thread: threading.Thread | None = None
+    _lifecycle: threading.Lock = field(default_factory=threading.Lock)  # restarts against close()
 
     def mark_serving(self) -> None:
         self.serving = True
@@ -354,17 +372,17 @@ class ParallelReplica(Replica):
         return super().run(*args, **kwargs)
 
     def _on_every_rank(self, op: str, args: tuple, job=None):
-        self._wait_for_restart()
-        gone = [f.rank for f in self.group.followers if not f.alive] if self.broken is None else []
-        if gone:  # a rank died between two requests: restart first, then serve this one
-            self._begin_restart(f"rank(s) {gone} exited while idle")
-            self._wait_for_restart()
-        elif self.broken is not None and not self._closing:  # the last restart failed: try again
-            self._begin_restart(self.broken)
-            self._wait_for_restart()
-        if self.broken is not None:
-            raise GenerationFailed(f"placement=parallel: the group of {self.group.ranks} processes is down: "
-                                   f"{self.broken}")
+        if self._closing:
+            raise ShuttingDown()
+        if self.broken is None and any(not f.alive for f in self.group.followers):
+            # a rank died between two requests: restart first, then serve this one
+            self._begin_restart(f"rank(s) {[f.rank for f in self.group.followers if not f.alive]} exited while idle")
+        self._wait_for_restart(self.group.settings.parallel_timeout_s)
+        if self._closing:
+            raise ShuttingDown()
+        if self.broken is not None:  # still restarting (it retries until it succeeds)
+            raise ModelNotReady("restarting", f"placement=parallel: the group of {self.group.ranks} processes is "
+                                f"restarting after a failure ({self.last_failure}); retry shortly")
         local = getattr(super(), op)
         self._in_pipeline = False
         try:
@@ -425,14 +443,36 @@ class ParallelReplica(Replica):
         log.error("parallel group failed: %s", why)
         self.broken = self.last_failure = why
         self.group.close(failed=True)
-        if self.serving and not self._closing:
-            self._restart_thread = threading.Thread(target=self._restart, name="flux-parallel-restart", daemon=True)
-            self._restart_thread.start()
+        with self._lifecycle:  # never a restart once close() has begun
+            if self.serving and not self._closing and not self._restarting():
+                self._restart_thread = threading.Thread(target=self._restart_until_up, name="flux-parallel-restart",
+                                                        daemon=True)
+                self._restart_thread.start()
 
-    def _wait_for_restart(self) -> None:
+    def _restarting(self) -> bool:
+        t = self._restart_thread
+        return t is not None and t.is_alive()
+
+    def _wait_for_restart(self, timeout_s: float | None = None) -> None:
         t = self._restart_thread
         if t is not None and t is not threading.current_thread():
-            t.join()
+            t.join(timeout_s)
+
+    def _restart_until_up(self) -> None:
+        """Restart until it works (backing off: 5 s, 10 s, ... a minute) or the replica closes, so a group
+        comes back by itself even while no request arrives (/health answers 503 `restarting` meanwhile)."""
+        wait = 5.0
+        while not self._closing:
+            try:
+                self._restart()
+                return
+            except Exception as e:  # noqa: BLE001 - said in /model-status and to requests meanwhile
+                self.broken = f"restart failed: {type(e).__name__}: {getattr(e, 'message', e)}"
+                log.error("parallel group: %s; trying again in %.0f s\n%s", self.broken, wait, traceback.format_exc())
+            deadline = time.monotonic() + wait
+            while not self._closing and time.monotonic() < deadline:
+                time.sleep(0.2)
+            wait = min(60.0, wait * 2)
 
     def _restart(self) -> None:
         """A new group: the other ranks started afresh, rank 0's own model kept (only its parallel hooks
@@ -443,32 +483,37 @@ class ParallelReplica(Replica):
                 group = self.new_group()
                 rejoin_context_parallel(self.pipe.transformer, 0, group.ranks, self.device)
                 group.collect()  # every new rank built
+                # Rank 0 as fresh as the new ranks: no adapter loaded, the slot off (the warm-up leaves it
+                # so), and nothing remembered as active, so the next request sets its LoRAs on every rank.
+                Replica.drop_loras(self, set())
+                self.adapters.active = None
                 for px in self.warm_sizes:  # as at load (not through _on_every_rank: no restart within)
+                    if self._closing:
+                        raise ShuttingDown()
                     group.send("warm_up", (px,))
                     Replica.warm_up(self, px)
                     group.collect()
-        except Exception as e:  # noqa: BLE001 - said in /model-status and on the next request
-            self.broken = f"restart failed: {type(e).__name__}: {getattr(e, 'message', e)}"
-            log.error("parallel group: %s\n%s", self.broken, traceback.format_exc())
+                self.adapters.active = None
+        except BaseException:
             if group is not None:
                 group.close(failed=True)
-            return
+            raise
         self.group, self.broken = group, None
         self.restarts += 1
         log.info("parallel group restarted (%d restart(s) so far)", self.restarts)
 
     def close(self) -> None:
-        self._closing = True  # no restart from here on
-        self._wait_for_restart()
+        with self._lifecycle:
+            self._closing = True  # no restart from here on; a restart under way stops at its next step
+        self._wait_for_restart(self.group.settings.parallel_timeout_s * 2 if self.group else None)
         if self.group is not None:
             self.group.close()
 
     def parallel_status(self) -> dict:
-        t = self._restart_thread
-        state = "restarting" if t is not None and t.is_alive() else ("failed" if self.broken else "ready")
+        state = "restarting" if self._restarting() else ("down" if self.broken else "ready")
         return {**(self.group.status() if self.group else {}), "state": state, "restarts": self.restarts,
                 "last_failure": self.last_failure, "down_because": self.broken}
 
     @property
     def restarting(self) -> bool:
-        return self.parallel_status()["state"] != "ready"
+        return self._restarting()

@@ -1,7 +1,8 @@
 """One pipeline on one device (or one balanced pipeline over several), and how it generates.
 
 A replica generates on one thread at a time: the load thread while it warms up, then its scheduler
-worker (placement=parallel's restart thread too, while the worker waits for it), so generation takes no lock. Its adapters change only there, between two generations; other
+worker (and placement=parallel's restart thread, while the worker waits for it or is idle), so
+generation takes no lock. Its adapters change only there, between two generations; other
 threads only read them (AdapterSet.loaded takes a snapshot).
 """
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 
-
 def precision(manager) -> dict | None:
     """The precision of each component actually in use, and why the backend was chosen."""
     if manager.plan is None:
@@ -43,7 +42,8 @@ def service_status(manager) -> dict:
         "backend": manager.backend_name,
         "precision": precision(manager),
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile,
-                    "autotune": s.compile_autotune, **manager.compiles.status()},
+                    "autotune": s.compile_autotune and manager.speed is not None and manager.speed.compile_mode != "none",
+                    **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
         "attention": manager.speed.attention_status() if manager.speed else {"kernel": s.attention},
         "memory": manager.speed.memory_status() if manager.speed else {"mode": s.memory_mode},
