@@ -429,7 +429,13 @@ def test_delivery_never_outlives_the_jobs_record(cache_dir, lora_dir, receiver):
         # attempt starts after the record's end (next line).
         assert 3 <= len(delivery.attempts) <= 4
         assert "deadline" in delivery.error or "record was dropped" in delivery.error, delivery.error
-        assert all(r["at"] <= finished + 1.5 for r in receiver.requests)
+        # when each attempt started, by the service's own record (Unix time; the job's end is monotonic): the
+        # receiver's arrival times would add the connection's latency, which a busy machine stretches
+        unix_end = finished + (time.time() - time.monotonic()) + 1.5
+        assert all(a["at"] <= unix_end + 0.01 for a in delivery.attempts), (delivery.attempts, unix_end)
+        # and nothing reached the receiver that the service did not start as an attempt (one that began just
+        # before the record's end may be cut short when the record goes: no answer, status None)
+        assert len(receiver.requests) <= len(delivery.attempts)
 
 
 def test_shutdown_makes_a_last_attempt_and_logs_what_is_undelivered(cache_dir, lora_dir, receiver, caplog):
