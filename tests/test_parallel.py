@@ -239,9 +239,10 @@ def test_a_rank_that_dies_fails_its_request_and_the_group_restarts(parallel):
     end = wait_state(parallel, job["id"], ("failed",), timeout=60)
     assert end["error"]["type"] == "generation_failed"
     assert "rank 1 exited" in end["error"]["message"] and "restarting" in end["error"]["message"]
-    # while the group restarts (seconds: new processes; rank 0 keeps its model), /health says so
+    # the restart began before the request failed and takes seconds (new processes import torch and
+    # load the model): meanwhile /health says so
     health = parallel.client.get("/health")
-    assert (health.status_code, health.json()["status"]) in ((503, "restarting"), (200, "ok"))
+    assert (health.status_code, health.json()["status"]) == (503, "restarting"), health.text
     # the next request waits for the new group, then is right
     after = parallel.client.post("/generate", json=BODY)
     assert after.status_code == 200 and after.json()["image"] == expected
@@ -249,7 +250,6 @@ def test_a_rank_that_dies_fails_its_request_and_the_group_restarts(parallel):
     assert group["state"] == "ready" and group["restarts"] == before["restarts"] + 1
     assert group["followers"][0]["pid"] != victim and group["followers"][0]["alive"]
     assert parallel.client.get("/health").json()["status"] == "ok"
-    assert parallel.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
 
 
 @pytest.mark.socket

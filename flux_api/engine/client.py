@@ -163,7 +163,7 @@ class LocalEngine:
         alive = sched.alive if sched is not None else 0
         error = m.error or ("; ".join(why for _, why in dead) if dead else None)
         # placement=parallel: a group restarting after a rank failed serves nothing until it is back
-        restarting = [r.index for r in m.replicas if getattr(r, "restarting", False)]
+        restarting = [r.index for r in m.replicas if r.restarting]
         return {"ready": m.ready and alive > 0, "phase": m.phase, "error": error,
                 "replicas": {"alive": alive, "dead": [i for i, _ in dead]}, "restarting": restarting}
 

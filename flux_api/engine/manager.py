@@ -134,7 +134,7 @@ class FluxModelManager:
             from .parallel import check_parallel_settings
 
             check_parallel_settings(self.plan.ranks, s.max_sequence_length,
-                                    self.speed.warmup_sizes(self.speed.graphs_off_reason is None) if s.warmup else [])
+                                    self.speed.warmup_sizes(self.speed.graphs_off_reason is None))
 
     def start_background_load(self) -> bool:
         """Start loading in a thread unless loaded or loading. Returns whether a load was started."""
@@ -214,7 +214,7 @@ class FluxModelManager:
         dtype = self.torch_dtype()
         return LoadSpec(location, dtype, self.speed.quantization(dtype), hub, self.speed.text_on_cpu)
 
-    def _build_replica(self, index: int, device: str, spec: LoadSpec) -> Replica:
+    def _build_replica(self, index: int, device: str, spec: LoadSpec, kind: type[Replica] = Replica, **extra) -> Replica:
         pipe = self.backend.load_pipeline(spec, device)
         # The adapters before compiling: the LoRA slot is part of what gets compiled (lora_slot.py).
         adapters = self.backend.adapters(pipe, self.lora_files, self.settings, spec.dtype)
@@ -226,31 +226,26 @@ class FluxModelManager:
             graphs = GraphedForward(pipe.transformer, adapters.graph_variant).install()
         config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
                            self.speed.text_on_cpu, self.free_memory)
-        return Replica(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size))
+        return kind(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size),
+                    **extra)
 
     def _build_parallel(self, spec: LoadSpec):
         """placement=parallel: the other ranks' processes started, this process joined as rank 0, and rank 0's
         replica built beside theirs (parallel.py)."""
-        from dataclasses import fields
+        from .parallel import ParallelReplica, share_cpu_threads
 
-        from .parallel import ParallelReplica
-
-        if self.plan.device == "cpu":  # the host's cores shared out between the ranks (parallel_rank.py too)
-            import os
-
-            import torch
-
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.plan.ranks))
+        if self.plan.device == "cpu":
+            share_cpu_threads(self.plan.ranks)
         group = self._start_group()
         try:
-            base = self._build_replica(0, self.plan.device, spec)
+            replica = self._build_replica(0, self.plan.device, spec, ParallelReplica, group=group,
+                                          new_group=self._start_group, reloading=self.compiles.reloading,
+                                          warm_sizes=tuple(self.speed.warmup_sizes(self.speed.graphs_off_reason is None)))
             group.collect()  # every rank built and ready
         except BaseException as e:
             self._close_failed_group(group, e)
             raise
-        warm = tuple(self.speed.warmup_sizes(base.graphs is not None)) if self.settings.warmup else ()
-        return ParallelReplica(**{f.name: getattr(base, f.name) for f in fields(Replica)}, group=group,
-                               new_group=self._start_group, warm_sizes=warm, reloading=self.compiles.reloading)
+        return replica
 
     def _start_group(self):
         """The other ranks' processes, and this process joined to them as rank 0 (a new group each time)."""

@@ -83,6 +83,13 @@ def leave_group(aborted: bool = False) -> None:
             dist.destroy_process_group()
 
 
+def share_cpu_threads(ranks: int) -> None:
+    """On the CPU, every rank a share of the host's cores (torch would otherwise take them all in each)."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
+
+
 @contextlib.contextmanager
 def _one_cpu_device():
     """diffusers picks each rank's device as rank % torch.accelerator.device_count(), which is 0 on a
@@ -517,3 +524,6 @@ class ParallelReplica(Replica):
     @property
     def restarting(self) -> bool:
         return self._restarting()
+
+    def status(self) -> dict:
+        return {**super().status(), "parallel": self.parallel_status()}

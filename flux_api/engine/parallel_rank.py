@@ -13,7 +13,7 @@ import signal
 import traceback
 
 from ..errors import FluxAPIError
-from .parallel import MIRRORED, FollowerJob, RankStopped, StepAgreement, init_group, leave_group
+from .parallel import MIRRORED, FollowerJob, RankStopped, StepAgreement, init_group, leave_group, share_cpu_threads
 
 
 def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s: float, manager_cls, settings,
@@ -25,8 +25,8 @@ def follower_main(rank: int, ranks: int, init_method: str, cpu: bool, timeout_s:
     try:
         import torch
 
-        if cpu:  # the host's cores shared out between the ranks
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // ranks))
+        if cpu:
+            share_cpu_threads(ranks)
         else:
             torch.cuda.set_device(rank)
         agree = StepAgreement(init_group(rank, ranks, init_method, cpu, timeout_s))

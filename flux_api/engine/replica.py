@@ -52,6 +52,14 @@ class Replica:
 
             torch.cuda.set_device(int(self.device.split(":")[1]))  # bnb and friends use the current device
 
+    # placement=parallel's group restarting after a rank failed (parallel.py); never for one pipeline
+    restarting = False
+
+    def status(self) -> dict:
+        """This replica in /model-status."""
+        return {"index": self.index, "device": self.device, "components": self.components(), **self.stats,
+                "prompt_cache": self.prompts.status()}
+
     def mark_serving(self) -> None:
         """The warm-up is over: from here on the replica serves requests (placement=parallel may restart)."""
 

@@ -93,6 +93,9 @@ class SpeedPolicy:
         # Runs at each warm-up size pay the first-call costs (kernel selection, allocator growth,
         # tokenizer caches, compiling, capturing a CUDA graph) before /health says ready, instead of
         # on a user's request. Compiled (dynamic shapes: one graph for every size), on the CPU too.
+        # None with warmup=false.
+        if not self.settings.warmup:
+            return []
         return self.settings.warmup_sizes if self.compile_mode != "none" or (self.on_gpu and graphed) else [256]
 
     # ------------------------------------------------------------------ loading

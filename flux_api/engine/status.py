@@ -28,10 +28,7 @@ def cuda_graphs(manager) -> dict:
 
 def service_status(manager) -> dict:
     s, plan, sched = manager.settings, manager.plan, manager.scheduler
-    replicas = [{"index": r.index, "device": r.device, "components": r.components(), **r.stats,
-                 "prompt_cache": r.prompts.status(),
-                 **({"parallel": r.parallel_status()} if hasattr(r, "parallel_status") else {})}
-                for r in manager.replicas]
+    replicas = [r.status() for r in manager.replicas]
     return {
         "service": s.service,
         "state": manager.phase,
