@@ -2,7 +2,8 @@
 # The test command: bootstrap the virtual environment, then run the suite on the CPU with the tiny model.
 #   ./scripts/test.sh           everything, both tiers (what CI runs); prints the slowest tests and the time
 #   ./scripts/test.sh --quick   the in-process tier only: tests marked `socket` (a real server or a service
-#                               process of their own) or `slow` are left out
+#                               process of their own) or `slow` are left out, and `twin` (the FP4 run of a
+#                               test that runs on both services: the quick tier checks it on BF16)
 # Other arguments go to pytest. Fails on any failure, and when no test ran (exit 5).
 #
 # The test files are spread over FLUX_TEST_WORKERS processes (pytest-xdist, --dist loadfile: a file's
@@ -16,7 +17,7 @@ args=(--durations=10)
 for a in "$@"; do
   if [ "$a" = --quick ]; then
     tier="quick tier"
-    args+=(-m "not socket and not slow")
+    args+=(-m "not socket and not slow and not twin")
   else
     args+=("$a")
   fi
@@ -39,6 +40,10 @@ if [ "$workers" -gt 1 ]; then
   : "${OMP_NUM_THREADS:=$(( cores / workers > 0 ? cores / workers : 1 ))}"
   export OMP_NUM_THREADS
 fi
+# Let Python cache compiled modules (a set PYTHONDONTWRITEBYTECODE, as in some sandboxes and CI images, made
+# every run recompile, and pytest assertion-rewrite, the ~400 modules of its plugins: ~5 s a process). The
+# caches are __pycache__ folders in the virtual environment and tests/, which git ignores.
+export PYTHONDONTWRITEBYTECODE=
 start_us=${EPOCHREALTIME//[.,]/}
 "${FLUX_API_VENV:-$ROOT/.venv}/bin/python" -m pytest "${args[@]}"
 rc=$?

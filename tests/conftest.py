@@ -51,8 +51,21 @@ FP4_DEFAULTS = dict(default_steps=2, default_width=256, default_height=256)
 def pytest_configure(config):
     config.addinivalue_line("markers", "socket: needs a real socket or a service process of its own (uvicorn, "
                                        "`python -m flux_api`, the launch scripts); left out by test.sh --quick")
-    config.addinivalue_line("markers", "slow: many seconds by design (large images kept in flight); left out by "
-                                       "test.sh --quick")
+    config.addinivalue_line("markers", "slow: more than about 1.5 s on 2 cores by design (waits, restarts, many or "
+                                       "large images); left out by test.sh --quick")
+    config.addinivalue_line("markers", "twin: the FP4 run of a test that runs on both services (`svc`); test.sh "
+                                       "--quick runs each such test once, on BF16, and leaves its twin to the full suite")
+
+
+# Files that are slow as a whole (marked so) and costly even to collect: schemathesis builds test_fuzz.py's
+# cases at collection, about 5 s a process. A run that leaves `slow` out (test.sh --quick) does not import them.
+SLOW_FILES = {"test_fuzz.py"}
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name in SLOW_FILES and "not slow" in (config.getoption("markexpr") or ""):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items):
@@ -330,9 +343,10 @@ def fp4(cache_dir, lora_dir):
         yield s.wait_ready()
 
 
-@pytest.fixture(params=["bf16", "fp4"])
+@pytest.fixture(params=["bf16", pytest.param("fp4", marks=pytest.mark.twin)])
 def svc(request) -> InProcess:
-    """Each test that takes `svc` runs against both services."""
+    """Each test that takes `svc` runs against both services (the FP4 run marked `twin`: the quick tier
+    checks each behaviour once, the full suite on both services)."""
     return request.getfixturevalue(request.param)
 
 

@@ -236,6 +236,7 @@ def test_request_id_is_echoed_and_in_the_log_lines(svc):
     assert any(rec.request_id == "my-trace-42" for rec in records)
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_health_answers_while_an_image_renders(bf16):
     """Generation runs off the event loop: /health and /model-status answer in well under a second."""
     done = threading.Event()

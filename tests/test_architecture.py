@@ -47,6 +47,7 @@ def test_bad_requests_fail_at_once_while_the_gpu_is_busy_and_take_no_queue_slot(
         wait_state(bf16, job, {"cancelled", "done"})
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_a_lora_changed_after_its_check_is_refused_by_the_worker(cache_dir, lora_dir, tmp_path):
     own = tmp_path / "loras"
     own.mkdir()
@@ -155,6 +156,7 @@ def test_nunchaku_adapters_load_the_checked_files_without_a_diffusers_shape_chec
     assert pipe.transformer.calls[-1] == ("reset",)
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_a_lora_file_changed_between_requests_is_loaded_again(cache_dir, lora_dir, tmp_path):
     own = tmp_path / "loras"
     own.mkdir()

@@ -374,6 +374,7 @@ def padded_png(size: tuple[int, int], total: int, mode: str = "RGB", color=(90, 
     return png[:at] + chunk + png[at:]
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_an_edit_with_image_and_mask_at_the_size_limit_fits_the_body_limit(keyed):
     s = keyed.app.state.settings
     assert (s.max_body_bytes, s.max_image_bytes) == (48 << 20, 16 << 20)  # the defaults are what is checked

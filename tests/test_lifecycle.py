@@ -34,6 +34,7 @@ class GatedLoadManager(BF16FluxModelManager):
         return super()._build_replica(*a, **kw)
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_health_is_503_loading_until_ready_and_load_model_is_idempotent(cache_dir):
     manager = GatedLoadManager(BF16Settings(model="tiny", cache_dir=cache_dir))
     with InProcess(create_app(manager.settings, manager)) as s:
@@ -56,6 +57,7 @@ def test_health_is_503_loading_until_ready_and_load_model_is_idempotent(cache_di
         assert gen(s).status_code == 200
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_failed_load_is_reported_and_load_model_retries(cache_dir, tiny_dir, tmp_path):
     broken = tmp_path / "model"
     broken.mkdir()
@@ -76,6 +78,7 @@ def test_failed_load_is_reported_and_load_model_retries(cache_dir, tiny_dir, tmp
         assert s.client.get("/model-status").json()["model"]["kind"] == "local"
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_hub_repo_id_loads_offline_from_the_cache(cache_dir, tiny_dir):
     repo = "flux-api-test/tiny-flux"
     lay_out_hub_cache(repo, {f.relative_to(tiny_dir).as_posix(): f.read_bytes() for f in tiny_dir.rglob("*") if f.is_file()})

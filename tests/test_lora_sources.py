@@ -96,6 +96,7 @@ def test_lora_for_another_model_is_refused_and_changes_nothing(clean):
     assert pixels(gen(svc)) == base  # diffusers would have widened to_q; we refused before it could
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_adapters_stay_in_a_bounded_lru_cache(clean):
     svc = clean
     size = svc.app.state.manager.settings.lora_cache_size

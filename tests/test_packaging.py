@@ -5,6 +5,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import flux_api.settings as settings_module
 from flux_api.settings import FP4Settings
 
@@ -13,6 +15,7 @@ from conftest import build_wheel
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_the_wheel_carries_the_config_files(tmp_path):
     wheel = zipfile.ZipFile(build_wheel(tmp_path))
     for name in ("fp4.toml", "bf16.toml"):

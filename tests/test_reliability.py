@@ -378,6 +378,7 @@ def _fail_on_worker(index):
     return on_thread_start
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_a_replica_whose_worker_dies_shows_in_health_and_the_others_serve(cache_dir, lora_dir, monkeypatch):
     from flux_api.engine.replica import Replica
 
@@ -393,6 +394,7 @@ def test_a_replica_whose_worker_dies_shows_in_health_and_the_others_serve(cache_
         assert s.client.post("/apply-lora", json={"lora_name": "style"}).status_code == 200  # no wait on the dead one
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_no_live_worker_fails_fast_instead_of_hanging(cache_dir, lora_dir, monkeypatch):
     from flux_api.engine.replica import Replica
 
@@ -468,6 +470,7 @@ def test_a_pinned_lora_file_overwritten_in_place_is_reloaded_not_fatal(svc, lora
     assert gen(svc).status_code == 200
 
 
+@pytest.mark.slow  # about 5 s: in the full suite (issue 26: a quick tier under a minute)
 def test_generate_cut_short_by_shutdown_is_a_503_with_retry_after(cache_dir, lora_dir):
     s = InProcess(create_app(one_replica(cache_dir, lora_dir))).__enter__()
     s.wait_ready()

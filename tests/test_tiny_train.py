@@ -28,11 +28,13 @@ def shares(prompts: Prompts) -> list[float]:
     return (torch.bincount(said, minlength=6).float() / DRAWS).tolist()
 
 
+@pytest.mark.slow  # the prompt table it needs takes about 6 s to prepare: in the full suite (issue 26: a quick tier under a minute)
 def test_by_default_prompts_that_say_one_thing_are_rare(prepared):
     one = shares(Prompts(prepared, "cpu"))[1]
     assert one < 0.01  # 63 of the 10,502 training prompts
 
 
+@pytest.mark.slow  # the prompt table it needs takes about 6 s to prepare: in the full suite (issue 26: a quick tier under a minute)
 def test_even_said_draws_every_count_of_attributes_equally(prepared):
     for share in shares(Prompts(prepared, "cpu", even_said=True)):
         assert share == pytest.approx(1 / 6, abs=0.01)

@@ -80,7 +80,7 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True).start()  # shutdown() in 10 ms, not 0.5 s
 
     def wait(self, n: int = 1, timeout: float = 30) -> list[dict]:
         return wait_for(lambda: self.requests[:n] if len(self.requests) >= n else None, timeout,
@@ -203,6 +203,7 @@ def test_5xx_is_retried_with_backoff_and_each_attempt_recorded(hooked, receiver)
     assert 0.1 <= gaps[0] < 2 and 0.2 <= gaps[1] < 2  # webhook_backoff_s, then doubled; bounded
 
 
+@pytest.mark.slow  # about 2 s: in the full suite (issue 26: a quick tier under a minute)
 def test_429_is_retried_after_its_retry_after_and_other_4xx_are_not(hooked, receiver):
     receiver.answers = [(429, {"Retry-After": "1"}), 200]
     job_id = job_with_callback(hooked, receiver.url)
@@ -413,6 +414,7 @@ def test_the_schema_offers_the_callback_where_webhooks_are_on(hooked):
 # ---------------------------------------------------------------------- bounds and shutdown
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_delivery_never_outlives_the_jobs_record(cache_dir, lora_dir, receiver):
     """jobs_keep_s bounds the delivery (webhook_deadline_s is longer): no attempt starts after it."""
     receiver.answers = [500] * 20
@@ -438,6 +440,7 @@ def test_delivery_never_outlives_the_jobs_record(cache_dir, lora_dir, receiver):
         assert len(receiver.requests) <= len(delivery.attempts)
 
 
+@pytest.mark.slow  # about 3 s: in the full suite (issue 26: a quick tier under a minute)
 def test_shutdown_makes_a_last_attempt_and_logs_what_is_undelivered(cache_dir, lora_dir, receiver, caplog):
     receiver.answers = [500, 500]
     s = service(cache_dir, lora_dir, **{**HOOKED, "webhook_backoff_s": 60, "webhook_shutdown_s": 5})
