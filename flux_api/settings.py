@@ -190,8 +190,8 @@ class ServiceSettings(BaseSettings):
     )
     compile_autotune: bool = Field(
         False, description="With compile: inductor's coordinate-descent tuning of the compiled blocks' kernels "
-        "(what torchao's recommended settings turn on). Measured on an H100 (docs/PERFORMANCE.md): the FP4 "
-        "service's fp8 blocks 4.3% faster (a step 99.4 -> 95.1 ms), about a minute more to compile with a cold "
+        "(what torchao's recommended settings turn on). Measured on an H100 (docs/PERFORMANCE.md): 1.3-1.4% "
+        "faster end to end on both services (FP4's fp8 blocks alone 4.3%), twice the time to ready with a cold "
         "inductor cache; the tuned kernels are cached in cache_dir, so a restart pays little."
     )
     prompt_cache_size: int = Field(
