@@ -190,9 +190,9 @@ class ServiceSettings(BaseSettings):
     )
     compile_autotune: bool = Field(
         False, description="With compile: inductor's coordinate-descent tuning of the compiled blocks' kernels "
-        "(what torchao's recommended settings turn on). Measured on an H100 (docs/PERFORMANCE.md): 1.3-1.4% "
-        "faster end to end on both services (FP4's fp8 blocks alone 4.3%), twice the time to ready with a cold "
-        "inductor cache; the tuned kernels are cached in cache_dir, so a restart pays little."
+        "(what torchao's recommended settings turn on). Measured on an H100 (docs/PERFORMANCE.md, one run): "
+        "1.3-1.4% faster end to end on both services (FP4's fp8 blocks alone 4.3%), 2-2.3x the time to ready "
+        "with a cold inductor cache; the tuned kernels are cached in cache_dir for restarts (not measured)."
     )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "

@@ -17,7 +17,9 @@ args=(--durations=10)
 for a in "$@"; do
   if [ "$a" = --quick ]; then
     tier="quick tier"
-    args+=(-m "not socket and not slow and not twin")
+    # test_fuzz.py is socket and slow as a whole, and costly even to collect (schemathesis builds its cases
+    # at collection, ~5 s a process): not imported at all here
+    args+=(-m "not socket and not slow and not twin" --ignore=tests/test_fuzz.py)
   else
     args+=("$a")
   fi
@@ -41,9 +43,10 @@ if [ "$workers" -gt 1 ]; then
   export OMP_NUM_THREADS
 fi
 # Let Python cache compiled modules (a set PYTHONDONTWRITEBYTECODE, as in some sandboxes and CI images, made
-# every run recompile, and pytest assertion-rewrite, the ~400 modules of its plugins: ~5 s a process). The
-# caches are __pycache__ folders in the virtual environment and tests/, which git ignores.
-export PYTHONDONTWRITEBYTECODE=
+# every run recompile, and pytest assertion-rewrite, the ~400 modules of its plugins: ~5 s a process), in
+# the tests and the service processes they start. The caches are __pycache__ folders in the virtual
+# environment, flux_api/ and tests/, which git ignores (the wheel test copies the tree without them).
+unset PYTHONDONTWRITEBYTECODE
 start_us=${EPOCHREALTIME//[.,]/}
 "${FLUX_API_VENV:-$ROOT/.venv}/bin/python" -m pytest "${args[@]}"
 rc=$?

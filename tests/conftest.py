@@ -4,7 +4,8 @@
   lifespan (model load, shutdown) run explicitly. No socket, no server thread: the contract tests.
 - Socket (`Served`, a real uvicorn; or a process of its own): only for what needs one (client
   disconnects, SSE streaming, SIGTERM, the launch scripts). Such tests are marked `socket`;
-  `./scripts/test.sh --quick` leaves them (and the `slow` ones) out.
+  `./scripts/test.sh --quick` leaves them out, and the `slow` ones, and the `twin`s (the FP4 run of a
+  test on both services, but for the core image contracts, which run on both there too).
 
 Nothing downloads: HF_HUB_OFFLINE is set before huggingface_hub is imported, and HF_HOME points
 at a fresh folder, so only what a test lays into that cache by hand can load from "the Hub".
@@ -55,17 +56,6 @@ def pytest_configure(config):
                                        "large images); left out by test.sh --quick")
     config.addinivalue_line("markers", "twin: the FP4 run of a test that runs on both services (`svc`); test.sh "
                                        "--quick runs each such test once, on BF16, and leaves its twin to the full suite")
-
-
-# Files that are slow as a whole (marked so) and costly even to collect: schemathesis builds test_fuzz.py's
-# cases at collection, about 5 s a process. A run that leaves `slow` out (test.sh --quick) does not import them.
-SLOW_FILES = {"test_fuzz.py"}
-
-
-def pytest_ignore_collect(collection_path, config):
-    if collection_path.name in SLOW_FILES and "not slow" in (config.getoption("markexpr") or ""):
-        return True
-    return None
 
 
 def pytest_collection_modifyitems(items):
@@ -341,6 +331,12 @@ def fp4(cache_dir, lora_dir):
     settings = FP4Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8000, **FP4_DEFAULTS)
     with InProcess(create_app(settings)) as s:
         yield s.wait_ready()
+
+
+# For the core image contracts (same seed same bytes, LoRAs that never leak): `svc` on both services
+# without the `twin` mark, so that the quick tier checks them on FP4 too (its CPU path differs: int8
+# weights, the LoRA slot over them). Same node ids as `svc`'s own params.
+ON_BOTH_IN_QUICK = pytest.mark.parametrize("svc", ["bf16", "fp4"], indirect=True)
 
 
 @pytest.fixture(params=["bf16", pytest.param("fp4", marks=pytest.mark.twin)])

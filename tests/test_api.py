@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import BF16_DEFAULTS, FP4_DEFAULTS, gen, wait_for
+from conftest import BF16_DEFAULTS, FP4_DEFAULTS, ON_BOTH_IN_QUICK, gen, wait_for
 from PIL import Image
 
 from flux_api.logs import RequestIdFilter
@@ -91,6 +91,7 @@ def test_generate_returns_png_with_parameters_and_seed(svc):
     assert body["timings"]["inference_ms"] > 0
 
 
+@ON_BOTH_IN_QUICK  # a core contract: the quick tier checks it on FP4 too
 def test_same_seed_same_bytes_different_seed_different_image(svc):
     a, b, c = gen(svc, seed=7), gen(svc, seed=7), gen(svc, seed=8)
     assert image_bytes(a) == image_bytes(b)

@@ -2,7 +2,7 @@
 
 
 import pytest
-from conftest import pixels, gen
+from conftest import ON_BOTH_IN_QUICK, gen, pixels
 
 
 
@@ -19,6 +19,7 @@ def test_loras_lists_the_folder_with_rank_and_targets(svc):
     assert "pinned" in body and "loaded" in body
 
 
+@ON_BOTH_IN_QUICK  # a core contract: the quick tier checks it on FP4 too
 def test_per_request_lora_changes_the_image_and_does_not_leak(clean):
     svc = clean
     base = pixels(gen(svc))
@@ -33,6 +34,7 @@ def test_per_request_lora_changes_the_image_and_does_not_leak(clean):
     assert pixels(gen(svc)) == base
 
 
+@ON_BOTH_IN_QUICK  # a core contract: the quick tier checks it on FP4 too
 def test_pinned_lora_applies_until_removed_and_removal_restores_exact_bytes(clean):
     svc = clean
     base = pixels(gen(svc))
