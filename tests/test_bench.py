@@ -10,6 +10,7 @@ import pytest
 from conftest import free_port
 
 from flux_api.bench import main, natural_image, parse_target
+from flux_api.bench.report import table
 
 
 @pytest.mark.socket  # service processes of its own, for many seconds
@@ -34,6 +35,18 @@ def test_bench_runs_on_the_tiny_model(tmp_path, tiny_dir, cache_dir, monkeypatch
     assert {"png1", "png6", "jpeg", "webp"} <= set(R["encoding_ms"]["natural"])
     printed = capsys.readouterr().out
     assert "| bf16 | diffusers | 256 |" in printed and "inf |" in printed  # the BF16 service matches stock exactly
+
+
+def test_the_table_says_dash_where_no_throughput_was_asked_for():
+    # `--concurrency` with no values (the GPU runs' way): the column said "None @1024px"
+    service = {"backend": "diffusers", "ready_s": 60.0, "peak_mib": 1.0, "peak_reserved_mib": 2.0,
+               "unseen_size": {"px": 768, "first_latency_s": 2.0, "second_latency_s": 1.5},
+               "sizes": {"1024": {"latency_s": 4.0, "s_per_step": 0.14, "overhead_pct": 0.3, "encode_ms": 30.0}}}
+    measured = {**service, "images_per_min": {"1": 14.5}, "images_per_min_px": 1024}
+    rows = table({"targets": {"bf16": service, "bf16+replicas": measured}, "sizes": [1024], "gpu": "NVIDIA H100",
+                  "torch": "2.11", "diffusers": "0.42.1", "command": "python -m flux_api.bench"}).splitlines()
+    assert rows[2].split(" | ")[10] == "-" and "None" not in rows[2]
+    assert rows[3].split(" | ")[10] == "{'1': 14.5} @1024px"
 
 
 def test_bench_placement_options():

@@ -43,7 +43,8 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
         with ThreadPoolExecutor(c) as pool:
             list(pool.map(lambda i: once(concurrency_px, seed=10 + i), range(n)))
         res.setdefault("images_per_min", {})[c] = round(n * 60 / (time.perf_counter() - t0), 2)
-    res["images_per_min_px"] = concurrency_px
+    if concurrency:
+        res["images_per_min_px"] = concurrency_px
     if loras:
         res["lora"] = measure_loras(once, post, max(sizes), loras, repeats)
     # true CFG (a negative prompt: two transformer calls a step) belongs to the mixed run too

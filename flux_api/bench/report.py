@@ -11,6 +11,13 @@ def without_images(obj):
     return obj
 
 
+def throughput(t: dict) -> str:
+    """Images a minute by concurrency, or "-" where the run asked for none (`--concurrency` with no values)."""
+    if not t.get("images_per_min"):
+        return "-"
+    return f"{t['images_per_min']} @{t.get('images_per_min_px')}px"
+
+
 def table(R: dict) -> str:
     stock = R["targets"].get("stock", {})
     rows = ["| target | backend | size | latency s | vs stock | s/step | overhead % | encode ms | ready s | unseen size 1st/2nd s | images/min by concurrency | peak MiB alloc / reserved | PSNR vs stock |",
@@ -32,7 +39,7 @@ def table(R: dict) -> str:
             u = t["unseen_size"]
             rows.append(f"| {name} | {t['backend']} | {px} | {s['latency_s']} | {ratio} | {s['s_per_step']} | {s['overhead_pct']} | "
                         f"{s['encode_ms']} | {t['ready_s']} | {u['first_latency_s']}/{u['second_latency_s']} ({u['px']}px) | "
-                        f"{t.get('images_per_min')} @{t.get('images_per_min_px')}px | {t['peak_mib']} / "
+                        f"{throughput(t)} | {t['peak_mib']} / "
                         f"{t.get('peak_reserved_mib')} | {ps} |")
     lora_rows = [(n, t["lora"]) for n, t in R["targets"].items() if t.get("lora")]
     if lora_rows:
