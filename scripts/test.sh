@@ -3,7 +3,8 @@
 #   ./scripts/test.sh           everything, both tiers (what CI runs); prints the slowest tests and the time
 #   ./scripts/test.sh --quick   the in-process tier only: tests marked `socket` (a real server or a service
 #                               process of their own) or `slow` are left out, and `twin` (the FP4 run of a
-#                               test that runs on both services: the quick tier checks it on BF16)
+#                               test that runs on both services: the quick tier checks it on BF16; the
+#                               core image contracts are not twins and run on both)
 # Other arguments go to pytest. Fails on any failure, and when no test ran (exit 5).
 #
 # The test files are spread over FLUX_TEST_WORKERS processes (pytest-xdist, --dist loadfile: a file's
