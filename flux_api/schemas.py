@@ -155,6 +155,10 @@ def build_generate_request(settings: ServiceSettings, services: tuple[str, ...] 
         strength: float | None = Field(
             None, ge=0.01, le=1.0, description="With image: how much of it is repainted, 0.01-1 (default 0.8 without "
             "a mask, 1.0 with one); it runs about num_inference_steps x strength steps, at least one.")
+        first_block_cache: float | None = Field(
+            None, gt=0.0, le=1.0, description="First Block Cache: skip the rest of the transformer at a step whose "
+            "first block changed less than this (relative) since the last full step, reusing that step's result. "
+            "Faster and lossy (docs/QUALITY.md measures it); not given: off, every step in full. The `fast` preset sets it.")
         preset: Literal[preset_names] | None = Field(  # type: ignore[valid-type]
             None, description=f"A named parameter set (GET /presets); fields you give win. {preset_help}.")
 
@@ -285,6 +289,10 @@ class GenerateResponse(BaseModel):
     guidance_scale: float
     negative_prompt: str | None
     true_cfg_scale: float | None
+    first_block_cache: float | None = Field(None, description="The First Block Cache threshold it ran with; null: off.")
+    steps_skipped: int | None = Field(
+        None, description="With first_block_cache: the transformer passes (of steps x images, twice a step with a "
+        "negative prompt) that reused the last full step's result instead of running every block.")
     model: str
     backend: str
     service: str = Field(description="The service that drew it (fp4 or bf16): reproducing an image means naming it.")

@@ -63,9 +63,14 @@ def test_bench_lora_check_times_switching(tmp_path, tiny_dir, cache_dir, lora_di
     monkeypatch.setenv("FLUX_BF16_CACHE_DIR", str(cache_dir))
     out = tmp_path / "bench.json"
     main(["--model", str(tiny_dir), "--targets", "bf16", "--sizes", "256", "--steps", "2", "--concurrency",
-          "--unseen", "256", "--repeats", "1", "--lora", "style,detail", "--lora-dir", str(lora_dir),
-          "--port", str(free_port()), "--out", str(out)])
-    t = json.loads(out.read_text())["targets"]["bf16"]
+          "--unseen", "256", "--repeats", "2", "--lora", "style,detail", "--lora-dir", str(lora_dir),
+          "--first-block-cache", "0.5", "--port", str(free_port()), "--out", str(out)])
+    R = json.loads(out.read_text())
+    t = R["targets"]["bf16"]
+    cache, = t["step_cache"]  # First Block Cache against the base request, same service
+    assert cache["threshold"] == 0.5 and cache["same_bytes"] and cache["base_after_identical"]
+    assert cache["steps_skipped"] in (0, 1) and cache["over_base"] > 0
+    assert "| bf16 | 0.5 |" in table(R)
     lora = t["lora"]
     assert lora["status"] == 200 and lora["lora_changes_image"] and lora["base_after_lora_identical"]
     assert lora["lora_over_base"] > 0 and lora["two_loras_over_base"] > 0

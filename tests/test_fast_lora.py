@@ -107,6 +107,20 @@ def test_compiled_service_serves_every_lora_feature_without_compiling_again(comp
     assert re.search(r"^flux_compiles_after_warmup 0\.0$", metrics, re.M), metrics
 
 
+def test_first_block_cache_runs_the_compiled_blocks_without_compiling(compiled):
+    """The cache's hooks wrap each compiled block from outside (speed.compile_blocks): a cached request,
+    with and without a LoRA, compiles nothing, and the base image after it is bitwise what it was."""
+    s = compiled
+    base = pixels(gen(s, num_inference_steps=8))
+    cached = gen(s, num_inference_steps=8, first_block_cache=0.5)
+    assert cached.json()["steps_skipped"] > 0 and pixels(cached) != base
+    styled = gen(s, num_inference_steps=8, first_block_cache=0.5, lora_name="style")
+    assert styled.json()["steps_skipped"] > 0 and pixels(styled) != pixels(cached)
+    assert gen(s, num_inference_steps=8, first_block_cache=0.5).json()["image"] == cached.json()["image"]
+    assert pixels(gen(s, num_inference_steps=8)) == base
+    assert compiles_after_warmup(s) == 0
+
+
 @pytest.mark.filterwarnings("ignore:Already found a `peft_config`")  # stock diffusers, three adapters
 def test_the_slot_draws_what_stock_diffusers_draws(compiled, tiny_dir, fast_loras):
     """Stock diffusers (load_lora_weights, set_adapters: peft's own LoRA layers, eager) against the compiled

@@ -141,7 +141,7 @@ def test_image_to_image_with_a_lora(svc):
 
 def test_presets_are_listed_and_a_given_field_wins(svc):
     presets = svc.client.get("/presets").json()["presets"]
-    assert presets["fast"]["fields"] == {"num_inference_steps": 12}
+    assert presets["fast"]["fields"] == {"num_inference_steps": 12, "first_block_cache": 0.2}
     assert gen(svc, preset="fast", num_inference_steps=None).json()["num_inference_steps"] == 12
     assert gen(svc, preset="fast", num_inference_steps=2).json()["num_inference_steps"] == 2
     assert gen(svc, preset="nope").status_code == 422

@@ -69,6 +69,22 @@ def test_a_prompt_draws_what_it_says(svc):
     assert hits["colour"] >= 23 and hits["position"] >= 23 and hits["background"] >= 23 and hits["shape"] >= 20, hits
 
 
+@pytest.mark.slow  # about 10 s each service
+def test_the_fast_preset_with_first_block_cache_still_draws_what_a_prompt_says(svc):
+    # The preset's cache skips steps (its count is in the response) and the images still show what the
+    # prompts say, with the thresholds of the full-step test above (docs/QUALITY.md: no adherence lost).
+    hits = {"colour": 0, "position": 0, "background": 0, "shape": 0}
+    skipped = 0
+    for i, (text, spec) in enumerate(eval_prompts(24)):
+        r = gen(svc, prompt=text, seed=i, preset="fast", num_inference_steps=None)
+        skipped += r.json()["steps_skipped"]
+        got = reading(r).spec()
+        for attribute in hits:
+            hits[attribute] += getattr(got, attribute) == getattr(spec, attribute)
+    assert skipped >= 24, skipped  # the cache did skip: at least one step an image on average
+    assert hits["colour"] >= 23 and hits["position"] >= 23 and hits["background"] >= 23 and hits["shape"] >= 20, hits
+
+
 @pytest.mark.slow
 def test_a_negative_prompt_steers_away(svc):
     # The check: "a circle" with the negative prompt "red" draws a red object at most half as

@@ -178,3 +178,22 @@ def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lor
     # a miss that drops blue; green: a hit (first in, first out would have dropped green). Off: all encoded.
     assert stats[2] == {"hits": 6, "misses": 6, "entries": 2}
     assert stats[0] == {"hits": 0, "misses": 12, "entries": 0}
+
+
+@pytest.mark.slow  # compiles the tiny VAE's decoder and blocks on 2 cores: about 40 s
+def test_compile_vae_compiles_the_decoder_at_warm_up_and_never_on_a_request(cache_dir, bf16):
+    from conftest import BF16_DEFAULTS, pixels
+
+    settings = BF16Settings(model="tiny", cache_dir=cache_dir, compile="regional", compile_vae=True,
+                            warmup_sizes=[256], **BF16_DEFAULTS)
+    with InProcess(create_app(settings)) as s:
+        s.wait_ready(timeout=600)
+        status = s.client.get("/model-status").json()["compile"]
+        assert status["vae"] is True and status["graphs_compiled_at_load"] > 0
+        decoder = s.app.state.engine.manager.replicas[0].pipe.vae.decoder
+        assert "forward" in vars(decoder)  # its own forward, compiled, over the class's
+        got = np.frombuffer(pixels(gen(s)), np.uint8).astype(float)
+        assert pixels(gen(s, width=320, height=256)) and s.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
+    want = np.frombuffer(pixels(gen(bf16)), np.uint8).astype(float)
+    assert np.abs(got - want).mean() < 1.0  # the eager service's image, up to the compiled kernels' rounding
+    assert parse_target("bf16+vae") == ("bf16", None, {"COMPILE_VAE": "true"})

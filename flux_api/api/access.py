@@ -39,7 +39,7 @@ NOT_BEARER = "invalid Authorization header: send `Authorization: Bearer <key>`"
 
 # Headers a browser page may read from an answer (CORS hides all but a few unless named here).
 EXPOSED_HEADERS = ["X-Request-ID", "X-Request-ID-Replaced", "Retry-After", "Location", "X-Seed", "X-Width",
-                   "X-Height", "X-Backend", "X-Service", "X-Prompt-Truncated", "X-Timing-Queue-Ms", "X-Timing-Lora-Ms",
+                   "X-Height", "X-Backend", "X-Service", "X-Prompt-Truncated", "X-Steps-Skipped", "X-Timing-Queue-Ms", "X-Timing-Lora-Ms",
                    "X-Timing-Inference-Ms", "X-Timing-Encode-Ms", "X-Timing-Total-Ms"]
 
 

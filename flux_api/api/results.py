@@ -88,6 +88,7 @@ def to_params(body, inputs: Inputs = Inputs()) -> GenerationParams:
         num_images=body.num_images, init_image=inputs.image, mask_image=inputs.mask,
         strength=body.strength if inputs.image is not None else None,
         service=getattr(body, "service", None),  # only a routing front's body has it (Ray Serve)
+        first_block_cache=body.first_block_cache,
     )
 
 
@@ -143,6 +144,8 @@ def _metadata(result: GenerationResult, service: str, seed: int) -> dict:
     several says its own seed, so that it is the same bytes as that seed's request alone."""
     p = result.params
     extra = {"mode": p.kind, "strength": p.strength} if p.init_image is not None else {}
+    if p.first_block_cache is not None:  # only where set: an image without it keeps its bytes
+        extra["first_block_cache"] = p.first_block_cache
     return {
         "service": service, "model": result.model, "backend": result.backend,
         "prompt": p.prompt, "negative_prompt": p.negative_prompt, "true_cfg_scale": p.true_cfg_scale,
@@ -190,6 +193,7 @@ async def build_response(result: GenerationResult, fmt: str, raw: bool, settings
         headers = {"X-Seed": str(p.seed), "X-Width": str(p.width), "X-Height": str(p.height),
                    "X-Backend": result.backend, "X-Service": result.service or settings.service,
                    "X-Prompt-Truncated": truncated,
+                   **({"X-Steps-Skipped": str(result.steps_skipped)} if result.steps_skipped is not None else {}),
                    **{f"X-Timing-{k.removesuffix('_ms').title()}-Ms": str(v) for k, v in timings.items()}}
         return Response(content=datas[0], media_type=MEDIA_TYPES[fmt], headers=headers)
     return GenerateResponse(
@@ -197,6 +201,7 @@ async def build_response(result: GenerationResult, fmt: str, raw: bool, settings
         width=p.width, height=p.height,
         num_inference_steps=p.num_inference_steps, guidance_scale=p.guidance_scale,
         negative_prompt=p.negative_prompt, true_cfg_scale=p.true_cfg_scale,
+        first_block_cache=p.first_block_cache, steps_skipped=result.steps_skipped,
         model=result.model, backend=result.backend, service=result.service or settings.service,
         loras=[LoraRef(name=s.name, weight=s.weight) for s in result.loras],
         prompt_truncation=result.truncation, warnings=[*notes, *_warnings(result.truncation)], timings=timings,

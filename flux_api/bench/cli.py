@@ -12,11 +12,12 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
 /dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
 each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
 `+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` / `+parallel` (placement),
-`+sdpa` / `+cudnn` (the attention kernel), `+autotune` (compile_autotune); without them a
+`+sdpa` / `+cudnn` (the attention kernel), `+autotune` (compile_autotune), `+vae` (compile_vae); without them a
 service runs with its defaults. The peers a user would build from stock diffusers: `stock+compile`
 (torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled).
 `--lora A[,B]` times a LoRA request (and, given two, both at once, and switching) against the base
-request on each target. Every target reports the compiles after
+request on each target; `--first-block-cache T [T ...]` times requests with First Block Cache at those thresholds
+against the base request. Every target reports the compiles after
 its warm-up over the whole mixed run (sizes, an unseen size, LoRAs, true CFG): they must be 0.
 """
 
@@ -69,7 +70,7 @@ def run(args) -> dict:
                     wanted = args.concurrency_for is None or target in args.concurrency_for
                     res = measure_service(client, args.sizes, args.steps, args.concurrency if wanted else [],
                                           args.unseen, args.concurrency_px or min(args.sizes),
-                                          args.lora, args.repeats)
+                                          args.lora, args.repeats, args.first_block_cache)
                     res["ready_s"] = ready_s
                     if args.images > 1:
                         res["images"] = measure_images(client, args.concurrency_px or max(args.sizes), args.steps, args.images,
@@ -106,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=0, help="n > 1: images/min of one request of n images against n "
                     "requests of one, image-to-image and inpainting latency (at --concurrency-px or the largest size), "
                     "and stock diffusers batching n images against n calls")
+    ap.add_argument("--first-block-cache", type=float, nargs="*", metavar="THRESHOLD",
+                    help="time each service's requests with first_block_cache at these thresholds too (at the "
+                    "largest size: steps skipped, PSNR against the service's own base image)")
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--out", default="bench.json")
     ap.add_argument("--stock-child", help=argparse.SUPPRESS)

@@ -11,7 +11,8 @@ PROMPT = "a lighthouse on a cliff at dusk, dramatic clouds"
 
 
 def measure_service(client, sizes: list[int], steps: int, concurrency: list[int], unseen: int,
-                    concurrency_px: int, loras: list[str] | None = None, repeats: int = 3) -> dict:
+                    concurrency_px: int, loras: list[str] | None = None, repeats: int = 3,
+                    step_cache: list[float] | None = None) -> dict:
     def post(px, seed=1, **kw):
         return client.post("/generate", json={"prompt": PROMPT, "width": px, "height": px,
                                               "num_inference_steps": steps, "seed": seed, **kw})
@@ -47,6 +48,8 @@ def measure_service(client, sizes: list[int], steps: int, concurrency: list[int]
         res["images_per_min_px"] = concurrency_px
     if loras:
         res["lora"] = measure_loras(once, post, max(sizes), loras, repeats)
+    if step_cache:
+        res["step_cache"] = measure_step_cache(once, max(sizes), step_cache, repeats, res)
     # true CFG (a negative prompt: two transformer calls a step) belongs to the mixed run too
     cfg = post(min(sizes), seed=6, negative_prompt="blurry, low quality", true_cfg_scale=2.0)
     res["true_cfg_status"] = cfg.status_code
@@ -92,6 +95,26 @@ def measure_loras(once, post, px: int, loras: list[str], repeats: int) -> dict:
             out.setdefault("more", {})[name] = {"status": r.status_code, "error": r.text[:300]}
     out["base_after_lora_identical"] = once(px, seed=5)["body"]["image"] == base["body"]["image"]
     return out
+
+
+def measure_step_cache(once, px: int, thresholds: list[float], repeats: int, res: dict) -> list[dict]:
+    """First Block Cache at each threshold against the same service's base request at `px` (seed 1, as
+    res["sizes"] timed it): latency (best of `repeats`), steps skipped, the same bytes twice, the PSNR
+    against the base image, and the base image bitwise the same afterwards."""
+    from .images import psnr
+
+    base = res["sizes"][px]
+    rows = []
+    for t in thresholds:
+        runs = [once(px, first_block_cache=t) for _ in range(repeats)]
+        best = min(runs, key=lambda r: r["latency_s"])
+        rows.append({"threshold": t, "latency_s": best["latency_s"], "all_latency_s": [r["latency_s"] for r in runs],
+                     "over_base": round(best["latency_s"] / base["latency_s"], 3),
+                     "steps_skipped": best["body"]["steps_skipped"], "inference_ms": best["inference_ms"],
+                     "same_bytes": len({r["body"]["image"] for r in runs}) == 1,
+                     "psnr_vs_base": psnr(best["body"]["image"], res["last_image_b64"][px])})
+    rows[-1]["base_after_identical"] = once(px)["body"]["image"] == res["last_image_b64"][px]
+    return rows
 
 
 def center_mask_b64(px: int) -> str:

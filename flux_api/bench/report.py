@@ -52,6 +52,12 @@ def table(R: dict) -> str:
             rows.append(f"| {name} | {lo['px']} | {lo['base_latency_s']} | {lo['lora_latency_s']} | {lo['lora_over_base']} | "
                         f"{lo.get('two_loras_latency_s', '-')} | {lo.get('two_loras_over_base', '-')} | "
                         f"{lo['lora_changes_image']} | {lo['base_after_lora_identical']} |")
+    cache_rows = [(n, row) for n, t in R["targets"].items() for row in t.get("step_cache") or ()]
+    if cache_rows:
+        rows += ["\n| target | first_block_cache | latency s | over base | steps skipped | same bytes twice | PSNR vs base | base bitwise after |",
+                 "|---|---|---|---|---|---|---|---|"]
+        rows += [f"| {n} | {c['threshold']} | {c['latency_s']} | {c['over_base']} | {c['steps_skipped']} | {c['same_bytes']} | "
+                 f"{c['psnr_vs_base']} | {c.get('base_after_identical', '')} |" for n, c in cache_rows]
     live = {n: t["compiles_after_warmup"] for n, t in R["targets"].items() if t.get("compiles_after_warmup")}
     if live:  # the promise is 0: say so loudly, above the details
         rows.append(f"\nCOMPILED ON A LIVE REQUEST (compiles after the warm-up, should be 0): {live}")

@@ -16,6 +16,7 @@ OPTIONS = {
     "balanced": ("PLACEMENT", "balanced"),
     "parallel": ("PLACEMENT", "parallel"),
     "autotune": ("COMPILE_AUTOTUNE", "true"),
+    "vae": ("COMPILE_VAE", "true"),
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
 }

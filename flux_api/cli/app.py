@@ -87,6 +87,8 @@ def generate(
     preset: Annotated[Optional[str], typer.Option(help="A named parameter set (see GET /presets).")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Guidance scale.")] = None,
     true_cfg: Annotated[Optional[float], typer.Option(help="True CFG scale, with --negative.")] = None,
+    first_block_cache: Annotated[Optional[float], typer.Option(
+        metavar="THRESHOLD", help="First Block Cache (0-1]: faster, lossy; the fast preset sets it.")] = None,
     fmt: Annotated[Optional[ImageFormat], typer.Option("--format", help="Image format (default: -o's extension, "
                    "else the service's).")] = None,
     server: Server = DEFAULT_URL, api_key: ApiKey = None, timeout: Timeout = 60.0,
@@ -96,7 +98,7 @@ def generate(
     Ctrl-C while it runs cancels the job on the service."""
     body = gen.request_body(prompt, negative=negative, seed=seed, steps=steps, guidance=guidance, size=size, n=n,
                             preset=preset, loras=lora or [], fmt=gen.output_format(out, fmt and fmt.value),
-                            true_cfg=true_cfg)
+                            true_cfg=true_cfg, first_block_cache=first_block_cache)
     with Api(server, api_key, timeout) as api:
         written = gen.generate(api, body, out, stderr())
     for seed_used, path in written:

@@ -52,12 +52,13 @@ def output_format(out: Path | None, fmt: str | None) -> str | None:
 
 def request_body(prompt: str, *, negative: str | None, seed: int | None, steps: int | None, guidance: float | None,
                  size: str | None, n: int | None, preset: str | None, loras: list[str], fmt: str | None,
-                 true_cfg: float | None) -> dict:
+                 true_cfg: float | None, first_block_cache: float | None = None) -> dict:
     body: dict = {"prompt": prompt}
     if size is not None:
         body["width"], body["height"] = parse_size(size)
     optional = {"negative_prompt": negative, "seed": seed, "num_inference_steps": steps, "guidance_scale": guidance,
-                "num_images": n, "preset": preset, "output_format": fmt, "true_cfg_scale": true_cfg}
+                "num_images": n, "preset": preset, "output_format": fmt, "true_cfg_scale": true_cfg,
+                "first_block_cache": first_block_cache}
     body.update({k: v for k, v in optional.items() if v is not None})
     if loras:
         body["loras"] = [parse_lora(s) for s in loras]

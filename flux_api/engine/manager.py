@@ -31,6 +31,7 @@ from .replica import Replica, RunConfig
 from .scheduler import Job, Scheduler
 from .sources import ModelSource, check_source, estimate_pipeline_bytes, resolve_source
 from .speed import SpeedPolicy
+from .step_cache import StepCache
 from .status import service_status
 from .tiny import ensure_tiny_model
 from .types import FAILED, LOADING, NOT_LOADED, READY, WARMING_UP, CheckedRequest, GenerationParams
@@ -219,15 +220,19 @@ class FluxModelManager:
         # The adapters before compiling: the LoRA slot is part of what gets compiled (lora_slot.py).
         adapters = self.backend.adapters(pipe, self.lora_files, self.settings, spec.dtype)
         self.speed.prepare(pipe, self.free_memory)
+        step_cache = StepCache(pipe.transformer) if self.backend.step_cache_problem is None else None
         graphs = None
         if self.speed.graphs_off_reason is None:
             from .graphs import GraphedForward
 
-            graphs = GraphedForward(pipe.transformer, adapters.graph_variant).install()
+            def variant():  # a step of First Block Cache cannot be one graph: the ordinary forward runs it
+                return None if step_cache is not None and step_cache.active else adapters.graph_variant()
+
+            graphs = GraphedForward(pipe.transformer, variant).install()
         config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
                            self.speed.text_on_cpu, self.free_memory)
         return kind(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size),
-                    **extra)
+                    step_cache=step_cache, **extra)
 
     def _build_parallel(self, spec: LoadSpec):
         """placement=parallel: the other ranks' processes started, this process joined as rank 0, and rank 0's
@@ -337,6 +342,10 @@ class FluxModelManager:
         """Everything that needs no GPU, in the caller's thread (blocking: a Hub LoRA may download).
         Raises the domain error of the first problem; nothing is queued."""
         self.require_ready()
+        if params.first_block_cache is not None:
+            why = self.step_cache_problem()
+            if why:
+                raise InvalidRequest(f"first_block_cache is not available here: {why}", field="first_block_cache")
         if self.plan.mode == "parallel":
             from .parallel import uneven_split
 
@@ -347,6 +356,16 @@ class FluxModelManager:
         if not loras:
             return CheckedRequest(params)
         return CheckedRequest(params, self.check_loras(loras))
+
+    def step_cache_problem(self) -> str | None:
+        """Why a request cannot use First Block Cache on this service, or None."""
+        if self.backend.step_cache_problem is not None:
+            return self.backend.step_cache_problem
+        if self.plan.mode == "parallel":
+            # each rank holds a part of the image, so their skip decisions could differ, and a rank that
+            # skips would leave the others waiting in attention's all-to-all
+            return "placement=parallel splits each step between processes, which would decide apart"
+        return None
 
     def check_loras(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:
         """Each LoRA found, read, fitting this model and what its adapters can hold (alone and together),

@@ -18,6 +18,7 @@ from .adapters import AdapterSet
 from .loader import COMPONENTS
 from .lora import LoraFile, LoraSpec
 from .prompts import PromptCache
+from .step_cache import StepCache
 from .types import GenerationParams, GenerationResult
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Replica:
     stats: dict = field(default_factory=lambda: {"images": 0})
     variants: dict = field(default_factory=dict)  # image-to-image and inpainting pipelines, over the same modules
     prompts: PromptCache = field(default_factory=lambda: PromptCache(0))  # recent prompts' embeddings
+    step_cache: StepCache | None = None  # First Block Cache, per request (None: the backend cannot)
 
     def on_thread_start(self) -> None:
         if self.device.startswith("cuda:"):
@@ -87,15 +89,16 @@ class Replica:
         # 3. The pipeline, once per image (seed, seed+1, ...), stopping at a step boundary when the job
         # is cancelled or times out. One at a time, not batched: image i is then byte-identical to the
         # same request alone with its seed, and a batch was not faster where it was measured.
-        images = []
+        images, skips = [], []
         for i, seed in enumerate(params.seeds()):
-            images.append(self.run(params, job, seed=seed, steps_before=i * params.steps_per_image()))
+            images.append(self.run(params, job, seed=seed, steps_before=i * params.steps_per_image(), skips=skips))
             self.stats["images"] += 1
         return GenerationResult(
             images=images, params=params, loras=loras, truncation=truncation,
             queue_ms=round((job.started - job.created) * 1e3, 2), lora_ms=lora_ms,
             inference_ms=round((time.perf_counter() - started) * 1e3 - lora_ms, 2),
             backend=self.config.backend, model=self.config.model,
+            steps_skipped=sum(c.skipped for c in skips) if params.first_block_cache is not None else None,
         )
 
     def activate_loras(self, loras: tuple[LoraSpec, ...], keep: set[str], files: dict[str, LoraFile]) -> None:
@@ -129,10 +132,11 @@ class Replica:
             self.variants[kind] = cls(**self.pipe.components)
         return self.variants[kind]
 
-    def run(self, params: GenerationParams, job=None, seed: int | None = None, steps_before: int = 0):
+    def run(self, params: GenerationParams, job=None, seed: int | None = None, steps_before: int = 0,
+            skips: list | None = None):
         """The diffusers call for `params` (with `seed`, default params.seed); the PIL image. Progress
-        counts on from `steps_before` (the images of the request already made). Domain errors out, the
-        GPU's memory freed on OOM."""
+        counts on from `steps_before` (the images of the request already made). With first_block_cache,
+        the call's SkipCount is appended to `skips`. Domain errors out, the GPU's memory freed on OOM."""
         import torch
 
         if self.device == "cpu":
@@ -158,12 +162,15 @@ class Replica:
             kwargs["callback_on_step_end"] = on_step
         try:
             kwargs = self._encode_prompts(kwargs)
-            out = self.pipeline(params.kind)(
-                width=params.width, height=params.height,
-                num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
-                generator=generator, max_sequence_length=self.config.max_sequence_length,
-                output_type="pil", **kwargs,
-            )
+            with self.cache_steps(params.first_block_cache, params.kind == "text") as count:
+                out = self.pipeline(params.kind)(
+                    width=params.width, height=params.height,
+                    num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
+                    generator=generator, max_sequence_length=self.config.max_sequence_length,
+                    output_type="pil", **kwargs,
+                )
+            if count is not None and skips is not None:
+                skips.append(count)
         except torch.cuda.OutOfMemoryError as e:
             del e  # drop the traceback's references to the step's tensors before freeing
             self.prompts.clear()  # its embeddings are GPU memory too; they are recomputed when needed
@@ -178,6 +185,15 @@ class Replica:
             log.exception("generation failed")
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
         return out.images[0]
+
+    def cache_steps(self, threshold: float | None, pipeline_names_passes: bool):
+        """First Block Cache at `threshold` for one pipeline call (None: off). The request's check refused
+        it already where this replica has none. Text-to-image's pipeline names its passes' cache contexts;
+        diffusers' image-to-image and inpainting pipelines do not (step_cache.py names them)."""
+        if threshold is not None and self.step_cache is None:
+            raise GenerationFailed("first_block_cache is not available on this backend")
+        cache = self.step_cache if self.step_cache is not None else StepCache(None)
+        return cache.on(threshold, pipeline_names_passes)
 
     def _encode_prompts(self, kwargs: dict) -> dict:
         """The prompt and negative prompt as embeddings, from the prompt cache or encoded now (on the CPU

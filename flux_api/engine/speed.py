@@ -74,6 +74,11 @@ class SpeedPolicy:
         return "sdpa", "PyTorch's own choice of kernel (on an H100 with torch 2.11: cuDNN's, measured as fast as forcing it)"
 
     @property
+    def compiles_vae(self) -> bool:
+        """compile_vae, where the blocks are compiled and the VAE decodes in one piece (not memory_mode=low)."""
+        return self.settings.compile_vae and self.compile_mode == "regional" and not self.low_memory
+
+    @property
     def low_memory(self) -> bool:
         return self.settings.memory_mode == "low"
 
@@ -133,6 +138,8 @@ class SpeedPolicy:
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph,
                            self.settings.compile_autotune)
+            if self.compiles_vae:
+                compile_vae_decoder(pipe.vae)
 
     # ------------------------------------------------------------------ status
 
@@ -155,7 +162,13 @@ def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = Fal
     at warm-up. dynamic=True: one graph serves every image size (with torch's automatic dynamic shapes,
     the first request at a size the warm-up did not run compiled on the live request). Inductor's
     cache (`cache_dir`/inductor) is reused across restarts. `autotune`: coordinate-descent tuning of the
-    generated kernels (slower to compile, faster to run; the tuned kernels are cached there too)."""
+    generated kernels (slower to compile, faster to run; the tuned kernels are cached there too).
+
+    Each block's own `forward` is compiled, not the module's call (diffusers' `compile_repeated_blocks`,
+    `module.compile()`): a hook diffusers installs on a block later (First Block Cache, per request:
+    `step_cache.py`) then wraps the compiled code from outside. Compiling the call would trace the hook
+    into the graph, and its data-dependent skip cannot be traced (a graph break, an error with
+    fullgraph). The same graphs, the same bytes (checked on the CPU tiny model), the same count."""
     import torch._dynamo
     import torch._inductor.config
 
@@ -164,7 +177,25 @@ def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = Fal
     # variant never falls back to eager for want of cache entries.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     torch._inductor.config.coordinate_descent_tuning = autotune  # read when the kernels are generated
-    transformer.compile_repeated_blocks(fullgraph=fullgraph, dynamic=True)
+    repeated = set(getattr(transformer, "_repeated_blocks", ()))
+    blocks = [m for m in transformer.modules() if type(m).__name__ in repeated]
+    if not blocks:
+        raise ValueError(f"{type(transformer).__name__} declares no repeated blocks to compile (compile=none runs it)")
+    for block in blocks:
+        block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=True)
+
+
+def compile_vae_decoder(vae) -> None:
+    """torch.compile the VAE's decoder (its forward, like the blocks'), dynamic=True: one graph for every
+    image size. Its convolutions and norms run in inductor's fused kernels; the encoder (image-to-image)
+    stays as it is. Compiled here, on a non-square latent: a square one first (the warm-up's) would make
+    height and width one symbol (torch's duck sizing), and the first non-square request would compile."""
+    import torch
+
+    vae.decoder.forward = torch.compile(vae.decoder.forward, dynamic=True)
+    weight = next(vae.decoder.parameters())
+    with torch.no_grad():  # as the pipeline decodes: grad mode is part of the compiled graph's guards
+        vae.decoder(torch.zeros(1, vae.config.latent_channels, 16, 24, device=weight.device, dtype=weight.dtype))
 
 
 def tile_vae(vae) -> None:

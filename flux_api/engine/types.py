@@ -27,6 +27,7 @@ class GenerationParams:
     mask_image: Any = None  # with init_image: a PIL "L" image, 255 = repaint (inpainting)
     strength: float | None = None  # with init_image: how much of it is repainted (1.0: all of it)
     service: str | None = None  # Ray Serve's routing (fp4 | bf16 | auto); None on a plain service: itself
+    first_block_cache: float | None = None  # First Block Cache's threshold (step_cache.py); None: off
 
     @property
     def kind(self) -> str:
@@ -71,3 +72,4 @@ class GenerationResult:
     backend: str
     model: str
     service: str | None = None  # the service that drew it, where a front routes between two (Ray Serve)
+    steps_skipped: int | None = None  # with first_block_cache: transformer passes it reused (all images)

@@ -45,7 +45,7 @@ QUALITY_PRESET = {"low": "fast", "medium": "balanced", "standard": "balanced", "
                   "auto": None}
 # Our fields a client may send as extras (extra_body); the others have OpenAI names here.
 EXTRAS = ("negative_prompt", "true_cfg_scale", "num_inference_steps", "guidance_scale", "seed", "lora_name",
-          "lora_weight", "loras", "preset")
+          "lora_weight", "loras", "preset", "first_block_cache")
 
 
 class ImageData(BaseModel):

@@ -48,6 +48,9 @@ class Backend:
     # Whether its transformer's attention is diffusers' (so the `attention` setting chooses the kernel);
     # False for a backend with its own attention kernels.
     diffusers_attention: ClassVar[bool] = True
+    # Why a request cannot use First Block Cache (`first_block_cache`) on this backend, or None: it needs
+    # diffusers' transformer blocks, which its hooks wrap (step_cache.py).
+    step_cache_problem: ClassVar[str | None] = None
     # What to suggest when this backend is asked for and cannot run.
     alternatives: ClassVar[str] = ""
     # Where it runs; most backends need nothing more than this to say `problem`.

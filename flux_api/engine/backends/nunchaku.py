@@ -79,6 +79,9 @@ class NunchakuBackend(Backend):
     # against a diffusers transformer does not apply to its model.
     checks_lora_fit = False
     diffusers_attention = False  # its transformer runs Nunchaku's own attention kernels
+    # Nunchaku's transformer runs its blocks in its own C++ module, which diffusers' hooks cannot wrap
+    # (Nunchaku ships a First Block Cache of its own, apply_cache_on_pipe: not wired in, never run here).
+    step_cache_problem = "backend nunchaku runs its transformer blocks in its own kernels, which First Block Cache cannot wrap"
     alternatives = "choose backend torchao-fp8 (sm_89+) or bnb-fp4 (any CUDA GPU), or auto"
     precision_text = "Nunchaku SVDQuant W4A4 {b.kind}, rank {b.settings.nunchaku_rank} low-rank branch"
 

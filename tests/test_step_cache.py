@@ -1,0 +1,125 @@
+"""First Block Cache per request (`first_block_cache`, flux_api/engine/step_cache.py), on both services and
+on the compiled service: it skips steps and says how many, the same request gives the same bytes, it
+never leaks into a request without it, image i of several is still the request alone with its seed, bad
+values are a 422, and the `fast` preset (OpenAI's `quality: low`) turns it on. What it costs in adherence
+is in test_meaning.py and docs/QUALITY.md."""
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import ON_BOTH_IN_QUICK, gen, pixels
+
+# 8 steps at a threshold this high: the tiny model's later steps change little, so some are skipped
+FBC = {"num_inference_steps": 8, "first_block_cache": 0.5}
+
+
+@ON_BOTH_IN_QUICK
+def test_a_cached_request_skips_steps_gives_the_same_bytes_and_never_leaks(svc):
+    base = gen(svc, num_inference_steps=8)
+    assert base.json()["first_block_cache"] is None and base.json()["steps_skipped"] is None
+    cached = gen(svc, **FBC)
+    body = cached.json()
+    assert body["first_block_cache"] == 0.5 and 0 < body["steps_skipped"] < 8, body["steps_skipped"]
+    assert pixels(cached) != pixels(base)  # steps were skipped: another image
+    again = gen(svc, **FBC)
+    assert again.json()["image"] == body["image"]  # same seed and parameters, same bytes (the PNG too)
+    assert gen(svc, num_inference_steps=8).json()["image"] == base.json()["image"]  # nothing left behind
+    meta = json.loads(Image.open(io.BytesIO(base64.b64decode(body["image"]))).text["parameters"])
+    assert meta["first_block_cache"] == 0.5
+    plain_meta = json.loads(Image.open(io.BytesIO(base64.b64decode(base.json()["image"]))).text["parameters"])
+    assert "first_block_cache" not in plain_meta  # an image without it keeps the metadata it had
+
+
+def test_a_low_threshold_skips_nothing_and_draws_the_base_image(bf16):
+    # at a threshold no step's change is under, every step runs in full: the base image, bitwise
+    r = gen(bf16, num_inference_steps=8, first_block_cache=1e-9)
+    assert r.json()["steps_skipped"] == 0
+    assert pixels(r) == pixels(gen(bf16, num_inference_steps=8))
+
+
+def test_each_image_of_several_starts_a_fresh_cache(bf16):
+    both = gen(bf16, num_images=2, seed=7, **FBC).json()
+    alone = gen(bf16, seed=8, **FBC).json()
+    assert both["images"][1] == alone["image"]  # image 2 of 2 is the request alone with seed + 1
+    assert both["steps_skipped"] >= alone["steps_skipped"] > 0  # counted over both images
+
+
+def test_with_a_negative_prompt_and_a_lora(bf16):
+    r = gen(bf16, negative_prompt="blurry", lora_name="style", **FBC)
+    assert r.status_code == 200, r.text
+    assert r.json()["steps_skipped"] > 0 and r.json()["loras"] == [{"name": "style", "weight": 1.0}]
+
+
+def test_raw_bytes_say_the_steps_skipped_in_a_header(bf16):
+    r = bf16.client.post("/generate", headers={"Accept": "image/png"},
+                         json={"prompt": "a red bicycle on a bridge", "width": 256, "height": 256, "seed": 1, **FBC})
+    assert r.status_code == 200 and int(r.headers["X-Steps-Skipped"]) > 0
+    plain = bf16.client.post("/generate", headers={"Accept": "image/png"}, json={"prompt": "a cat", "width": 256,
+                                                                                   "height": 256, "seed": 1,
+                                                                                   "num_inference_steps": 2})
+    assert "X-Steps-Skipped" not in plain.headers
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -0.1, 1.5, "0.2", True])
+def test_a_threshold_outside_0_to_1_is_a_422_naming_the_field(bf16, value):
+    r = bf16.client.post("/generate", json={"prompt": "a cat", "first_block_cache": value})
+    assert r.status_code == 422, r.text
+    assert "first_block_cache" in r.text
+
+
+def test_the_fast_preset_and_openai_quality_low_turn_it_on(bf16):
+    fast = bf16.client.get("/presets").json()["presets"]["fast"]["fields"]
+    threshold = fast["first_block_cache"]
+    assert 0 < threshold <= 1
+    r = gen(bf16, prompt="a cat", seed=3, preset="fast", num_inference_steps=None)
+    assert r.json()["first_block_cache"] == threshold
+    assert r.json()["num_inference_steps"] == fast["num_inference_steps"]
+    explicit = bf16.client.post("/generate", json={"prompt": "a cat", "width": 256, "height": 256, "preset": "fast",
+                                                   "first_block_cache": None})
+    assert explicit.json()["first_block_cache"] is None  # a field the request gives wins, null included
+    v1 = bf16.client.post("/v1/images/generations", json={"prompt": "a cat", "size": "256x256", "quality": "low",
+                                                          "seed": 3})
+    assert v1.status_code == 200, v1.text
+    got = Image.open(io.BytesIO(base64.b64decode(v1.json()["data"][0]["b64_json"]))).tobytes()
+    assert got == pixels(r)  # quality low is the fast preset, cache included
+
+
+def _png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_image_to_image_and_inpainting_with_and_without_a_negative_prompt(bf16):
+    # diffusers' image-to-image and inpainting pipelines name no cache context: step_cache names each pass
+    init = _png_b64(Image.new("RGB", (256, 256), (200, 40, 40)))
+    mask = Image.new("L", (256, 256), 0)
+    mask.paste(255, (64, 64, 192, 192))
+    for extra in ({"image": init, "strength": 1.0}, {"image": init, "mask": _png_b64(mask)}):
+        for negative in (None, "blurry"):
+            body = dict(FBC, **extra, negative_prompt=negative)
+            first, second = gen(bf16, **body), gen(bf16, **body)
+            assert first.status_code == 200, first.text
+            assert first.json()["steps_skipped"] > 0 and first.json()["image"] == second.json()["image"]
+
+
+def test_passes_named_by_their_prompt_draw_what_the_pipelines_own_names_draw(bf16, monkeypatch):
+    # Text-to-image names its passes itself ("cond", "uncond"); naming them by their prompt embeddings, as
+    # step_cache does for the pipelines that do not, gives the same image and the same skips, true CFG included.
+    from flux_api.engine.replica import Replica
+    from flux_api.engine.types import GenerationParams
+
+    replica = bf16.app.state.engine.manager.replicas[0]
+    params = GenerationParams(prompt="a red circle", negative_prompt="blue", true_cfg_scale=1.5, seed=1, width=256,
+                              height=256, num_inference_steps=8, guidance_scale=3.5, first_block_cache=0.5)
+    own_skips, named_skips = [], []
+    own = replica.run(params, skips=own_skips)
+    monkeypatch.setattr(replica, "cache_steps", lambda threshold, _: Replica.cache_steps(replica, threshold, False))
+    named = replica.run(params, skips=named_skips)
+    assert own_skips[0].skipped > 0 and (own_skips[0].skipped, own_skips[0].computed) == (named_skips[0].skipped,
+                                                                                          named_skips[0].computed)
+    assert own.tobytes() == named.tobytes()
