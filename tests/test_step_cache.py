@@ -123,3 +123,35 @@ def test_passes_named_by_their_prompt_draw_what_the_pipelines_own_names_draw(bf1
     assert own_skips[0].skipped > 0 and (own_skips[0].skipped, own_skips[0].computed) == (named_skips[0].skipped,
                                                                                           named_skips[0].computed)
     assert own.tobytes() == named.tobytes()
+
+
+def test_a_cuda_graph_capture_runs_the_forward_with_the_calls_own_arguments(monkeypatch):
+    """GraphedForward's capture runs the transformer with the arguments the pipeline gave, not only its
+    tensors: the compiled blocks guard on joint_attention_kwargs ({} from FluxPipeline, None when left out),
+    and a capture that left it out compiled graphs the cached path (which runs outside the graph) could not
+    use: 3 compiles on a live request on an H100 (docs/PERFORMANCE.md). Reproduced on the CPU with the tiny
+    model. CUDA's stream and graph calls are stand-ins here (no GPU): what is checked is what the forward gets."""
+    import contextlib
+
+    import torch
+
+    from flux_api.engine.graphs import GraphedForward
+
+    seen = []
+
+    class Transformer:
+        def forward(self, return_dict=True, **kwargs):
+            seen.append(kwargs)
+            return (torch.zeros(1),)
+
+    fake_cuda = {"Stream": lambda: type("S", (), {"wait_stream": lambda self, s: None})(),
+                 "stream": lambda s: contextlib.nullcontext(), "graph": lambda g, pool=None: contextlib.nullcontext(),
+                 "CUDAGraph": lambda: object(), "graph_pool_handle": lambda: None,
+                 "current_stream": lambda: type("S", (), {"wait_stream": lambda self, s: None})()}
+    for name, fake in fake_cuda.items():
+        monkeypatch.setattr(torch.cuda, name, fake)
+    graphed = GraphedForward(Transformer())
+    inputs = {"hidden_states": torch.ones(1, 4, 8)}
+    assert graphed._capture(("base",), inputs, {"joint_attention_kwargs": {}}) is not None, graphed.failed
+    assert len(seen) == 3 and all(call["joint_attention_kwargs"] == {} for call in seen)
+    assert all(call["hidden_states"] is not inputs["hidden_states"] for call in seen)  # the graph's own copy

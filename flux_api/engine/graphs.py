@@ -64,12 +64,16 @@ class GraphedForward:
         if not usable:
             return self.eager(*args, return_dict=return_dict, **kwargs)
         inputs = {k: kwargs[k] for k in _TENSOR_ARGS if kwargs.get(k) is not None}
+        # The other arguments as the pipeline gave them (joint_attention_kwargs: {} or None), for the
+        # capture's forward: the compiled blocks guard on them, and a forward that runs outside the graph
+        # later (First Block Cache) must find what the capture compiled, not compile again.
+        others = {k: v for k, v in kwargs.items() if k not in inputs and k not in _TENSOR_ARGS}
         # Tensors made under inference_mode cannot be written outside it: that is part of the key too.
         key = (variant, torch.is_inference_mode_enabled(), *((k, tuple(t.shape), t.dtype) for k, t in inputs.items()))
         with self._lock:
             entry = self.graphs.get(key)
             if entry is None:
-                entry = self._capture(key, inputs)
+                entry = self._capture(key, inputs, others)
                 if entry is None:
                     return self.eager(*args, return_dict=return_dict, **kwargs)
             else:
@@ -85,10 +89,10 @@ class GraphedForward:
 
         return Transformer2DModelOutput(sample=sample)
 
-    def _capture(self, key: tuple, inputs: dict):
+    def _capture(self, key: tuple, inputs: dict, others: dict):
         import torch
 
-        static = {k: t.clone() for k, t in inputs.items()}
+        static = {**others, **{k: t.clone() for k, t in inputs.items()}}
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
