@@ -109,10 +109,11 @@ def test_default_names_come_from_the_job_and_the_format_from_the_extension(serve
 @pytest.mark.socket
 def test_lora_flags_reach_the_service(served, tmp_path):
     out = tmp_path / "green.png"
-    r = cli("generate", "a red circle", "-s", served.url, "-o", out, "--steps", 2, "--seed", 3, "--lora", "green:0.8")
+    r = cli("generate", "a red circle", "-s", served.url, "-o", out, "--steps", 2, "--seed", 3, "--lora", "green:0.8",
+            "--first-block-cache", 0.3)
     assert r.exit_code == 0, r.stderr
     params = json.loads(png(out).info["parameters"])  # the generation parameters the service embedded
-    assert params["loras"] == [{"name": "green", "weight": 0.8}]
+    assert params["loras"] == [{"name": "green", "weight": 0.8}] and params["first_block_cache"] == 0.3
     r = cli("generate", "a red circle", "-s", served.url, "--steps", 2, "--lora", "no-such-lora")
     assert r.exit_code == EXIT_SERVER
     one_error_line(r, "404 lora_not_found: ")
@@ -123,6 +124,7 @@ def test_lora_flags_reach_the_service(served, tmp_path):
     (["--steps", 0], "422 validation_error: num_inference_steps: "),
     (["--size", "100x100"], "422 validation_error: width: "),
     (["--preset", "nonsense"], "422 validation_error: preset: "),
+    (["--first-block-cache", 1.5], "422 validation_error: first_block_cache: "),
 ])
 def test_the_services_refusal_is_one_line_and_status_1(served, tmp_path, args, says):
     r = cli("generate", "a cat", "-s", served.url, "-o", tmp_path / "x.png", *args)

@@ -178,6 +178,12 @@ def test_openai_client_generates_two_images_with_a_seed(client, served):
     native = served.client.post("/generate", json={"prompt": "a red bicycle", "seed": 6, "width": 256, "height": 256, **FAST})
     assert images[1] == base64.b64decode(native.json()["image"])  # the same bytes as our own API gives
     assert Image.open(io.BytesIO(images[0])).size == (256, 256)
+    # our own fields ride in extra_body, first_block_cache too: the native request's bytes again
+    body = {"seed": 5, "num_inference_steps": 8, "first_block_cache": 0.5}
+    cached = client.images.generate(model="tiny", prompt="a red bicycle", size="256x256", extra_body=body)
+    native = served.client.post("/generate", json={"prompt": "a red bicycle", "width": 256, "height": 256, **body})
+    assert native.json()["steps_skipped"] > 0 and base64.b64decode(cached.data[0].b64_json) == base64.b64decode(
+        native.json()["image"])
 
 
 @pytest.mark.socket

@@ -219,6 +219,10 @@ def test_same_seed_same_bytes_as_the_plain_service(ray_app, fp4, bf16):
         assert through_ray.json()["image"] == direct.json()["image"]
         assert direct.json()["service"] == service
         images[service] = pixels(through_ray)
+        # First Block Cache travels too, checked by the service that draws it (as a LoRA is)
+        cached = {**BODY, "num_inference_steps": 8, "first_block_cache": 0.5}
+        through_ray = ray_app.client.post("/generate", json={**cached, "service": service}).json()
+        assert through_ray["steps_skipped"] > 0 and through_ray["image"] == gen(plain, **cached).json()["image"]
     assert images["fp4"] != images["bf16"]
 
 

@@ -11,7 +11,7 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import ON_BOTH_IN_QUICK, gen, pixels
+from conftest import ON_BOTH_IN_QUICK, gen, pixels, wait_state
 
 # 8 steps at a threshold this high: the tiny model's later steps change little, so some are skipped
 FBC = {"num_inference_steps": 8, "first_block_cache": 0.5}
@@ -43,9 +43,9 @@ def test_a_low_threshold_skips_nothing_and_draws_the_base_image(bf16):
 
 def test_each_image_of_several_starts_a_fresh_cache(bf16):
     both = gen(bf16, num_images=2, seed=7, **FBC).json()
-    alone = gen(bf16, seed=8, **FBC).json()
-    assert both["images"][1] == alone["image"]  # image 2 of 2 is the request alone with seed + 1
-    assert both["steps_skipped"] >= alone["steps_skipped"] > 0  # counted over both images
+    first, second = gen(bf16, seed=7, **FBC).json(), gen(bf16, seed=8, **FBC).json()
+    assert both["images"] == [first["image"], second["image"]]  # image i of 2 is the request alone with seed + i
+    assert both["steps_skipped"] == first["steps_skipped"] + second["steps_skipped"] > 0  # counted over both
 
 
 def test_with_a_negative_prompt_and_a_lora(bf16):
@@ -107,8 +107,8 @@ def test_image_to_image_and_inpainting_with_and_without_a_negative_prompt(bf16):
             assert first.json()["steps_skipped"] > 0 and first.json()["image"] == second.json()["image"]
 
 
-def test_passes_named_by_their_prompt_draw_what_the_pipelines_own_names_draw(bf16, monkeypatch):
-    # Text-to-image names its passes itself ("cond", "uncond"); naming them by their prompt embeddings, as
+def test_passes_named_by_their_place_draw_what_the_pipelines_own_names_draw(bf16, monkeypatch):
+    # Text-to-image names its passes itself ("cond", "uncond"); naming them by their place in the step, as
     # step_cache does for the pipelines that do not, gives the same image and the same skips, true CFG included.
     from flux_api.engine.replica import Replica
     from flux_api.engine.types import GenerationParams
@@ -118,7 +118,7 @@ def test_passes_named_by_their_prompt_draw_what_the_pipelines_own_names_draw(bf1
                               height=256, num_inference_steps=8, guidance_scale=3.5, first_block_cache=0.5)
     own_skips, named_skips = [], []
     own = replica.run(params, skips=own_skips)
-    monkeypatch.setattr(replica, "cache_steps", lambda threshold, _: Replica.cache_steps(replica, threshold, False))
+    monkeypatch.setattr(replica, "cache_steps", lambda threshold, _: Replica.cache_steps(replica, threshold, 2))
     named = replica.run(params, skips=named_skips)
     assert own_skips[0].skipped > 0 and (own_skips[0].skipped, own_skips[0].computed) == (named_skips[0].skipped,
                                                                                           named_skips[0].computed)
@@ -155,3 +155,53 @@ def test_a_cuda_graph_capture_runs_the_forward_with_the_calls_own_arguments(monk
     assert graphed._capture(("base",), inputs, {"joint_attention_kwargs": {}}) is not None, graphed.failed
     assert len(seen) == 3 and all(call["joint_attention_kwargs"] == {} for call in seen)
     assert all(call["hidden_states"] is not inputs["hidden_states"] for call in seen)  # the graph's own copy
+
+
+def test_a_cached_job_cancelled_mid_run_leaves_no_hook_behind(bf16):
+    # image-to-image: the cache's hooks and step_cache's own pass-naming hooks, stopped at a step boundary
+    base = gen(bf16, num_inference_steps=8)
+    init = _png_b64(Image.new("RGB", (256, 256), (40, 40, 200)))
+    job = bf16.client.post("/jobs", json={"prompt": "a lighthouse", "width": 256, "height": 256, "seed": 1,
+                                          "num_inference_steps": 60, "image": init, "strength": 1.0,
+                                          "negative_prompt": "blurry", "first_block_cache": 1e-9}).json()["id"]
+    wait_state(bf16, job, {"running"})
+    bf16.client.delete(f"/jobs/{job}")
+    assert wait_state(bf16, job, {"cancelled", "done"})["state"] == "cancelled"
+    replica = bf16.app.state.engine.manager.replicas[0]
+    transformer = replica.pipe.transformer
+    assert not replica.step_cache.active and not transformer.is_cache_enabled
+    assert not transformer._forward_pre_hooks and not transformer._forward_hooks
+    assert gen(bf16, num_inference_steps=8).json()["image"] == base.json()["image"]
+
+
+@pytest.mark.parametrize("service, hardware, settings, says", [
+    ("fp4", "A100", {}, "backend nunchaku runs its transformer blocks in its own kernels"),  # auto picks nunchaku there
+    ("bf16", "H100S", {"placement": "balanced"}, "placement=balanced spreads the blocks over GPUs"),
+])
+def test_where_it_cannot_run_a_preset_leaves_it_out_and_a_request_is_refused(cache_dir, service, hardware, settings,
+                                                                            says):
+    # stand-ins for the GPUs and Nunchaku (none here): what is checked is the decision before any weight loads
+    from test_backends import A100, REAL, pk
+    from test_parallel import H100S
+
+    from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+    from flux_api.engine.types import GenerationParams
+    from flux_api.errors import InvalidRequest
+    from flux_api.settings import BF16Settings, FP4Settings
+
+    hw = {"A100": A100, "H100S": H100S}[hardware]
+    if service == "fp4":
+        manager = FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, **settings), hw, pk(REAL))
+    else:
+        manager = BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir, **settings), hw)
+    manager.preflight()
+    assert says in manager.step_cache_problem()
+    fast = manager.settings.presets["fast"]
+    assert fast.first_block_cache is None and fast.num_inference_steps == 12  # the preset's steps still apply
+    manager.require_ready = lambda: None  # not loaded: the check's own rule is what is tested
+    params = GenerationParams(prompt="a cat", seed=1, width=256, height=256, num_inference_steps=2, guidance_scale=3.5,
+                              first_block_cache=0.2)
+    with pytest.raises(InvalidRequest, match=says) as refused:
+        manager.check(params)
+    assert refused.value.details == {"field": "first_block_cache"}
+    assert manager.check(GenerationParams(**{**params.__dict__, "first_block_cache": None})).params.first_block_cache is None

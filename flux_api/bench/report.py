@@ -56,7 +56,8 @@ def table(R: dict) -> str:
     if cache_rows:
         rows += ["\n| target | first_block_cache | latency s | over base | steps skipped | same bytes twice | PSNR vs base | base bitwise after |",
                  "|---|---|---|---|---|---|---|---|"]
-        rows += [f"| {n} | {c['threshold']} | {c['latency_s']} | {c['over_base']} | {c['steps_skipped']} | {c['same_bytes']} | "
+        rows += [f"| {n} | {c['threshold']} | ERROR: {c['error'][:160]} |" if "error" in c else
+                 f"| {n} | {c['threshold']} | {c['latency_s']} | {c['over_base']} | {c['steps_skipped']} | {c['same_bytes']} | "
                  f"{c['psnr_vs_base']} | {c.get('base_after_identical', '')} |" for n, c in cache_rows]
     live = {n: t["compiles_after_warmup"] for n, t in R["targets"].items() if t.get("compiles_after_warmup")}
     if live:  # the promise is 0: say so loudly, above the details

@@ -131,6 +131,7 @@ class FluxModelManager:
                                    s.parallel_degree, can_split=self.backend.diffusers_attention)
         # 4. Compile, CUDA graphs, memory mode.
         self.speed = SpeedPolicy(s, self.backend, self.plan, self.low_memory_text, in_use)
+        self._fit_presets()
         if self.plan.mode == "parallel":  # what every request splits between the ranks must divide
             from .parallel import check_parallel_settings
 
@@ -220,7 +221,7 @@ class FluxModelManager:
         # The adapters before compiling: the LoRA slot is part of what gets compiled (lora_slot.py).
         adapters = self.backend.adapters(pipe, self.lora_files, self.settings, spec.dtype)
         self.speed.prepare(pipe, self.free_memory)
-        step_cache = StepCache(pipe.transformer) if self.backend.step_cache_problem is None else None
+        step_cache = StepCache(pipe.transformer) if self.step_cache_problem() is None else None
         graphs = None
         if self.speed.graphs_off_reason is None:
             from .graphs import GraphedForward
@@ -357,6 +358,19 @@ class FluxModelManager:
             return CheckedRequest(params)
         return CheckedRequest(params, self.check_loras(loras))
 
+    def _fit_presets(self) -> None:
+        """A preset's first_block_cache where this service cannot run it (step_cache_problem) is left out of
+        the preset, not refused: a client who only asked for `fast` (or OpenAI's `quality: low`) gets its
+        steps, and /presets shows what applies. A first_block_cache the request gives itself is still a 422.
+        The presets dict is the one the request model reads, changed in place."""
+        why = self.step_cache_problem()
+        if why is None:
+            return
+        for name, preset in list(self.settings.presets.items()):
+            if preset.first_block_cache is not None:
+                self.settings.presets[name] = preset.model_copy(update={"first_block_cache": None})
+                log.warning("preset %s: first_block_cache left out (%s)", name, why)
+
     def step_cache_problem(self) -> str | None:
         """Why a request cannot use First Block Cache on this service, or None."""
         if self.backend.step_cache_problem is not None:
@@ -365,6 +379,10 @@ class FluxModelManager:
             # each rank holds a part of the image, so their skip decisions could differ, and a rank that
             # skips would leave the others waiting in attention's all-to-all
             return "placement=parallel splits each step between processes, which would decide apart"
+        if self.plan.mode == "balanced":
+            # the cache keeps the first block's output (first GPU) and subtracts it from the last block's
+            # (last GPU): tensors on two devices
+            return "placement=balanced spreads the blocks over GPUs, and the cache subtracts across them"
         return None
 
     def check_loras(self, loras: tuple[LoraSpec, ...]) -> dict[str, LoraFile]:

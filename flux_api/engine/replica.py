@@ -8,6 +8,7 @@ threads only read them (AdapterSet.loaded takes a snapshot).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -167,7 +168,9 @@ class Replica:
             kwargs["callback_on_step_end"] = on_step
         try:
             kwargs = self._encode_prompts(kwargs)
-            with self.cache_steps(params.first_block_cache, params.kind == "text") as count:
+            # text-to-image's pipeline names its passes' cache contexts; the others do not (step_cache.py)
+            passes = None if params.kind == "text" else (2 if params.negative_prompt else 1)
+            with self.cache_steps(params.first_block_cache, passes) as count:
                 out = self.pipeline(params.kind)(
                     width=params.width, height=params.height,
                     num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
@@ -191,14 +194,14 @@ class Replica:
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
         return out.images[0]
 
-    def cache_steps(self, threshold: float | None, pipeline_names_passes: bool):
-        """First Block Cache at `threshold` for one pipeline call (None: off). The request's check refused
-        it already where this replica has none. Text-to-image's pipeline names its passes' cache contexts;
-        diffusers' image-to-image and inpainting pipelines do not (step_cache.py names them)."""
-        if threshold is not None and self.step_cache is None:
-            raise GenerationFailed("first_block_cache is not available on this backend")
-        cache = self.step_cache if self.step_cache is not None else StepCache(None)
-        return cache.on(threshold, pipeline_names_passes)
+    def cache_steps(self, threshold: float | None, passes_to_name: int | None):
+        """First Block Cache at `threshold` for one pipeline call (None: off; `passes_to_name`: see
+        StepCache.on). The request's check refused it already where this replica has none."""
+        if threshold is None:
+            return contextlib.nullcontext()
+        if self.step_cache is None:
+            raise GenerationFailed("first_block_cache is not available on this replica")
+        return self.step_cache.on(threshold, passes_to_name)
 
     def _encode_prompts(self, kwargs: dict) -> dict:
         """The prompt and negative prompt as embeddings, from the prompt cache or encoded now (on the CPU

@@ -39,46 +39,47 @@ class StepCache:
         self.active = False
 
     @contextlib.contextmanager
-    def on(self, threshold: float | None, pipeline_names_passes: bool = True):
-        """Within: the cache at `threshold` (None: off, nothing installed). Yields a SkipCount, filled as
-        the steps decide (None where the cache is off). `pipeline_names_passes`: whether the pipeline
-        names each transformer call's cache context itself ("cond", "uncond": FluxPipeline does; diffusers'
-        image-to-image and inpainting pipelines do not, and the hooks refuse to run without one)."""
-        if threshold is None:
-            yield None
-            return
+    def on(self, threshold: float, passes_to_name: int | None = None):
+        """Within: the cache at `threshold`. Yields a SkipCount, filled as the steps decide.
+        `passes_to_name`: None where the pipeline names each transformer pass's cache context itself
+        ("cond", "uncond": FluxPipeline does); else how many passes a step makes (2 with true CFG), for
+        the pipelines that name none (diffusers' image-to-image and inpainting: the hooks refuse to run
+        without a context). Whatever happens within, the hooks are gone after it."""
         from diffusers import FirstBlockCacheConfig
 
-        self.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+        handles = ()
         self.active = True
-        handles = () if pipeline_names_passes else self._name_passes()
         try:
+            self.transformer.enable_cache(FirstBlockCacheConfig(threshold=threshold))
+            if passes_to_name is not None:
+                handles = self._name_passes(passes_to_name)
             yield self._count()
         finally:
             for h in handles:
                 h.remove()
             self.active = False
-            self.transformer.disable_cache()
+            if self.transformer.is_cache_enabled:
+                self.transformer.disable_cache()
 
-    def _name_passes(self) -> tuple:
-        """For a pipeline that names no cache context: each transformer call gets one named by the prompt
-        embeddings it is given. A pipeline passes the same tensor at every step, the prompt's and, with
-        true CFG, the negative prompt's: two passes, each compared with its own previous step."""
-        names: dict[int, str] = {}
-        entered = []
+    def _name_passes(self, passes: int) -> tuple:
+        """Name each transformer call's cache context by its place in the step: the pipelines call the
+        transformer `passes` times a step in a fixed order (the prompt's pass, then the negative prompt's),
+        so each pass is compared with the same pass of the step before, as FluxPipeline's own names do."""
+        calls = [0]
 
         def before(module, args, kwargs):
-            embeds = kwargs.get("encoder_hidden_states")
-            name = names.setdefault(embeds.data_ptr() if embeds is not None else 0, f"pass{len(names)}")
-            context = module.cache_context(name)
+            context = module.cache_context(f"pass{calls[0] % passes}")
+            calls[0] += 1
             context.__enter__()
-            entered.append(context)
+            module._flux_api_cache_context = context
 
         def after(module, args, kwargs, output):
-            entered.pop().__exit__(None, None, None)
+            context = module.__dict__.pop("_flux_api_cache_context", None)
+            if context is not None:
+                context.__exit__(None, None, None)
 
         return (self.transformer.register_forward_pre_hook(before, with_kwargs=True),
-                self.transformer.register_forward_hook(after, with_kwargs=True))
+                self.transformer.register_forward_hook(after, with_kwargs=True, always_call=True))
 
     def _count(self) -> SkipCount:
         """Wrap the head block hook's decision (diffusers names it `_should_compute_remaining_blocks`) to

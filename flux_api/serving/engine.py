@@ -152,7 +152,9 @@ class RayEngine:
         handle = self.handles[service]
         self._admit(service)  # counts the request in _routed[service] from here: the check's call is one of Ray's too
         try:
-            if params.loras:  # the pinned set (None) was checked when it was pinned, as on a plain service
+            # the pinned set (None) was checked when it was pinned, as on a plain service; first_block_cache
+            # needs the service's own answer too (its backend and placement may not run it)
+            if params.loras or params.first_block_cache is not None:
                 await self._check(handle, service, params, deadline)
             # The pinned set travels with the request: whichever replica draws it applies the same LoRAs.
             loras = self.pinned if params.loras is None else params.loras
