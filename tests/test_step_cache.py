@@ -11,13 +11,12 @@ import json
 import pytest
 from PIL import Image
 
-from conftest import ON_BOTH_IN_QUICK, gen, pixels, wait_state
+from conftest import gen, pixels, wait_state
 
 # 8 steps at a threshold this high: the tiny model's later steps change little, so some are skipped
 FBC = {"num_inference_steps": 8, "first_block_cache": 0.5}
 
 
-@ON_BOTH_IN_QUICK
 def test_a_cached_request_skips_steps_gives_the_same_bytes_and_never_leaks(svc):
     base = gen(svc, num_inference_steps=8)
     assert base.json()["first_block_cache"] is None and base.json()["steps_skipped"] is None
@@ -41,6 +40,7 @@ def test_a_low_threshold_skips_nothing_and_draws_the_base_image(bf16):
     assert pixels(r) == pixels(gen(bf16, num_inference_steps=8))
 
 
+@pytest.mark.slow  # about 1.5 s: four images of 8 steps
 def test_each_image_of_several_starts_a_fresh_cache(bf16):
     both = gen(bf16, num_images=2, seed=7, **FBC).json()
     first, second = gen(bf16, seed=7, **FBC).json(), gen(bf16, seed=8, **FBC).json()
@@ -71,6 +71,7 @@ def test_a_threshold_outside_0_to_1_is_a_422_naming_the_field(bf16, value):
     assert "first_block_cache" in r.text
 
 
+@pytest.mark.slow  # about 2 s: three requests of the preset's 12 steps
 def test_the_fast_preset_and_openai_quality_low_turn_it_on(bf16):
     fast = bf16.client.get("/presets").json()["presets"]["fast"]["fields"]
     threshold = fast["first_block_cache"]
@@ -94,6 +95,7 @@ def _png_b64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+@pytest.mark.slow  # about 4.5 s: eight requests, four of them with true CFG
 def test_image_to_image_and_inpainting_with_and_without_a_negative_prompt(bf16):
     # diffusers' image-to-image and inpainting pipelines name no cache context: step_cache names each pass
     init = _png_b64(Image.new("RGB", (256, 256), (200, 40, 40)))
@@ -157,6 +159,7 @@ def test_a_cuda_graph_capture_runs_the_forward_with_the_calls_own_arguments(monk
     assert all(call["hidden_states"] is not inputs["hidden_states"] for call in seen)  # the graph's own copy
 
 
+@pytest.mark.slow  # about 1.5 s
 def test_a_cached_job_cancelled_mid_run_leaves_no_hook_behind(bf16):
     # image-to-image: the cache's hooks and step_cache's own pass-naming hooks, stopped at a step boundary
     base = gen(bf16, num_inference_steps=8)

@@ -113,12 +113,15 @@ class Replica:
 
     def warm_up(self, px: int) -> None:
         """Run `px` x `px` once (2 steps) for the base model and once per variant a LoRA request runs
-        (the LoRA slot switched on), so compiling and capturing happen here, not on a request. Each again
-        with First Block Cache (a threshold no step is under: every step in full), which runs the blocks
-        outside the CUDA graph: on an H100 its first request compiled 3 graphs of its own (2026-12-06)."""
+        (the LoRA slot switched on), so compiling and capturing happen here, not on a request. Where CUDA
+        graphs run the steps, each again with First Block Cache (a threshold no step is under: every step
+        in full), which runs the blocks outside the graph: on an H100 its first request compiled 3 graphs
+        of its own (2026-12-06; the cause is mended in graphs.py, this keeps any other such difference off
+        a live request). Without graphs the cached path runs what the warm-up already ran."""
         params = GenerationParams(prompt="warm-up", seed=0, width=px, height=px, num_inference_steps=2,
                                   guidance_scale=3.5)
-        cached = [replace(params, first_block_cache=WARM_UP_THRESHOLD)] if self.step_cache else []
+        graphed = self.step_cache is not None and self.graphs is not None
+        cached = [replace(params, first_block_cache=WARM_UP_THRESHOLD)] if graphed else []
         for p in (params, *cached):
             self.run(p)
             for _ in self.adapters.warm_variants():
