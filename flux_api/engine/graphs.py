@@ -67,7 +67,7 @@ class GraphedForward:
         # The other arguments as the pipeline gave them (joint_attention_kwargs: {} or None), for the
         # capture's forward: the compiled blocks guard on them, and a forward that runs outside the graph
         # later (First Block Cache) must find what the capture compiled, not compile again.
-        others = {k: v for k, v in kwargs.items() if k not in inputs and k not in _TENSOR_ARGS}
+        others = {k: v for k, v in kwargs.items() if k not in _TENSOR_ARGS}
         # Tensors made under inference_mode cannot be written outside it: that is part of the key too.
         key = (variant, torch.is_inference_mode_enabled(), *((k, tuple(t.shape), t.dtype) for k, t in inputs.items()))
         with self._lock:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 @dataclass
 class SkipCount:
-    """Transformer passes of one pipeline call: those that ran past the first block, those that reused."""
+    """Transformer passes of one pipeline call that reused the last full step instead of running past the
+    first block (those computed are the rest: steps x passes)."""
 
-    computed: int = 0
     skipped: int = 0
 
 
@@ -66,17 +66,16 @@ class StepCache:
         transformer `passes` times a step in a fixed order (the prompt's pass, then the negative prompt's),
         so each pass is compared with the same pass of the step before, as FluxPipeline's own names do."""
         calls = [0]
+        entered = []  # the context of the call in progress (one at a time: the replica's worker)
 
         def before(module, args, kwargs):
-            context = module.cache_context(f"pass{calls[0] % passes}")
+            entered.append(module.cache_context(f"pass{calls[0] % passes}"))
             calls[0] += 1
-            context.__enter__()
-            module._flux_api_cache_context = context
+            entered[-1].__enter__()
 
         def after(module, args, kwargs, output):
-            context = module.__dict__.pop("_flux_api_cache_context", None)
-            if context is not None:
-                context.__exit__(None, None, None)
+            if entered:
+                entered.pop().__exit__(None, None, None)
 
         return (self.transformer.register_forward_pre_hook(before, with_kwargs=True),
                 self.transformer.register_forward_hook(after, with_kwargs=True, always_call=True))
@@ -88,20 +87,18 @@ class StepCache:
         from diffusers.hooks.first_block_cache import _FBC_LEADER_BLOCK_HOOK
 
         count = SkipCount()
-        for module in self.transformer.modules():
+        for module in self.transformer.modules():  # the head block: the first of the blocks, one hook
             registry = getattr(module, "_diffusers_hook", None)
             hook = registry.get_hook(_FBC_LEADER_BLOCK_HOOK) if isinstance(registry, HookRegistry) else None
             if hook is None:
                 continue
             decide = hook._should_compute_remaining_blocks
 
-            def counting(residual, decide=decide):
+            def counting(residual):
                 compute = decide(residual)
-                if compute:
-                    count.computed += 1
-                else:
-                    count.skipped += 1
+                count.skipped += not compute
                 return compute
 
             hook._should_compute_remaining_blocks = counting
+            break
         return count
