@@ -196,6 +196,12 @@ class ServiceSettings(BaseSettings):
         "1.3-1.4% faster end to end on both services (FP4's fp8 blocks alone 4.3%), 2-2.3x the time to ready "
         "with a cold inductor cache; the tuned kernels are cached in cache_dir for restarts (not measured)."
     )
+    fuse_kernels: bool = Field(
+        False, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
+        "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "
+        "and the fp8 cast) in one Triton kernel instead of inductor's two passes (engine/fp8_fused.py); the same "
+        "arithmetic as torchao's. Off: diffusers' and torchao's code as they are (to compare; docs/PERFORMANCE.md)."
+    )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "
         "made at warm-up; not with memory_mode=low, whose tiled decode it is not measured with). Measured in "

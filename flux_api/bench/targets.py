@@ -17,6 +17,7 @@ OPTIONS = {
     "parallel": ("PLACEMENT", "parallel"),
     "autotune": ("COMPILE_AUTOTUNE", "true"),
     "vae": ("COMPILE_VAE", "true"),
+    "unfused": ("FUSE_KERNELS", "false"),
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
 }

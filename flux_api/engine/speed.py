@@ -53,6 +53,7 @@ class SpeedPolicy:
         return None
 
     def __post_init__(self):
+        self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
         if self.plan.mode == "parallel" and not self.backend.diffusers_attention:
             raise ValueError(f"placement=parallel splits diffusers' attention between processes; backend "
@@ -131,6 +132,8 @@ class SpeedPolicy:
         if self.attention[0] == "cudnn":
             # Before compiling: the kernel is part of what gets compiled and captured.
             pipe.transformer.set_attention_backend("_native_cudnn")
+        if self.on_gpu and self.settings.fuse_kernels:  # before compiling: the fused code is what compiles
+            self.fused = self.backend.fuse(pipe.transformer)
         if self.plan.mode == "parallel":  # before compiling too: its hooks split and gather the tokens
             from .parallel import enable_context_parallel
 

@@ -91,6 +91,11 @@ class Backend:
         """The diffusers quantization config of the transformer, or None for plain weights."""
         return None
 
+    def fuse(self, transformer) -> str | None:
+        """Swap in this backend's fused kernels, on a GPU, after the LoRA slot and before compiling (the
+        `fuse_kernels` setting). What was fused, for /model-status, or None."""
+        return None
+
     def adapters(self, pipe, resolver, settings: "ServiceSettings", dtype) -> AdapterSet:
         """The LoRA adapters of a freshly loaded pipeline (before it is compiled): peft's, in one slot."""
         return SlotAdapterSet(pipe, resolver, settings.lora_cache_size, self.name, settings.lora_max_rank, dtype)

@@ -27,6 +27,15 @@ class TorchaoFp8Backend(Backend):
         # tuning, which took the first fp8 compile past four minutes (H100); without it, 30 s.
         return TorchAoConfig(Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False))
 
+    def fuse(self, transformer) -> str | None:
+        from ..fp8_fused import install
+        from ..fp8_rows import HAS_TRITON
+
+        if not HAS_TRITON:
+            return None
+        fused = install(transformer)
+        return f"{fused} layers take their fp8 input from one Triton kernel (GELU, concatenation, per-row scale)" if fused else None
+
 
 class TorchaoInt8Backend(Backend):
     name = "torchao-int8"

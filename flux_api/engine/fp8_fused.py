@@ -1,0 +1,102 @@
+"""The FP4 service's fp8 blocks with their two widest activation quantizations fused (issue 25).
+
+torchao's fp8 Linear (PerRow) quantizes its input per row: amax, scale, cast. Compiled, inductor fuses
+that with what made the input, but for the two widest inputs of FLUX's blocks it makes two kernels that
+read each row twice, at about a third of the GPU's bandwidth (the H100 profile of 2026-12-06,
+docs/gpu/2026-12-06-issue25/h100-fp4-trace.json.gz: 12.1 ms of a 103 ms step for a single block's
+`proj_out`, whose input is cat([attention, gelu(mlp)]), 15,360 wide; 4 ms for a double block's
+`ff.net.2`, whose input is gelu(ff.net.0), 12,288 wide). Here those two layers take their input from one
+Triton kernel that reads each row once (`fp8_rows.quantize_rows`: the GELU and the concatenation applied
+on the way), then run torchao's own GEMM call (`torch._scaled_mm` on the layer's fp8 weight and scales,
+as torchao's Float8Tensor calls it). Same arithmetic as torchao's, op for op.
+
+`install(transformer)` swaps the forward of each single block and of each double block's two feed-forwards
+(instances only; diffusers' classes are untouched), where the layer's weight is a torchao Float8Tensor with
+per-row scales and the model's GELU is the tanh one; anything else keeps diffusers' forward. A layer of
+the LoRA slot (lora_slot.SlotLinear) switched on also adds its branch, computed from the bf16 input as
+before, so LoRAs stay exact; switched off, nothing else runs.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+from .fp8_rows import quantize_rows
+
+
+def _fp8_weight(layer):
+    """The torchao Float8Tensor (per-row, e4m3, dynamic per-row activations) under `layer` (a Linear, or
+    the slot's wrapper of one), or None where the fused path does not apply."""
+    base = getattr(layer, "base", layer)
+    weight = getattr(base, "weight", None)
+    try:
+        from torchao.quantization import Float8Tensor, PerRow
+    except ImportError:
+        return None
+    if not isinstance(weight, Float8Tensor) or weight.qdata.dtype != torch.float8_e4m3fn:
+        return None
+    act = weight.act_quant_kwargs
+    per_row = list(weight.block_size) == [1, weight.shape[1]]
+    if (act is None or not isinstance(act.granularity, PerRow) or act.float8_dtype != torch.float8_e4m3fn
+            or act.hp_value_lb is not None or act.hp_value_ub is not None or not per_row):
+        return None
+    return weight
+
+
+def fused_linear(layer, a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> torch.Tensor:
+    """layer(cat([a, gelu(b)])) for a torchao fp8 layer, its input quantized by one kernel."""
+    base = getattr(layer, "base", layer)
+    weight = base.weight
+    q, scale = quantize_rows(a, b, gelu)
+    y = torch._scaled_mm(q, weight.qdata.t(), scale_a=scale, scale_b=weight.scale.t(), bias=base.bias,
+                         out_dtype=b.dtype, use_fast_accum=weight.mm_config.use_fast_accum)
+    y = y.reshape(*b.shape[:-1], y.shape[-1])
+    if getattr(layer, "enabled", False):  # the LoRA slot's branch reads the bf16 input, as unfused
+        x = torch.nn.functional.gelu(b, approximate="tanh") if gelu else b
+        y = y + layer.branch(torch.cat([a, x], dim=-1) if a is not None else x).to(y.dtype)
+    return y
+
+
+def _single_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
+                          joint_attention_kwargs=None):
+    """diffusers' FluxSingleTransformerBlock.forward (0.42), with proj_out(cat([attn, gelu(mlp)])) fused."""
+    text_seq_len = encoder_hidden_states.shape[1]
+    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+    residual = hidden_states
+    norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
+    mlp_hidden_states = self.proj_mlp(norm_hidden_states)  # its GELU is applied in the fused quantization
+    attn_output = self.attn(hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb,
+                            **(joint_attention_kwargs or {}))
+    hidden_states = residual + gate.unsqueeze(1) * fused_linear(self.proj_out, attn_output, mlp_hidden_states, True)
+    if hidden_states.dtype == torch.float16:
+        hidden_states = hidden_states.clip(-65504, 65504)
+    return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+
+
+def _feed_forward(self, hidden_states, *args, **kwargs):
+    """diffusers' FeedForward (GELU tanh, dropout off, Linear), with the second Linear's input fused."""
+    return fused_linear(self.net[2], None, self.net[0].proj(hidden_states), True)
+
+
+def _gelu_tanh(module) -> bool:
+    return getattr(module, "approximate", None) == "tanh"
+
+
+def install(transformer) -> int:
+    """Fuse where it applies (see the module's docstring); the number of layers fused. Before compiling."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    fused = 0
+    for module in transformer.modules():
+        if (type(module) is FluxSingleTransformerBlock and _gelu_tanh(module.act_mlp)
+                and _fp8_weight(module.proj_out) is not None):
+            module.forward = types.MethodType(_single_block_forward, module)
+            fused += 1
+        elif (type(module) is FeedForward and len(module.net) == 3 and _gelu_tanh(module.net[0])
+              and type(module.net[1]) is torch.nn.Dropout and _fp8_weight(module.net[2]) is not None):
+            module.forward = types.MethodType(_feed_forward, module)
+            fused += 1
+    return fused

@@ -1,0 +1,134 @@
+"""Row-wise fp8 quantization of an activation in one pass: the op the fused fp8 blocks use (fp8_fused.py).
+
+`quantize_rows(a, b, gelu)` is, exactly, torchao's per-row fp8 quantization (PerRow, e4m3) of
+`cat([a, gelu_tanh(b)], -1)` (`a` may be None): per row, amax = max |x|, scale = amax / 448 rounded to
+bf16 as torchao's bf16 arithmetic rounds it, q = clamp(x / scale, +-448) cast to e4m3. It returns
+(q [rows, width] e4m3, scale [rows, 1] fp32), what `torch._scaled_mm` takes.
+
+On a CUDA GPU one Triton program reads each row once (a row of FLUX's widest input, 15,360 values, fits
+in registers), applies the GELU, takes the amax and writes the fp8 row and its scale. Elsewhere (the
+CPU, or a GPU without Triton) the same arithmetic in torch: the reference the Triton kernel is checked
+against (tests/test_fp8_fused.py runs both, the kernel through Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # torch.finfo(float8_e4m3fn).max
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+def reference(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchao's arithmetic in torch, on any device: what torchao's Float8Tensor.from_hp(x, PerRow) does
+    with x = cat([a, gelu(b)]) in bf16 (eager: each op rounds to bf16)."""
+    x = torch.nn.functional.gelu(b, approximate="tanh") if gelu else b
+    if a is not None:
+        x = torch.cat([a, x], dim=-1)
+    x = x.reshape(-1, x.shape[-1])
+    scale = (x.abs().amax(dim=-1, keepdim=True) / FP8_MAX).to(torch.float32)
+    q = (x.to(torch.float32) / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def _triton():
+    try:
+        import triton  # noqa: F401 (a CUDA build of torch brings it)
+        return True
+    except ImportError:
+        return False
+
+
+HAS_TRITON = _triton()
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    try:  # where Triton keeps CUDA's libdevice has moved between versions
+        from triton.language.extra import libdevice as _libdevice
+    except ImportError:  # pragma: no cover
+        from triton.language.extra.cuda import libdevice as _libdevice
+
+    _BETA = tl.constexpr(_SQRT_2_OVER_PI)  # a jitted function reads globals only as constexpr
+    _MAX = tl.constexpr(FP8_MAX)
+
+    @triton.jit
+    def _rows_kernel(a_ptr, b_ptr, q_ptr, s_ptr, a_stride, b_stride,
+                     KA: tl.constexpr, KB: tl.constexpr, CHUNK: tl.constexpr, NCHUNK: tl.constexpr,
+                     GELU: tl.constexpr, LIBDEVICE: tl.constexpr):
+        # One row per program, laid out as [NCHUNK, CHUNK] (powers of two): columns [0, KA) from a,
+        # [KA, KA + KB) from b, the rest masked off.
+        row = tl.program_id(0).to(tl.int64)
+        col = tl.arange(0, NCHUNK)[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
+        in_a = col < KA
+        in_b = (col >= KA) & (col < KA + KB)
+        xb = tl.load(b_ptr + row * b_stride + (col - KA), mask=in_b, other=0.0).to(tl.float32)
+        if GELU:  # torch's tanh GELU, in fp32, rounded to bf16 as torch's bf16 GELU is
+            inner = _BETA * (xb + 0.044715 * xb * xb * xb)
+            if LIBDEVICE:  # CUDA's tanhf, as torch's kernel calls it
+                tanh = _libdevice.tanh(inner)
+            else:  # Triton's interpreter has no libdevice: the same function, to a few ulp
+                tanh = 2.0 * tl.sigmoid(2.0 * inner) - 1.0
+            xb = (0.5 * xb * (1.0 + tanh)).to(tl.bfloat16).to(tl.float32)
+        if KA > 0:
+            xa = tl.load(a_ptr + row * a_stride + col, mask=in_a, other=0.0).to(tl.float32)
+            x = tl.where(in_a, xa, xb)
+        else:
+            x = xb
+        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        # torchao divides the bf16 amax by 448 in bf16: the scale is that rounded value.
+        scale = tl.math.div_rn(amax, _MAX).to(tl.bfloat16).to(tl.float32)
+        q = tl.clamp(tl.math.div_rn(x, scale), -_MAX, _MAX)
+        tl.store(q_ptr + row * (KA + KB) + col, q.to(tl.float8e4nv), mask=in_a | in_b)
+        tl.store(s_ptr + row, scale)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` as [rows, width] with unit column stride (a view where the layout allows)."""
+    t = t.reshape(-1, t.shape[-1])
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def launch(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton kernel (a CUDA tensor, or any tensor under TRITON_INTERPRET=1)."""
+    b2 = _rows(b)
+    a2 = _rows(a) if a is not None else None
+    ka, kb = (a2.shape[1] if a2 is not None else 0), b2.shape[1]
+    rows = b2.shape[0]
+    q = torch.empty(rows, ka + kb, device=b.device, dtype=FP8)
+    scale = torch.empty(rows, 1, device=b.device, dtype=torch.float32)
+    # The largest power of two (<= 1024) dividing both widths: chunks never straddle a and b.
+    chunk = min(1024, (ka & -ka) if ka else 1024, kb & -kb)
+    nchunk = triton.next_power_of_2(math.ceil((ka + kb) / chunk))
+    warps = max(4, min(16, chunk * nchunk // 1024))
+    if rows:
+        _rows_kernel[(rows,)](a2 if a2 is not None else b2, b2, q, scale,
+                              a2.stride(0) if a2 is not None else 0, b2.stride(0),
+                              KA=ka, KB=kb, CHUNK=chunk, NCHUNK=nchunk, GELU=gelu,
+                              LIBDEVICE=os.environ.get("TRITON_INTERPRET") != "1", num_warps=warps)
+    return q, scale
+
+
+@torch.library.custom_op("flux_api::quantize_rows_fp8", mutates_args=())
+def _quantize_rows_op(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if b.is_cuda and HAS_TRITON:
+        return launch(a, b, gelu)
+    return reference(a, b, gelu)
+
+
+@_quantize_rows_op.register_fake
+def _(a, b, gelu):
+    rows = math.prod(b.shape[:-1])
+    width = b.shape[-1] + (a.shape[-1] if a is not None else 0)
+    return b.new_empty(rows, width, dtype=FP8), b.new_empty(rows, 1, dtype=torch.float32)
+
+
+def quantize_rows(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scale) of cat([a, gelu(b) if gelu else b]) per row; one op for torch.compile (opaque to
+    inductor, which keeps it whole and captures it in the CUDA graph like any kernel)."""
+    return _quantize_rows_op(a, b, gelu)
