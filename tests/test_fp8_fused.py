@@ -143,4 +143,4 @@ def test_the_setting_and_the_benchmark_option(cache_dir):
     from flux_api.settings import FP4Settings
 
     assert FP4Settings(model="tiny", cache_dir=cache_dir).fuse_kernels is False  # until a faster kernel is measured
-    assert parse_target("fp4+unfused") == ("fp4", None, {"FUSE_KERNELS": "false"})
+    assert parse_target("fp4+fused") == ("fp4", None, {"FUSE_KERNELS": "true"})

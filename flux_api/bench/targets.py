@@ -17,7 +17,7 @@ OPTIONS = {
     "parallel": ("PLACEMENT", "parallel"),
     "autotune": ("COMPILE_AUTOTUNE", "true"),
     "vae": ("COMPILE_VAE", "true"),
-    "unfused": ("FUSE_KERNELS", "false"),
+    "fused": ("FUSE_KERNELS", "true"),
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
 }

@@ -6,6 +6,8 @@
 # again), FP4 with compile_vae; --first-block-cache 1.0: the cached path must compile nothing after warm-up.
 #   device: carry [".whl"]; rm -rf /tmp/src && cp -r "$PWD" /tmp/src && cd /tmp/src && mkdir -p /tmp/r25h &&
 #   (setsid nohup bash docs/gpu/2026-12-06-issue25-fused-quant/run2.sh > /tmp/r25h/run.log 2>&1 &)
+#   and keep a call waiting on /tmp/r25h/DONE at all times: a machine no call holds is given back after 30 s
+#   idle, the background run with it (the first run's benchmark was lost that way).
 set -u
 R=/tmp/r25h
 source "$(dirname "$0")/../prepare.sh"
