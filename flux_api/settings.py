@@ -200,7 +200,7 @@ class ServiceSettings(BaseSettings):
         False, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "
         "and the fp8 cast) in one Triton kernel instead of inductor's two passes (engine/fp8_fused.py); the same "
-        "arithmetic as torchao's. Off by default: byte-identical to torchao but not faster yet (H200, docs/PERFORMANCE.md); off runs diffusers' and torchao's code as they are."
+        "arithmetic as torchao's. Off by default: its bytes equal torchao's eager arithmetic, but it is not faster yet (H200, docs/PERFORMANCE.md) and on, images change slightly against today's compiled blocks; off runs diffusers' and torchao's code as they are."
     )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "

@@ -1,7 +1,7 @@
 """The fused fp8 input quantization (engine/fp8_fused.py, fp8_rows.py) against torchao and diffusers.
 
 The Triton kernel itself runs on a CUDA GPU only (Triton's CPU interpreter emulates fp8 casts wrongly: it
-cannot check bytes); its bytes against `fp8_rows.reference` were checked on an H100
+cannot check bytes); its bytes against `fp8_rows.reference` were checked on an H200
 (docs/gpu/2026-12-06-issue25-fused-quant/). Here, on the CPU, the op runs the reference, so these tests check
 what the GPU path is built from: that the reference is torchao's arithmetic bit for bit, and that the
 swapped forwards are diffusers' blocks bit for bit, with the LoRA slot off and on.
@@ -68,6 +68,8 @@ def test_the_reference_is_torchaos_per_row_quantization_bit_for_bit(with_a, gelu
 
 
 def test_the_op_gives_the_reference_off_the_gpu_and_its_shapes_under_compile():
+    """Off the GPU the op dispatches to the reference (so the bytes here are the reference's own); what this
+    checks is that dispatch, and the fake implementation torch.compile traces the op with."""
     g = torch.Generator().manual_seed(4)
     a, b = torch.randn(1, 5, 64, dtype=torch.bfloat16, generator=g), torch.randn(1, 5, 256, dtype=torch.bfloat16, generator=g)
     q, s = fp8_rows.quantize_rows(a, b, True)
@@ -136,6 +138,21 @@ def test_only_torchao_fp8_per_row_layers_with_the_tanh_gelu_are_fused(fp8_on_cpu
     fp8_on_cpu(other_gelu)
     assert fp8_fused.install(other_gelu) == 0
     assert "forward" not in vars(other_gelu[0])
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerTensor
+
+    per_tensor = copy.deepcopy(plain)  # torchao's per-tensor scales: another arithmetic, left to torchao
+    quantize_(per_tensor, Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor(), set_inductor_config=False))
+    assert fp8_fused.install(per_tensor) == 0
+    fp8_on_cpu(plain)
+    assert fp8_fused.install(plain) == 1  # the same block in bf16 fp8 per-row: fused
+
+
+@pytest.mark.parametrize("ka, kb, want", [((3072), 12288, (1024, 16, 16)), (0, 12288, (1024, 16, 16)),
+                                           (64, 256, (64, 8, 4)), (0, 100, (4, 32, 4)), (96, 160, (32, 8, 4))])
+def test_the_kernels_tile_covers_the_row_with_chunks_inside_one_input(ka, kb, want):
+    chunk, nchunk, warps = fp8_rows.tile(ka, kb)
+    assert (chunk, nchunk, warps) == want
+    assert ka % chunk == 0 and kb % chunk == 0 and chunk * nchunk >= ka + kb > chunk * nchunk // 2
 
 
 def test_the_setting_and_the_benchmark_option(cache_dir):

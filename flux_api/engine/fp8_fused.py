@@ -27,20 +27,28 @@ from .fp8_rows import quantize_rows
 
 
 def _fp8_weight(layer):
-    """The torchao Float8Tensor (per-row, e4m3, dynamic per-row activations) under `layer` (a Linear, or
-    the slot's wrapper of one), or None where the fused path does not apply."""
+    """The torchao Float8Tensor under `layer` (a Linear, or the slot's wrapper of one) where torchao itself
+    would run exactly what fused_linear runs: bf16, e4m3 weights with per-row scales, dynamic per-row
+    activations along the last dim with no value bounds, torch's kernels (not mslk's) and no padding or
+    emulation. None elsewhere: that layer keeps torchao's own code."""
     base = getattr(layer, "base", layer)
     weight = getattr(base, "weight", None)
     try:
         from torchao.quantization import Float8Tensor, PerRow
-    except ImportError:
+        from torchao.quantization.quantize_.common import KernelPreference
+        from torchao.utils import _is_mslk_available
+    except ImportError:  # another torchao: its code may differ, so nothing is fused
         return None
-    if not isinstance(weight, Float8Tensor) or weight.qdata.dtype != torch.float8_e4m3fn:
+    if not isinstance(weight, Float8Tensor) or weight.qdata.dtype != torch.float8_e4m3fn or weight.dtype != torch.bfloat16:
         return None
-    act = weight.act_quant_kwargs
-    per_row = list(weight.block_size) == [1, weight.shape[1]]
-    if (act is None or not isinstance(act.granularity, PerRow) or act.float8_dtype != torch.float8_e4m3fn
-            or act.hp_value_lb is not None or act.hp_value_ub is not None or not per_row):
+    act, mm = weight.act_quant_kwargs, weight.mm_config
+    preferences = {weight.kernel_preference, act.kernel_preference if act is not None else None}
+    torch_kernels = preferences <= {KernelPreference.TORCH} or (
+        preferences <= {KernelPreference.TORCH, KernelPreference.AUTO} and not _is_mslk_available())
+    if (act is None or not isinstance(act.granularity, PerRow) or act.granularity.dim not in (-1, 1)
+            or act.float8_dtype != torch.float8_e4m3fn or act.hp_value_lb is not None or act.hp_value_ub is not None
+            or list(weight.block_size) != [1, weight.shape[1]] or not torch_kernels
+            or mm is None or mm.pad_inner_dim or mm.emulate):
         return None
     return weight
 

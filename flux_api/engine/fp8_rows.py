@@ -3,18 +3,19 @@
 `quantize_rows(a, b, gelu)` is, exactly, torchao's per-row fp8 quantization (PerRow, e4m3) of
 `cat([a, gelu_tanh(b)], -1)` (`a` may be None): per row, amax = max |x|, scale = amax / 448 rounded to
 bf16 as torchao's bf16 arithmetic rounds it, q = clamp(x / scale, +-448) cast to e4m3. It returns
-(q [rows, width] e4m3, scale [rows, 1] fp32), what `torch._scaled_mm` takes.
+(q [rows, width] e4m3, scale [rows, 1] fp32), what `torch._scaled_mm` takes. One difference, on purpose: a
+row of zeros, where torchao divides 0 by 0 (NaN), gives zeros here (Triton's max and clamp drop NaN).
 
 On a CUDA GPU one Triton program reads each row once (a row of FLUX's widest input, 15,360 values, fits
 in registers), applies the GELU, takes the amax and writes the fp8 row and its scale. Elsewhere (the
-CPU, or a GPU without Triton) the same arithmetic in torch: the reference the Triton kernel is checked
-against (tests/test_fp8_fused.py runs both, the kernel through Triton's interpreter).
+CPU, or a GPU without Triton) the same arithmetic in torch: the reference the Triton kernel was checked
+against on a GPU, byte for byte (docs/gpu/2026-12-06-issue25-fused-quant/: 0 bytes differ on an H200). Triton's
+CPU interpreter cannot check it (it casts to fp8 wrongly), so the CPU tests check the reference.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
@@ -60,7 +61,7 @@ if HAS_TRITON:
     @triton.jit
     def _rows_kernel(a_ptr, b_ptr, q_ptr, s_ptr, a_stride, b_stride,
                      KA: tl.constexpr, KB: tl.constexpr, CHUNK: tl.constexpr, NCHUNK: tl.constexpr,
-                     GELU: tl.constexpr, LIBDEVICE: tl.constexpr):
+                     GELU: tl.constexpr):
         # One row per program, laid out as [NCHUNK, CHUNK] (powers of two): columns [0, KA) from a,
         # [KA, KA + KB) from b, the rest masked off.
         row = tl.program_id(0).to(tl.int64)
@@ -68,13 +69,10 @@ if HAS_TRITON:
         in_a = col < KA
         in_b = (col >= KA) & (col < KA + KB)
         xb = tl.load(b_ptr + row * b_stride + (col - KA), mask=in_b, other=0.0).to(tl.float32)
-        if GELU:  # torch's tanh GELU, in fp32, rounded to bf16 as torch's bf16 GELU is
-            inner = _BETA * (xb + 0.044715 * xb * xb * xb)
-            if LIBDEVICE:  # CUDA's tanhf, as torch's kernel calls it
-                tanh = _libdevice.tanh(inner)
-            else:  # Triton's interpreter has no libdevice: the same function, to a few ulp
-                tanh = 2.0 * tl.sigmoid(2.0 * inner) - 1.0
-            xb = (0.5 * xb * (1.0 + tanh)).to(tl.bfloat16).to(tl.float32)
+        if GELU:  # torch's tanh GELU in its own order (x cubed first) and CUDA's tanhf, rounded to bf16 as torch's is
+            cube = xb * xb * xb
+            inner = _BETA * (xb + 0.044715 * cube)
+            xb = (0.5 * xb * (1.0 + _libdevice.tanh(inner))).to(tl.bfloat16).to(tl.float32)
         if KA > 0:
             xa = tl.load(a_ptr + row * a_stride + col, mask=in_a, other=0.0).to(tl.float32)
             x = tl.where(in_a, xa, xb)
@@ -94,6 +92,15 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def tile(ka: int, kb: int) -> tuple[int, int, int]:
+    """(CHUNK, NCHUNK, num_warps) of a row of ka + kb values: CHUNK the largest power of two (at most 1024)
+    dividing both widths, so that each of the tile's rows lies in one input and starts aligned (its loads
+    are contiguous and vectorise); NCHUNK the power of two of chunks that covers the row."""
+    chunk = min(1024, (ka & -ka) if ka else 1024, kb & -kb)
+    nchunk = 1 << max(0, math.ceil((ka + kb) / chunk) - 1).bit_length()
+    return chunk, nchunk, max(4, min(16, chunk * nchunk // 1024))
+
+
 def launch(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The Triton kernel (a CUDA tensor, or any tensor under TRITON_INTERPRET=1)."""
     b2 = _rows(b)
@@ -102,15 +109,12 @@ def launch(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.T
     rows = b2.shape[0]
     q = torch.empty(rows, ka + kb, device=b.device, dtype=FP8)
     scale = torch.empty(rows, 1, device=b.device, dtype=torch.float32)
-    # The largest power of two (<= 1024) dividing both widths: chunks never straddle a and b.
-    chunk = min(1024, (ka & -ka) if ka else 1024, kb & -kb)
-    nchunk = triton.next_power_of_2(math.ceil((ka + kb) / chunk))
-    warps = max(4, min(16, chunk * nchunk // 1024))
+    chunk, nchunk, warps = tile(ka, kb)
     if rows:
-        _rows_kernel[(rows,)](a2 if a2 is not None else b2, b2, q, scale,
-                              a2.stride(0) if a2 is not None else 0, b2.stride(0),
-                              KA=ka, KB=kb, CHUNK=chunk, NCHUNK=nchunk, GELU=gelu,
-                              LIBDEVICE=os.environ.get("TRITON_INTERPRET") != "1", num_warps=warps)
+        with torch.cuda.device(b.device):  # Triton launches on the current device; the tensors may be elsewhere
+            _rows_kernel[(rows,)](a2 if a2 is not None else b2, b2, q, scale,
+                                  a2.stride(0) if a2 is not None else 0, b2.stride(0),
+                                  KA=ka, KB=kb, CHUNK=chunk, NCHUNK=nchunk, GELU=gelu, num_warps=warps)
     return q, scale
 
 
