@@ -94,7 +94,7 @@ def test_fused_blocks_are_diffusers_blocks_bit_for_bit_with_the_lora_slot_off_an
     assert "_single_block_forward" in str(blocks[1].forward) and "_feed_forward" in str(blocks[0].ff.forward)
     for model in (blocks, reference):
         for m in model.modules():
-            if hasattr(m, "branch"):
+            if hasattr(m, "lora_A"):
                 m.enabled = lora
     kw = _inputs()
     with torch.inference_mode():

@@ -36,19 +36,14 @@ def reference(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torc
     return q, scale
 
 
-def _triton():
-    try:
-        import triton  # noqa: F401 (a CUDA build of torch brings it)
-        return True
-    except ImportError:
-        return False
-
-
-HAS_TRITON = _triton()
-
-if HAS_TRITON:
+try:  # a CUDA build of torch brings Triton
     import triton
     import triton.language as tl
+except ImportError:
+    triton = None
+HAS_TRITON = triton is not None
+
+if HAS_TRITON:
 
     try:  # where Triton keeps CUDA's libdevice has moved between versions
         from triton.language.extra import libdevice as _libdevice
@@ -102,7 +97,7 @@ def tile(ka: int, kb: int) -> tuple[int, int, int]:
 
 
 def launch(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Triton kernel (a CUDA tensor, or any tensor under TRITON_INTERPRET=1)."""
+    """The Triton kernel, on CUDA tensors."""
     b2 = _rows(b)
     a2 = _rows(a) if a is not None else None
     ka, kb = (a2.shape[1] if a2 is not None else 0), b2.shape[1]

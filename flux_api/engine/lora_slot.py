@@ -164,15 +164,12 @@ def _slot_linear_class():
         def bias(self):
             return self.base.bias
 
-        def branch(self, x):
-            """The slot's output for input `x`: (x A^T) B^T, in the slot's dtype."""
-            return torch.nn.functional.linear(torch.nn.functional.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B)
-
         def forward(self, x):
             y = self.base(x)
             if not self.enabled:
                 return y
-            return y + self.branch(x).to(y.dtype)
+            lora = torch.nn.functional.linear(torch.nn.functional.linear(x.to(self.lora_A.dtype), self.lora_A), self.lora_B)
+            return y + lora.to(y.dtype)
 
     return SlotLinear
 

@@ -140,7 +140,7 @@ def main():
                     row[f"{mode}_ms"] = round(timed(lambda: m[i](**kw), 3 if small else 50, cuda), 3)
                     if eager is not None:
                         for layer in eager.modules():
-                            if hasattr(layer, "branch"):
+                            if hasattr(layer, "lora_A"):
                                 layer.enabled = lora
                         results["eager"] = eager[i](**kw)
                 row["fused_vs_unfused"] = [diff(x, y) for x, y in zip(results["fused"], results["unfused"])]
