@@ -1,8 +1,8 @@
 """The fused fp8 input quantization (engine/fp8_fused.py, fp8_rows.py) against torchao and diffusers.
 
 The Triton kernel itself runs on a CUDA GPU only (Triton's CPU interpreter emulates fp8 casts wrongly: it
-cannot check bytes); its bytes against `fp8_rows.reference` were checked on an H200
-(docs/gpu/2026-12-06-issue25-fused-quant/). Here, on the CPU, the op runs the reference, so these tests check
+cannot check bytes); its bytes against `fp8_rows.reference` were counted on an H100 (0.012% differ, every
+scale equal: its fast tanh; docs/gpu/2026-12-07-issue25-fast-quant/). Here, on the CPU, the op runs the reference, so these tests check
 what the GPU path is built from: that the reference is torchao's arithmetic bit for bit, and that the
 swapped forwards are diffusers' blocks bit for bit, with the LoRA slot off and on.
 
@@ -147,11 +147,11 @@ def test_only_torchao_fp8_per_row_layers_with_the_tanh_gelu_are_fused(fp8_on_cpu
     assert fp8_fused.install(plain) == 1  # the same block in bf16 fp8 per-row: fused
 
 
-@pytest.mark.parametrize("ka, kb, want", [((3072), 12288, (1024, 16, 16)), (0, 12288, (1024, 16, 16)),
-                                           (64, 256, (64, 8, 4)), (0, 100, (4, 32, 4)), (96, 160, (32, 8, 4))])
+@pytest.mark.parametrize("ka, kb, want", [(3072, 12288, (1024, 16, 16)), (0, 12288, (1024, 16, 8)),
+                                           (64, 256, (64, 8, 1)), (0, 100, (4, 32, 1)), (96, 160, (32, 8, 1))])
 def test_the_kernels_tile_covers_the_row_with_chunks_inside_one_input(ka, kb, want):
     chunk, nchunk, warps = fp8_rows.tile(ka, kb)
-    assert (chunk, nchunk, warps) == want
+    assert (chunk, nchunk, warps) == want  # the warps: the best measured at FLUX's two widths on an H100
     assert ka % chunk == 0 and kb % chunk == 0 and chunk * nchunk >= ka + kb > chunk * nchunk // 2
 
 
@@ -159,5 +159,6 @@ def test_the_setting_and_the_benchmark_option(cache_dir):
     from flux_api.bench.targets import parse_target
     from flux_api.settings import FP4Settings
 
-    assert FP4Settings(model="tiny", cache_dir=cache_dir).fuse_kernels is False  # until a faster kernel is measured
+    assert FP4Settings(model="tiny", cache_dir=cache_dir).fuse_kernels is True  # faster on an H100 (2026-12-07)
     assert parse_target("fp4+fused") == ("fp4", None, {"FUSE_KERNELS": "true"})
+    assert parse_target("fp4+unfused") == ("fp4", None, {"FUSE_KERNELS": "false"})

@@ -8,7 +8,8 @@ docs/gpu/2026-12-06-issue25/h100-fp4-trace.json.gz: 12.1 ms of a 103 ms step for
 `ff.net.2`, whose input is gelu(ff.net.0), 12,288 wide). Here those two layers take their input from one
 Triton kernel that reads each row once (`fp8_rows.quantize_rows`: the GELU and the concatenation applied
 on the way), then run torchao's own GEMM call (`torch._scaled_mm` on the layer's fp8 weight and scales,
-as torchao's Float8Tensor calls it). Same arithmetic as torchao's, op for op.
+as torchao's Float8Tensor calls it). torchao's arithmetic but for a fast tanh and a reciprocal (fp8_rows);
+measured on an H100 (2026-12-07): a step 107 -> 97.7 ms, the image 47 dB from the unfused one.
 
 `install(transformer)` swaps the forward of each single block and of each double block's two feed-forwards
 (instances only; diffusers' classes are untouched), where the layer's weight is a torchao Float8Tensor with

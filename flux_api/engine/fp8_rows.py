@@ -1,16 +1,22 @@
-"""Row-wise fp8 quantization of an activation in one pass: the op the fused fp8 blocks use (fp8_fused.py).
+"""Row-wise fp8 quantization of an activation, read once from memory: the op the fused fp8 blocks use (fp8_fused.py).
 
-`quantize_rows(a, b, gelu)` is, exactly, torchao's per-row fp8 quantization (PerRow, e4m3) of
+`quantize_rows(a, b, gelu)` is torchao's per-row fp8 quantization (PerRow, e4m3) of
 `cat([a, gelu_tanh(b)], -1)` (`a` may be None): per row, amax = max |x|, scale = amax / 448 rounded to
 bf16 as torchao's bf16 arithmetic rounds it, q = clamp(x / scale, +-448) cast to e4m3. It returns
-(q [rows, width] e4m3, scale [rows, 1] fp32), what `torch._scaled_mm` takes. One difference, on purpose: a
-row of zeros, where torchao divides 0 by 0 (NaN), gives zeros here (Triton's max and clamp drop NaN).
+(q [rows, width] e4m3, scale [rows, 1] fp32), what `torch._scaled_mm` takes.
 
-On a CUDA GPU one Triton program reads each row once (a row of FLUX's widest input, 15,360 values, fits
-in registers), applies the GELU, takes the amax and writes the fp8 row and its scale. Elsewhere (the
-CPU, or a GPU without Triton) the same arithmetic in torch: the reference the Triton kernel was checked
-against on a GPU, byte for byte (docs/gpu/2026-12-06-issue25-fused-quant/: 0 bytes differ on an H200). Triton's
-CPU interpreter cannot check it (it casts to fp8 wrongly), so the CPU tests check the reference.
+On a CUDA GPU one Triton program holds a row in registers (a row of FLUX's widest input, 15,360 values,
+fits), applies the GELU, takes the amax and writes the fp8 row and its scale: the row comes from memory
+once, where inductor's two kernels read it twice at about a third of the bandwidth (the H100 profile of
+2026-12-06). On an H100 at 1024 px: 90 us against inductor's 246 us for a single block's input, 69 against
+174 us for a feed-forward's (docs/gpu/2026-12-07-issue25-fast-quant/kernels.json). Its arithmetic
+is torchao's with two fast steps, on purpose: the GELU's tanh from one exp2 and a fast division, and x / scale
+as x times the row's 1 / scale (exact: torchao's, op for op, with CUDA's tanhf and IEEE division, the first
+kernel of 2026-12-06 was no faster than inductor: those are a large share of the work). An fp8 byte can differ
+by one step from torchao's where a value lies on a rounding edge (counted on the GPU by
+docs/gpu/2026-12-07-issue25-fast-quant/kernels.py). A row of zeros gives zeros (torchao divides 0 by 0).
+Elsewhere (the CPU, or a GPU without Triton) `reference`: torchao's exact arithmetic in torch. Triton's CPU
+interpreter cannot check the kernel (it casts to fp8 wrongly), so the CPU tests check the reference.
 """
 
 from __future__ import annotations
@@ -45,39 +51,37 @@ HAS_TRITON = triton is not None
 
 if HAS_TRITON:
 
-    try:  # where Triton keeps CUDA's libdevice has moved between versions
-        from triton.language.extra import libdevice as _libdevice
-    except ImportError:  # pragma: no cover
-        from triton.language.extra.cuda import libdevice as _libdevice
-
     _BETA = tl.constexpr(_SQRT_2_OVER_PI)  # a jitted function reads globals only as constexpr
+    _TWO_OVER_LN2 = tl.constexpr(2.0 / math.log(2.0))
     _MAX = tl.constexpr(FP8_MAX)
+
+    @triton.jit
+    def _gelu_tanh(x):
+        # torch's tanh GELU in its own order (x cubed first), rounded to bf16 as torch's output is; tanh(u) as
+        # 1 - 2 / (e^2u + 1) with the hardware's exp2 and Triton's fast fp32 division (e^2u = inf gives 1).
+        inner = _BETA * (x + 0.044715 * (x * x * x))
+        t = 1.0 - tl.math.fdiv(2.0, tl.exp2(inner * _TWO_OVER_LN2) + 1.0, ieee_rounding=False)
+        return (0.5 * x * (1.0 + t)).to(tl.bfloat16).to(tl.float32)
 
     @triton.jit
     def _rows_kernel(a_ptr, b_ptr, q_ptr, s_ptr, a_stride, b_stride,
                      KA: tl.constexpr, KB: tl.constexpr, CHUNK: tl.constexpr, NCHUNK: tl.constexpr,
                      GELU: tl.constexpr):
-        # One row per program, laid out as [NCHUNK, CHUNK] (powers of two): columns [0, KA) from a,
-        # [KA, KA + KB) from b, the rest masked off.
+        # One row per program, held in registers as [NCHUNK, CHUNK] (powers of two): columns [0, KA) from a,
+        # [KA, KA + KB) from (the GELU of) b, the rest masked off.
         row = tl.program_id(0).to(tl.int64)
         col = tl.arange(0, NCHUNK)[:, None] * CHUNK + tl.arange(0, CHUNK)[None, :]
         in_a = col < KA
         in_b = (col >= KA) & (col < KA + KB)
-        xb = tl.load(b_ptr + row * b_stride + (col - KA), mask=in_b, other=0.0).to(tl.float32)
-        if GELU:  # torch's tanh GELU in its own order (x cubed first) and CUDA's tanhf, rounded to bf16 as torch's is
-            cube = xb * xb * xb
-            inner = _BETA * (xb + 0.044715 * cube)
-            xb = (0.5 * xb * (1.0 + _libdevice.tanh(inner))).to(tl.bfloat16).to(tl.float32)
+        x = tl.load(b_ptr + row * b_stride + (col - KA), mask=in_b, other=0.0).to(tl.float32)
+        if GELU:
+            x = _gelu_tanh(x)
         if KA > 0:
-            xa = tl.load(a_ptr + row * a_stride + col, mask=in_a, other=0.0).to(tl.float32)
-            x = tl.where(in_a, xa, xb)
-        else:
-            x = xb
-        amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+            x = tl.where(in_a, tl.load(a_ptr + row * a_stride + col, mask=in_a, other=0.0).to(tl.float32), x)
         # torchao divides the bf16 amax by 448 in bf16: the scale is that rounded value.
-        scale = tl.math.div_rn(amax, _MAX).to(tl.bfloat16).to(tl.float32)
-        q = tl.clamp(tl.math.div_rn(x, scale), -_MAX, _MAX)
-        tl.store(q_ptr + row * (KA + KB) + col, q.to(tl.float8e4nv), mask=in_a | in_b)
+        scale = tl.math.div_rn(tl.max(tl.max(tl.abs(x), axis=1), axis=0), _MAX).to(tl.bfloat16).to(tl.float32)
+        inv = tl.where(scale > 0.0, tl.math.div_rn(1.0, scale), 0.0)
+        tl.store(q_ptr + row * (KA + KB) + col, tl.clamp(x * inv, -_MAX, _MAX).to(tl.float8e4nv), mask=in_a | in_b)
         tl.store(s_ptr + row, scale)
 
 
@@ -90,10 +94,12 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 def tile(ka: int, kb: int) -> tuple[int, int, int]:
     """(CHUNK, NCHUNK, num_warps) of a row of ka + kb values: CHUNK the largest power of two (at most 1024)
     dividing both widths, so that each of the tile's rows lies in one input and starts aligned (its loads
-    are contiguous and vectorise); NCHUNK the power of two of chunks that covers the row."""
+    are contiguous and vectorise); NCHUNK the power of two of chunks that covers the row; a warp for about
+    1,536 values (a power of two, at most 16), the best of 8 / 16 / 32 warps on an H100 at FLUX's two widths
+    (docs/gpu/2026-12-07-issue25-fast-quant/: 8 for 12,288, 16 for 15,360)."""
     chunk = min(1024, (ka & -ka) if ka else 1024, kb & -kb)
     nchunk = 1 << max(0, math.ceil((ka + kb) / chunk) - 1).bit_length()
-    return chunk, nchunk, max(4, min(16, chunk * nchunk // 1024))
+    return chunk, nchunk, min(16, 1 << max(0, math.ceil((ka + kb) / 1536) - 1).bit_length())
 
 
 def launch(a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
