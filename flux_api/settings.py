@@ -196,6 +196,12 @@ class ServiceSettings(BaseSettings):
         "1.3-1.4% faster end to end on both services (FP4's fp8 blocks alone 4.3%), 2-2.3x the time to ready "
         "with a cold inductor cache; the tuned kernels are cached in cache_dir for restarts (not measured)."
     )
+    compile_persistent_rows: bool = Field(
+        False, description="With compile: inductor keeps rows of up to 4,096 values in registers (a persistent "
+        "reduction: the row read once) where it would loop over rows wider than 1,024 (read two or three times): "
+        "FLUX's 3,072-wide norms and per-row fp8 quantizations (engine/speed.py, persistent_row_choices). The "
+        "same arithmetic in another kernel shape. Not measured yet: off until a GPU run says it pays."
+    )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "

@@ -76,6 +76,44 @@ def test_attention_kernel_choice(cache_dir):
     assert parse_target("fp4+sdpa") == ("fp4", None, {"ATTENTION": "sdpa"})
 
 
+class _FakeFeatures:
+    """A fake of inductor's SIMDKernelFeatures (what its heuristics read of a kernel to be generated): the two
+    things persistent_row_choices reads. Inductor makes them only while generating GPU kernels."""
+
+    def __init__(self, width, hint):
+        self.reduction_numel, self.hint = width, hint
+
+    def get_reduction_hint(self):
+        return self.hint
+
+
+def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny_dir, cache_dir, monkeypatch):
+    import sympy
+    import torch._inductor.config as inductor
+    from diffusers import FluxTransformer2DModel
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.runtime.hints import ReductionHint
+
+    from flux_api.engine.speed import compile_blocks
+
+    monkeypatch.setattr(inductor, "inductor_choices_class", None)
+    compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True, persistent_rows=True)
+    choices = inductor.inductor_choices_class()
+    assert isinstance(choices, InductorChoices) and choices.uuid() == "flux_api.persistent_rows.4096"
+    for width in (3072, sympy.Integer(3072), 4096, 1024):  # FLUX's rows, and what inductor already keeps
+        assert choices.should_use_persistent_reduction(_FakeFeatures(width, ReductionHint.INNER), False) is True
+    # Wider rows, other shapes of reduction, cooperative ones, symbolic widths: inductor's own call, which says no
+    monkeypatch.setattr(InductorChoices, "should_use_persistent_reduction", staticmethod(lambda f, c: "inductor's"))
+    for features, cooperative in ((_FakeFeatures(8192, ReductionHint.INNER), False),
+                                  (_FakeFeatures(3072, ReductionHint.OUTER), False),
+                                  (_FakeFeatures(3072, ReductionHint.INNER), True),
+                                  (_FakeFeatures(sympy.Symbol("s0"), ReductionHint.INNER), False)):
+        assert choices.should_use_persistent_reduction(features, cooperative) == "inductor's"
+    compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True)
+    assert inductor.inductor_choices_class is None  # off again: the setting, not what came before
+    assert parse_target("fp4+rows") == ("fp4", None, {"COMPILE_PERSISTENT_ROWS": "true"})
+
+
 def test_compile_autotune_turns_on_inductors_tuning_for_the_blocks(tiny_dir, cache_dir):
     import torch._inductor.config as inductor
     from diffusers import FluxTransformer2DModel

@@ -17,6 +17,7 @@ OPTIONS = {
     "parallel": ("PLACEMENT", "parallel"),
     "autotune": ("COMPILE_AUTOTUNE", "true"),
     "vae": ("COMPILE_VAE", "true"),
+    "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
     "fused": ("FUSE_KERNELS", "true"),
     "unfused": ("FUSE_KERNELS", "false"),  # the default is on: this is the comparison
     "sdpa": ("ATTENTION", "sdpa"),

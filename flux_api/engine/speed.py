@@ -140,7 +140,7 @@ class SpeedPolicy:
             enable_context_parallel(pipe.transformer, self.plan.ranks)
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph,
-                           self.settings.compile_autotune)
+                           self.settings.compile_autotune, self.settings.compile_persistent_rows)
             if self.compiles_vae:
                 compile_vae_decoder(pipe.vae)
 
@@ -159,23 +159,67 @@ class SpeedPolicy:
         return out
 
 
-def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = False) -> None:
+PERSISTENT_ROWS = 4096  # FLUX's rows are 3,072 wide; inductor keeps rows of at most 1,024 in registers
+
+
+def persistent_row_choices(limit: int = PERSISTENT_ROWS):
+    """Inductor's heuristics (its `InductorChoices`, the seam `config.inductor_choices_class` exists for), but
+    a reduction along rows of at most `limit` values is persistent: the row is read once into registers
+    instead of looped over two or three times. Inductor does that for rows of at most 1,024, so each of
+    FLUX's 3,072-wide norms and per-row fp8 quantizations loops (on an H100, 2026-12-06: 43-62 us a call at
+    1024 px, 0.5-0.9 TB/s; about 4.5 ms of an FP4 step in all). Anything this cannot judge is inductor's call."""
+    from torch._inductor.choices import InductorChoices
+
+    class PersistentRows(InductorChoices):
+        def uuid(self) -> str:  # inductor's cache keys on it: other kernels, another key
+            return f"flux_api.persistent_rows.{limit}"
+
+        @staticmethod
+        def should_use_persistent_reduction(features, cooperative_reduction: bool) -> bool:
+            import torch._inductor.config as config
+            from torch._inductor.runtime.hints import ReductionHint
+
+            try:
+                numel = int(features.reduction_numel)  # static: the feature width (rows vary, widths do not)
+                inner = features.get_reduction_hint() == ReductionHint.INNER
+            except (TypeError, AttributeError):
+                numel, inner = None, False
+            if inner and not cooperative_reduction and numel <= limit and config.triton.persistent_reductions:
+                return True
+            return InductorChoices.should_use_persistent_reduction(features, cooperative_reduction)
+
+    return PersistentRows
+
+
+def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = False,
+                   persistent_rows: bool = False) -> None:
     """torch.compile the transformer's repeated blocks. The 57 blocks share two compiled graphs, so this
     takes seconds instead of minutes; the LoRA slot switched on and off are two variants of each, made
     at warm-up. dynamic=True: one graph serves every image size (with torch's automatic dynamic shapes,
     the first request at a size the warm-up did not run compiled on the live request). Inductor's
     cache (`cache_dir`/inductor) is reused across restarts. `autotune`: coordinate-descent tuning of the
     generated kernels (slower to compile, faster to run; the tuned kernels are cached there too).
+    `persistent_rows`: inductor's heuristics with `persistent_row_choices` (its cache in its own folder, so
+    that a torch whose cache key does not include the heuristics never mixes the two).
 
     Each block's own `forward` is compiled, not the module's call (diffusers' `compile_repeated_blocks`,
     `module.compile()`): a hook diffusers installs on a block later (First Block Cache, per request:
     `step_cache.py`) then wraps the compiled code from outside. Compiling the call would trace the hook
     into the graph, and its data-dependent skip cannot be traced (a graph break, an error with
     fullgraph). The same graphs, the same bytes (checked on the CPU tiny model), the same count."""
+    import torch
     import torch._dynamo
     import torch._inductor.config
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / ("inductor-persistent-rows" if persistent_rows else "inductor")))
+    config = torch._inductor.config
+    if persistent_rows:
+        if not hasattr(config, "inductor_choices_class"):
+            raise ValueError(f"compile_persistent_rows needs inductor's choices seam (config.inductor_choices_class), "
+                             f"which torch {torch.__version__} does not have: switch it off")
+        config.inductor_choices_class = persistent_row_choices()
+    elif getattr(getattr(config, "inductor_choices_class", None), "__name__", None) == "PersistentRows":
+        config.inductor_choices_class = None  # off again: the setting, not what came before
     # Two variants (slot off/on) of each block, per dtype and grad mode: room to spare, so that a
     # variant never falls back to eager for want of cache entries.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)

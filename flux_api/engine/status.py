@@ -41,6 +41,7 @@ def service_status(manager) -> dict:
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile,
                     "autotune": s.compile_autotune and manager.speed is not None and manager.speed.compile_mode != "none",
                     "vae": manager.speed is not None and manager.speed.compiles_vae,
+                    "persistent_rows": s.compile_persistent_rows and manager.speed is not None and manager.speed.compile_mode != "none",
                     "fused": manager.speed.fused if manager.speed else None,
                     **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
