@@ -206,9 +206,10 @@ class ServiceSettings(BaseSettings):
         True, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "
         "and the fp8 cast) in one Triton kernel that reads the row once, instead of inductor's two passes "
-        "(engine/fp8_fused.py). Measured on an H100 (docs/PERFORMANCE.md): FP4 end to end 3.03 -> 2.83 s at 1024 px, "
-        "the image 47 dB from the unfused one (torchao's arithmetic with a fast tanh: its fp8 bytes differ from "
-        "torchao's eager ones in 0.01%, inductor's in 2.3%). Off runs diffusers' and torchao's code as they are."
+        "(engine/fp8_fused.py). Measured on an H100 (docs/PERFORMANCE.md): FP4 end to end 3.029 -> 2.771 s at 1024 px, "
+        "the image 47 dB from the unfused one (torchao's arithmetic with a fast tanh: 0.012-0.014% of its fp8 bytes "
+        "differ from torchao's eager ones, 2.3-2.4% of inductor's for the same arithmetic). Off runs diffusers' and "
+        "torchao's code as they are."
     )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "

@@ -96,21 +96,26 @@ def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny
 
     from flux_api.engine.speed import compile_blocks
 
-    monkeypatch.setattr(inductor, "inductor_choices_class", None)
-    compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True, persistent_rows=True)
-    choices = inductor.inductor_choices_class()
-    assert isinstance(choices, InductorChoices) and choices.uuid() == "flux_api.persistent_rows.4096"
-    for width in (3072, sympy.Integer(3072), 4096, 1024):  # FLUX's rows, and what inductor already keeps
-        assert choices.should_use_persistent_reduction(_FakeFeatures(width, ReductionHint.INNER), False) is True
-    # Wider rows, other shapes of reduction, cooperative ones, symbolic widths: inductor's own call, which says no
-    monkeypatch.setattr(InductorChoices, "should_use_persistent_reduction", staticmethod(lambda f, c: "inductor's"))
-    for features, cooperative in ((_FakeFeatures(8192, ReductionHint.INNER), False),
-                                  (_FakeFeatures(3072, ReductionHint.OUTER), False),
-                                  (_FakeFeatures(3072, ReductionHint.INNER), True),
-                                  (_FakeFeatures(sympy.Symbol("s0"), ReductionHint.INNER), False)):
-        assert choices.should_use_persistent_reduction(features, cooperative) == "inductor's"
-    compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True)
-    assert inductor.inductor_choices_class is None  # off again: the setting, not what came before
+    # Saved and restored by hand: pytest's monkeypatch deletes a torch config key on undo.
+    before = inductor.inductor_choices_class
+    try:
+        inductor.inductor_choices_class = None
+        compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True, persistent_rows=True)
+        choices = inductor.inductor_choices_class()
+        assert isinstance(choices, InductorChoices) and choices.uuid() == "flux_api.persistent_rows.4096"
+        for width in (3072, sympy.Integer(3072), 4096, 1024):  # FLUX's rows, and what inductor already keeps
+            assert choices.should_use_persistent_reduction(_FakeFeatures(width, ReductionHint.INNER), False) is True
+        # Wider rows, other shapes of reduction, cooperative ones, symbolic widths: inductor's own call
+        monkeypatch.setattr(InductorChoices, "should_use_persistent_reduction", staticmethod(lambda f, c: "inductor's"))
+        for features, cooperative in ((_FakeFeatures(8192, ReductionHint.INNER), False),
+                                      (_FakeFeatures(3072, ReductionHint.OUTER), False),
+                                      (_FakeFeatures(3072, ReductionHint.INNER), True),
+                                      (_FakeFeatures(sympy.Symbol("s0"), ReductionHint.INNER), False)):
+            assert choices.should_use_persistent_reduction(features, cooperative) == "inductor's"
+        compile_blocks(FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer"), cache_dir, True)
+        assert inductor.inductor_choices_class is None  # off again: the setting, not what came before
+    finally:
+        inductor.inductor_choices_class = before
     assert parse_target("fp4+rows") == ("fp4", None, {"COMPILE_PERSISTENT_ROWS": "true"})
 
 

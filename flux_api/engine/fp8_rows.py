@@ -8,13 +8,16 @@ bf16 as torchao's bf16 arithmetic rounds it, q = clamp(x / scale, +-448) cast to
 On a CUDA GPU one Triton program holds a row in registers (a row of FLUX's widest input, 15,360 values,
 fits), applies the GELU, takes the amax and writes the fp8 row and its scale: the row comes from memory
 once, where inductor's two kernels read it twice at about a third of the bandwidth (the H100 profile of
-2026-12-06). On an H100 at 1024 px: 90 us against inductor's 246 us for a single block's input, 69 against
-174 us for a feed-forward's (docs/gpu/2026-12-07-issue25-fast-quant/kernels.json). Its arithmetic
-is torchao's with two fast steps, on purpose: the GELU's tanh from one exp2 and a fast division, and x / scale
-as x times the row's 1 / scale (exact: torchao's, op for op, with CUDA's tanhf and IEEE division, the first
-kernel of 2026-12-06 was no faster than inductor: those are a large share of the work). An fp8 byte can differ
-by one step from torchao's where a value lies on a rounding edge (counted on the GPU by
-docs/gpu/2026-12-07-issue25-fast-quant/kernels.py). A row of zeros gives zeros (torchao divides 0 by 0).
+2026-12-06). On an H100 at 1024 px: 89.2 us against 245.8 us (inductor's code for the same arithmetic) for a
+single block's input, 69.1 against 174.3 us for a feed-forward's
+(docs/gpu/2026-12-07-issue25-fast-quant/h100-kernels-run2.json). Its arithmetic is torchao's with two fast
+steps, on purpose: the GELU's tanh from one exp2 and a fast division, and x / scale as x times the row's
+1 / scale (torchao's exact arithmetic, CUDA's tanhf and IEEE division, made the first kernel of 2026-12-06 no
+faster than inductor: 230 us held in registers, 192 us in two passes). An fp8 byte can differ by one step from
+torchao's where a value lies on a rounding edge: 0.012-0.014% of them at FLUX's shapes, every scale equal.
+Where torchao would give NaN, this does not: a row of zeros gives zeros (torchao divides 0 by 0), and a NaN
+or inf value gives +-448 (Triton's max and clamp drop NaN). A row whose scale is subnormal (its amax below
+about 5e-36, where 1 / scale overflows) is divided as torchao divides: written after a review, not run on a GPU.
 Elsewhere (the CPU, or a GPU without Triton) `reference`: torchao's exact arithmetic in torch. Triton's CPU
 interpreter cannot check the kernel (it casts to fp8 wrongly), so the CPU tests check the reference.
 """
@@ -54,6 +57,7 @@ if HAS_TRITON:
     _BETA = tl.constexpr(_SQRT_2_OVER_PI)  # a jitted function reads globals only as constexpr
     _TWO_OVER_LN2 = tl.constexpr(2.0 / math.log(2.0))
     _MAX = tl.constexpr(FP8_MAX)
+    _FLT_MIN = tl.constexpr(1.1754943508222875e-38)  # the smallest normal fp32 (and bf16) value
 
     @triton.jit
     def _gelu_tanh(x):
@@ -80,8 +84,11 @@ if HAS_TRITON:
             x = tl.where(in_a, tl.load(a_ptr + row * a_stride + col, mask=in_a, other=0.0).to(tl.float32), x)
         # torchao divides the bf16 amax by 448 in bf16: the scale is that rounded value.
         scale = tl.math.div_rn(tl.max(tl.max(tl.abs(x), axis=1), axis=0), _MAX).to(tl.bfloat16).to(tl.float32)
-        inv = tl.where(scale > 0.0, tl.math.div_rn(1.0, scale), 0.0)
-        tl.store(q_ptr + row * (KA + KB) + col, tl.clamp(x * inv, -_MAX, _MAX).to(tl.float8e4nv), mask=in_a | in_b)
+        if (scale > 0.0) & (scale < _FLT_MIN):  # a subnormal scale, whose 1 / scale would overflow: divide
+            x = tl.math.div_rn(x, scale)
+        else:  # x / scale as x times 1 / scale: one multiply; a row of zeros (scale 0) gives zeros
+            x = x * tl.where(scale > 0.0, tl.math.div_rn(1.0, scale), 0.0)
+        tl.store(q_ptr + row * (KA + KB) + col, tl.clamp(x, -_MAX, _MAX).to(tl.float8e4nv), mask=in_a | in_b)
         tl.store(s_ptr + row, scale)
 
 

@@ -1,5 +1,5 @@
-"""Issue 25, 2026-12-07: the row-wise fp8 quantization kernel of flux_api/engine/fp8_rows.py (two passes over the
-row, fast GELU and reciprocal) against inductor and against variants, at FLUX's shapes: 4608 rows (1024 px) of
+"""Issue 25, 2026-12-07: the row-wise fp8 quantization kernel of flux_api/engine/fp8_rows.py (run 1: two passes over
+the row; run 2 on: the row held in registers, one pass; fast GELU and reciprocal) against inductor and variants, at FLUX's shapes: 4608 rows (1024 px) of
 cat([3072 attention, gelu(12288 mlp)]) (a single block's proj_out input) and of gelu(12288) (a double block's
 ff.net.2 input). Each is checked against torchao's arithmetic (fp8_rows.reference: fp8 bytes that differ,
 scales that differ) and timed (CUDA events, 100 calls after 10). Variants:
