@@ -202,6 +202,13 @@ class ServiceSettings(BaseSettings):
         "FLUX's 3,072-wide norms and per-row fp8 quantizations (engine/speed.py, persistent_row_choices). The "
         "same arithmetic in another kernel shape. Not measured yet: off until a GPU run says it pays."
     )
+    fuse_qkv: bool = Field(
+        False, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
+        "their weights stacked by rows (diffusers' fused-projection path; engine/qkv.py): one GEMM of 9,216 "
+        "outputs reading the input once instead of three of 3,072. Exact for bf16 and torchao fp8 per-row weights "
+        "(the same bytes on the CPU tiny model); LoRAs for q/k/v become one branch of the fused layer, whose slot "
+        "holds three times lora_max_rank. Not measured on a GPU yet: off until a run says it pays."
+    )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "

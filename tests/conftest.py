@@ -319,6 +319,19 @@ def lora_dir(tmp_path_factory, tiny_dir) -> Path:
     return root
 
 
+@pytest.fixture
+def fp8_on_cpu(monkeypatch):
+    """quantize(module) with torchao fp8 per-row weights on the CPU: torchao refuses without an sm_89+ GPU
+    (`_check_hardware_support`), torch's CPU `_scaled_mm` runs them; the check is switched off (a fake)."""
+    import torchao.quantization.quant_api as quant_api
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)  # the fake: see above
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    return lambda module: quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
+                                                                                       set_inductor_config=False))
+
+
 @pytest.fixture(scope="session")
 def bf16(cache_dir, lora_dir):
     settings = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, port=8001, **BF16_DEFAULTS)

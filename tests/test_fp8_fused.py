@@ -7,7 +7,7 @@ what the GPU path is built from: that the reference is torchao's arithmetic bit 
 swapped forwards are diffusers' blocks bit for bit, with the LoRA slot off and on.
 
 torchao refuses to make fp8 weights without an sm_89+ GPU (`_check_hardware_support`); torch's CPU
-`_scaled_mm` runs them. The fixture below switches that check off, and says so: the one fake here.
+`_scaled_mm` runs them. conftest's `fp8_on_cpu` switches that check off, and says so: the one fake here.
 """
 
 import copy
@@ -19,17 +19,6 @@ from flux_api.engine import fp8_fused, fp8_rows
 from flux_api.engine.lora_slot import LoraSlot
 
 DIM, HEADS, HEAD_DIM, IMG, TXT = 128, 2, 64, 24, 8
-
-
-@pytest.fixture
-def fp8_on_cpu(monkeypatch):
-    import torchao.quantization.quant_api as quant_api
-
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda granularity: None)  # the fake: see above
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
-
-    return lambda module: quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(),
-                                                                                       set_inductor_config=False))
 
 
 def _blocks(quantize):

@@ -18,6 +18,7 @@ OPTIONS = {
     "autotune": ("COMPILE_AUTOTUNE", "true"),
     "vae": ("COMPILE_VAE", "true"),
     "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
+    "qkv": ("FUSE_QKV", "true"),
     "fused": ("FUSE_KERNELS", "true"),
     "unfused": ("FUSE_KERNELS", "false"),  # the default is on: this is the comparison
     "sdpa": ("ATTENTION", "sdpa"),

@@ -17,6 +17,10 @@ the structure is fixed before compiling and LoRAs only ever change tensor *value
   The branch itself is ours, not peft's LoRA layer: with the scale folded in, it adds its output in the
   GEMM's epilogue, where peft's layer costs a separate elementwise pass over every output (measured in
   `SlotLinear`'s docstring).
+- With `fuse_qkv` (qkv.py) an attention's q/k/v are one layer, whose slot has three times the rank: a
+  LoRA's q/k/v parts become one branch of it (A matrices stacked, B block-diagonal, each part's scale in
+  its block), the input read once for the three. B's block-diagonal product costs three times the FLOPs of
+  the three small ones; which is faster on a GPU is for the next run to say.
 - A request without LoRA runs with the slot switched off: the compiled code and graph of the base
   model, bitwise what it was before any LoRA, at full speed. The slot on and off are two variants of
   the compiled blocks and of each CUDA graph, both made at warm-up.
@@ -37,6 +41,7 @@ from pathlib import Path
 from ..errors import InvalidLora
 from .adapters import AdapterSet
 from .lora import LoraFile, LoraSpec
+from .qkv import PARTS, part_of
 
 log = logging.getLogger(__name__)
 # Wrapping layers builds modules; one transformer at a time in the process (replicas load in turn, and
@@ -50,10 +55,7 @@ class PreparedLora:
 
     name: str
     layers: dict[str, tuple] = field(default_factory=dict)
-
-    @property
-    def rank(self) -> int:
-        return max((a.shape[0] for a, _, _ in self.layers.values()), default=0)
+    rank: int = 0  # the LoRA's own rank (a fused q/k/v layer's branch stacks up to three of its layers)
 
     def to(self, device, dtype) -> "PreparedLora":
         self.layers = {k: (a.to(device, dtype), b.to(device, dtype), s) for k, (a, b, s) in self.layers.items()}
@@ -105,6 +107,7 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
     except (TypeError, ValueError, IndexError) as e:  # a metadata block or alphas peft cannot read
         raise InvalidLora(f"LoRA {name!r}: its ranks and alphas cannot be read as a LoRA config: {e}") from e
     converted: dict[str, tuple] = {}
+    parts: dict[str, dict[int, tuple]] = {}  # fused q/k/v layer -> its LoRA parts, by place (qkv.py)
     problems = []
     for key, a in transformer.items():
         if ".lora_A." not in key:
@@ -113,21 +116,42 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
         b = transformer.get(f"{module}.lora_B.weight")
         if b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise InvalidLora(f"LoRA {name!r}: layer {module} has no matching lora_A/lora_B pair")
-        layer = layers.get(module)
-        if layer is None:
+        layer, fused = layers.get(module), part_of(module)
+        fused = fused if layer is None and fused is not None and fused[0] in layers else None
+        if fused is not None:  # a q/k/v layer stacked into one (fuse_qkv): a third of the fused layer
+            layer = layers[fused[0]]
+            out_features = layer.out_features // 3
+        elif layer is None:
             problems.append(f"{module} is not a Linear layer of this transformer")
             continue
-        for side, want, got in (("in", layer.in_features, a.shape[1]), ("out", layer.out_features, b.shape[0])):
+        else:
+            out_features = layer.out_features
+        for side, want, got in (("in", layer.in_features, a.shape[1]), ("out", out_features, b.shape[0])):
             if want != got:
                 problems.append(f"{module} has {side}_features {want}, the LoRA has {got}")
         r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module), config.r)
         alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
         scale = alpha / math.sqrt(r) if config.use_rslora else alpha / r
-        converted[module] = (a.to(torch.float32), b.to(torch.float32), float(scale))
+        if fused is not None:
+            parts.setdefault(fused[0], {})[fused[1]] = (a.to(torch.float32), b.to(torch.float32), float(scale))
+        else:
+            converted[module] = (a.to(torch.float32), b.to(torch.float32), float(scale))
+    rank = max((a.shape[0] for a, _, _ in [*converted.values(), *(p for d in parts.values() for p in d.values())]),
+               default=0)
+    for name, by_place in parts.items():  # one branch: A stacked, B block-diagonal, each part's scale in its block
+        out = layers[name].out_features // 3
+        a = torch.cat([by_place[i][0] for i in sorted(by_place)])
+        b = torch.zeros(3 * out, a.shape[0])
+        col = 0
+        for i in sorted(by_place):
+            part_a, part_b, scale = by_place[i]
+            b[i * out:(i + 1) * out, col:col + part_a.shape[0]] = part_b * scale
+            col += part_a.shape[0]
+        converted[name] = (a, b, 1.0)
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
-    prepared = PreparedLora(name, converted)
+    prepared = PreparedLora(name, converted, rank)
     if prepared.rank > max_rank:
         raise InvalidLora(f"LoRA {name!r} has rank {prepared.rank}, over the service's lora_max_rank of {max_rank} "
                           "(the LoRA slot's size, fixed at load): restart with a larger lora_max_rank")
@@ -181,7 +205,7 @@ class LoraSlot:
     cost) and "all"; a fill picks the smallest that covers the layers its LoRAs use."""
 
     ATTENTION = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                 "attn.add_v_proj", "attn.to_add_out")
+                 "attn.add_v_proj", "attn.to_add_out", "attn.to_qkv", "attn.to_added_qkv")
     VARIANTS = ("attention", "all")  # besides "base"
 
     def __init__(self, transformer, rank: int, dtype):
@@ -191,8 +215,9 @@ class LoraSlot:
         self.rank, self.dtype = rank, dtype
         targets = [(n, m) for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear)]
         with _INJECT_LOCK:
-            for name, module in targets:
-                transformer.set_submodule(name, SlotLinear(module, rank, dtype))
+            for name, module in targets:  # a fused q/k/v layer (qkv.py) holds up to three layers' branches
+                fused = name.rpartition(".")[2] in PARTS
+                transformer.set_submodule(name, SlotLinear(module, 3 * rank if fused else rank, dtype))
         self.layers = {n: transformer.get_submodule(n) for n, _ in targets}
         attention = {n for n in self.layers if n.endswith(self.ATTENTION)}
         self.variant_layers = {"base": set(), "attention": attention, "all": set(self.layers)}

@@ -218,6 +218,7 @@ class FluxModelManager:
 
     def _build_replica(self, index: int, device: str, spec: LoadSpec, kind: type[Replica] = Replica, **extra) -> Replica:
         pipe = self.backend.load_pipeline(spec, device)
+        self.speed.restructure(pipe.transformer)  # before the LoRA slot, which wraps the layers it makes
         # The adapters before compiling: the LoRA slot is part of what gets compiled (lora_slot.py).
         adapters = self.backend.adapters(pipe, self.lora_files, self.settings, spec.dtype)
         self.speed.prepare(pipe, self.free_memory)

@@ -54,6 +54,7 @@ class SpeedPolicy:
 
     def __post_init__(self):
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
+        self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
         if self.plan.mode == "parallel" and not self.backend.diffusers_attention:
             raise ValueError(f"placement=parallel splits diffusers' attention between processes; backend "
@@ -119,6 +120,14 @@ class SpeedPolicy:
             mapping["text_encoder_2"] = TransformersBnbConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                               bnb_4bit_compute_dtype=dtype)
         return mapping
+
+    def restructure(self, transformer) -> None:
+        """Right after loading, before the LoRA slot: q/k/v stacked into one layer where `fuse_qkv` says
+        (qkv.py). The number of attention modules fused is kept for /model-status."""
+        if self.settings.fuse_qkv:
+            from .qkv import fuse_qkv
+
+            self.qkv_fused = fuse_qkv(transformer)
 
     def prepare(self, pipe, free_memory) -> None:
         """After loading: the low-memory moves, then compile."""

@@ -43,6 +43,7 @@ def service_status(manager) -> dict:
                     "vae": manager.speed is not None and manager.speed.compiles_vae,
                     "persistent_rows": s.compile_persistent_rows and manager.speed is not None and manager.speed.compile_mode != "none",
                     "fused": manager.speed.fused if manager.speed else None,
+                    "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
                     **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
         "attention": manager.speed.attention_status() if manager.speed else {"kernel": s.attention},
