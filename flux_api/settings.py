@@ -205,9 +205,11 @@ class ServiceSettings(BaseSettings):
     fuse_qkv: bool = Field(
         False, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
         "their weights stacked by rows (diffusers' fused-projection path; engine/qkv.py): one GEMM of 9,216 "
-        "outputs reading the input once instead of three of 3,072. Exact for bf16 and torchao fp8 per-row weights "
-        "(the same bytes on the CPU tiny model); LoRAs for q/k/v become one branch of the fused layer, whose slot "
-        "holds three times lora_max_rank. Not measured on a GPU yet: off until a run says it pays."
+        "outputs reading the input once instead of three of 3,072. Stacking is exact for bf16 and torchao fp8 per-row "
+        "weights (on the CPU: the tiny model's images the same bytes, fp8 blocks bit for bit; a GPU's wider GEMM may "
+        "round otherwise). LoRAs for q/k/v become one branch of the fused layer, whose slot holds three times "
+        "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Not "
+        "measured on a GPU yet: off until a run says it pays."
     )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "

@@ -83,12 +83,12 @@ def test_a_lora_on_q_k_v_goes_into_the_fused_layers_slot_and_computes_the_same()
     fused_slot, plain_slot = LoraSlot(blocks, 8, torch.float32), LoraSlot(plain, 8, torch.float32)
     assert fused_slot.layers["0.attn.to_qkv"].lora_A.shape == (24, DIM)  # three layers' ranks
     assert fused_slot.layers["0.attn.to_out.0"].lora_A.shape == (8, DIM)
-    # Different ranks per layer, q and v only in the single block, the text stream's too; alpha 2 x rank
+    # Different ranks and scales per layer, q and v only in the single block, the text stream's too
     ranks = {"0.attn.to_q": 4, "0.attn.to_k": 2, "0.attn.to_v": 4, "0.attn.add_q_proj": 4, "0.attn.add_k_proj": 4,
              "0.attn.add_v_proj": 1, "0.attn.to_out.0": 4, "1.attn.to_q": 8, "1.attn.to_v": 2}
     state = _lora_state(torch.Generator().manual_seed(5), ranks)
-    for module, r in ranks.items():
-        state[f"transformer.{module}.alpha"] = torch.tensor(2.0 * r)
+    for i, (module, r) in enumerate(ranks.items()):  # a scale of its own per layer: (i + 1) / 2
+        state[f"transformer.{module}.alpha"] = torch.tensor((i + 1) * r / 2)
     loras = []
     for slot in (fused_slot, plain_slot):
         prepared = convert(FluxPipeline, dict(state), "qkv", 8, slot.layers)
@@ -107,6 +107,36 @@ def test_a_lora_on_q_k_v_goes_into_the_fused_layers_slot_and_computes_the_same()
     fused_slot.enable(False)
     for got, want in zip(_run(blocks), base):
         assert torch.equal(got, want)  # switched off: the base blocks, bit for bit
+
+
+def test_what_a_fused_layer_cannot_take_is_refused_by_the_loras_name():
+    from diffusers import FluxPipeline
+
+    from flux_api.errors import InvalidLora
+
+    blocks = _blocks()
+    fuse_qkv(blocks)
+    slot = LoraSlot(blocks, 8, torch.float32)
+    g = torch.Generator().manual_seed(8)
+    bad = _lora_state(g, {"0.attn.to_q": 4, "0.attn.to_k": 4})
+    bad["transformer.0.attn.to_k.lora_B.weight"] = torch.randn(DIM + 1, 4, generator=g)  # made for another model
+    with pytest.raises(InvalidLora, match=r"LoRA 'bad' does not fit this model: 0.attn.to_k has out_features 128"):
+        convert(FluxPipeline, bad, "bad", 8, slot.layers)
+    both = _lora_state(g, {"0.attn.to_q": 4})
+    both["transformer.0.attn.to_qkv.lora_A.weight"] = torch.randn(4, DIM, generator=g)
+    both["transformer.0.attn.to_qkv.lora_B.weight"] = torch.randn(3 * DIM, 4, generator=g)
+    with pytest.raises(InvalidLora, match=r"LoRA 'both' has both 0.attn.to_qkv and its q/k/v parts"):
+        convert(FluxPipeline, both, "both", 8, slot.layers)
+
+
+def test_an_attention_whose_layers_cannot_all_be_stacked_is_left_as_it_is():
+    blocks = _blocks()
+    blocks[0].attn.add_v_proj = torch.nn.Sequential(blocks[0].attn.add_v_proj)  # not a plain Linear
+    plain = copy.deepcopy(blocks)
+    assert fuse_qkv(blocks) == 1  # the single block's only
+    assert hasattr(blocks[0].attn, "to_q") and not getattr(blocks[0].attn, "fused_projections", False)
+    for got, want in zip(_run(blocks), _run(plain)):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.slow

@@ -136,10 +136,16 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
             parts.setdefault(fused[0], {})[fused[1]] = (a.to(torch.float32), b.to(torch.float32), float(scale))
         else:
             converted[module] = (a.to(torch.float32), b.to(torch.float32), float(scale))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
+    both = sorted(set(parts) & set(converted))
+    if both:  # its own fused layer and that layer's q/k/v parts: one would overwrite the other
+        raise InvalidLora(f"LoRA {name!r} has both {both[0]} and its q/k/v parts: the service applies one or the other")
     rank = max((a.shape[0] for a, _, _ in [*converted.values(), *(p for d in parts.values() for p in d.values())]),
                default=0)
-    for name, by_place in parts.items():  # one branch: A stacked, B block-diagonal, each part's scale in its block
-        out = layers[name].out_features // 3
+    for fused_name, by_place in parts.items():  # one branch: A stacked, B block-diagonal, each part's scale in it
+        out = layers[fused_name].out_features // 3
         a = torch.cat([by_place[i][0] for i in sorted(by_place)])
         b = torch.zeros(3 * out, a.shape[0])
         col = 0
@@ -147,10 +153,7 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
             part_a, part_b, scale = by_place[i]
             b[i * out:(i + 1) * out, col:col + part_a.shape[0]] = part_b * scale
             col += part_a.shape[0]
-        converted[name] = (a, b, 1.0)
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise InvalidLora(f"LoRA {name!r} does not fit this model: {'; '.join(problems[:3])}{more}")
+        converted[fused_name] = (a, b, 1.0)
     prepared = PreparedLora(name, converted, rank)
     if prepared.rank > max_rank:
         raise InvalidLora(f"LoRA {name!r} has rank {prepared.rank}, over the service's lora_max_rank of {max_rank} "

@@ -6,8 +6,8 @@ GEMM of N = 9,216 reads it once and fills the GPU better (the text stream's 512 
 fill an H100: 48 tiles for 132 SMs). diffusers has the fused path (`attn.fused_projections`: its processor
 calls `to_qkv` and `to_added_qkv`, then chunks); `fuse_qkv` builds those layers with the three weights stacked
 by rows, and removes the three, so no weight is held twice. Stacking rows is exact for bf16 weights and for
-torchao's fp8 weights with per-row scales (each row keeps its scale; torchao's own `cat`); other weights (4-bit)
-are left as they are.
+torchao's fp8 weights with per-row scales (each row keeps its scale; torchao's own `cat`); an attention with any
+other layer (4-bit, int8, not a plain Linear, quantized unlike its siblings) is left whole, as it is.
 
 The LoRA slot wraps the fused layers like any other (lora_slot.py): a LoRA's to_q/to_k/to_v parts become one
 branch of the fused layer (their A matrices stacked, their B matrices block-diagonal: the input read once for
@@ -66,10 +66,14 @@ def fuse_qkv(transformer) -> int:
         if type(attn) is not FluxAttention or getattr(attn, "fused_projections", False):
             continue
         groups = {name: [getattr(attn, p, None) for p in parts] for name, parts in PARTS.items()}
-        groups = {name: layers for name, layers in groups.items()
-                  if all(type(layer) is torch.nn.Linear for layer in layers)}
-        if "to_qkv" not in groups or not all(_stackable(layer) for layers in groups.values() for layer in layers):
+        groups = {name: layers for name, layers in groups.items() if any(layer is not None for layer in layers)}
+        # All of the module's groups or none: diffusers' fused path reads to_added_qkv whenever it exists
+        if "to_qkv" not in groups or not all(type(layer) is torch.nn.Linear and _stackable(layer)
+                                             for layers in groups.values() for layer in layers):
             continue
+        if len({(type(layer.weight), getattr(layer.weight, "mm_config", None), layer.weight.dtype)
+                for layers in groups.values() for layer in layers}) > 1:
+            continue  # weights quantized differently: nothing to stack
         for name, layers in groups.items():
             setattr(attn, name, _stacked(layers))
             for part in PARTS[name]:
