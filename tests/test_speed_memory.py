@@ -117,6 +117,15 @@ def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny
     finally:
         inductor.inductor_choices_class = before
     assert parse_target("fp4+rows") == ("fp4", None, {"COMPILE_PERSISTENT_ROWS": "true"})
+    # A torch without the seam: start-up stops before any weight loads, saying why (compiled only: else moot)
+    import flux_api.engine.speed as speed
+
+    monkeypatch.setattr(speed, "has_choices_seam", lambda: False)
+    planned = lambda **kw: _planned(BF16FluxModelManager(BF16Settings(model="tiny", cache_dir=cache_dir,
+                                                                      compile_persistent_rows=True, **kw), H100))
+    with pytest.raises(ValueError, match="compile_persistent_rows needs inductor's choices seam"):
+        planned(compile="regional")
+    assert planned(compile="none").speed.compile_mode == "none"
 
 
 def test_compile_autotune_turns_on_inductors_tuning_for_the_blocks(tiny_dir, cache_dir):

@@ -108,6 +108,7 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
         raise InvalidLora(f"LoRA {name!r}: its ranks and alphas cannot be read as a LoRA config: {e}") from e
     converted: dict[str, tuple] = {}
     parts: dict[str, dict[int, tuple]] = {}  # fused q/k/v layer -> its LoRA parts, by place (qkv.py)
+    rank = 0
     problems = []
     for key, a in transformer.items():
         if ".lora_A." not in key:
@@ -116,22 +117,22 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
         b = transformer.get(f"{module}.lora_B.weight")
         if b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
             raise InvalidLora(f"LoRA {name!r}: layer {module} has no matching lora_A/lora_B pair")
-        layer, fused = layers.get(module), part_of(module)
-        fused = fused if layer is None and fused is not None and fused[0] in layers else None
-        if fused is not None:  # a q/k/v layer stacked into one (fuse_qkv): a third of the fused layer
-            layer = layers[fused[0]]
-            out_features = layer.out_features // 3
+        layer, fused = layers.get(module), None
+        if layer is None and (fused := part_of(module)) is not None and fused[0] in layers:
+            layer = layers[fused[0]]  # a q/k/v layer stacked into one (fuse_qkv): a third of the fused layer
         elif layer is None:
             problems.append(f"{module} is not a Linear layer of this transformer")
             continue
         else:
-            out_features = layer.out_features
+            fused = None
+        out_features = layer.out_features // 3 if fused is not None else layer.out_features
         for side, want, got in (("in", layer.in_features, a.shape[1]), ("out", out_features, b.shape[0])):
             if want != got:
                 problems.append(f"{module} has {side}_features {want}, the LoRA has {got}")
         r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module), config.r)
         alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
         scale = alpha / math.sqrt(r) if config.use_rslora else alpha / r
+        rank = max(rank, a.shape[0])  # the LoRA's own: a fused layer's branch stacks up to three of these
         if fused is not None:
             parts.setdefault(fused[0], {})[fused[1]] = (a.to(torch.float32), b.to(torch.float32), float(scale))
         else:
@@ -142,8 +143,6 @@ def convert(pipe, state: dict | Path, name: str, max_rank: int, layers: dict, me
     both = sorted(set(parts) & set(converted))
     if both:  # its own fused layer and that layer's q/k/v parts: one would overwrite the other
         raise InvalidLora(f"LoRA {name!r} has both {both[0]} and its q/k/v parts: the service applies one or the other")
-    rank = max((a.shape[0] for a, _, _ in [*converted.values(), *(p for d in parts.values() for p in d.values())]),
-               default=0)
     for fused_name, by_place in parts.items():  # one branch: A stacked, B block-diagonal, each part's scale in it
         out = layers[fused_name].out_features // 3
         a = torch.cat([by_place[i][0] for i in sorted(by_place)])

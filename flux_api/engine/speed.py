@@ -7,6 +7,7 @@ pipeline. Nothing here runs on a live request.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -56,6 +57,11 @@ class SpeedPolicy:
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
+        if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
+            import torch
+
+            raise ValueError(f"compile_persistent_rows needs inductor's choices seam (config.inductor_choices_class), "
+                             f"which torch {torch.__version__} does not have: switch it off")
         if self.plan.mode == "parallel" and not self.backend.diffusers_attention:
             raise ValueError(f"placement=parallel splits diffusers' attention between processes; backend "
                              f"{self.backend.name} runs its own: choose another backend or placement")
@@ -171,6 +177,14 @@ class SpeedPolicy:
 PERSISTENT_ROWS = 4096  # FLUX's rows are 3,072 wide; inductor keeps rows of at most 1,024 in registers
 
 
+def has_choices_seam() -> bool:
+    """Whether this torch's inductor takes its heuristics from `config.inductor_choices_class`."""
+    import torch._inductor.config
+
+    return hasattr(torch._inductor.config, "inductor_choices_class")
+
+
+@functools.cache
 def persistent_row_choices(limit: int = PERSISTENT_ROWS):
     """Inductor's heuristics (its `InductorChoices`, the seam `config.inductor_choices_class` exists for), but
     a reduction along rows of at most `limit` values is persistent: the row is read once into registers
@@ -222,12 +236,9 @@ def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = Fal
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / ("inductor-persistent-rows" if persistent_rows else "inductor")))
     config = torch._inductor.config
-    if persistent_rows:
-        if not hasattr(config, "inductor_choices_class"):
-            raise ValueError(f"compile_persistent_rows needs inductor's choices seam (config.inductor_choices_class), "
-                             f"which torch {torch.__version__} does not have: switch it off")
+    if persistent_rows:  # a torch without the seam was refused at start-up (SpeedPolicy)
         config.inductor_choices_class = persistent_row_choices()
-    elif getattr(getattr(config, "inductor_choices_class", None), "__name__", None) == "PersistentRows":
+    elif has_choices_seam() and config.inductor_choices_class is persistent_row_choices():
         config.inductor_choices_class = None  # off again: the setting, not what came before
     # Two variants (slot off/on) of each block, per dtype and grad mode: room to spare, so that a
     # variant never falls back to eager for want of cache entries.

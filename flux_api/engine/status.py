@@ -28,6 +28,7 @@ def cuda_graphs(manager) -> dict:
 
 def service_status(manager) -> dict:
     s, plan, sched = manager.settings, manager.plan, manager.scheduler
+    compiled = manager.speed is not None and manager.speed.compile_mode != "none"  # what "with compile" settings need
     replicas = [r.status() for r in manager.replicas]
     return {
         "service": s.service,
@@ -39,9 +40,9 @@ def service_status(manager) -> dict:
         "backend": manager.backend_name,
         "precision": precision(manager),
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile,
-                    "autotune": s.compile_autotune and manager.speed is not None and manager.speed.compile_mode != "none",
+                    "autotune": s.compile_autotune and compiled,
                     "vae": manager.speed is not None and manager.speed.compiles_vae,
-                    "persistent_rows": s.compile_persistent_rows and manager.speed is not None and manager.speed.compile_mode != "none",
+                    "persistent_rows": s.compile_persistent_rows and compiled,
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
                     **manager.compiles.status()},
