@@ -19,6 +19,7 @@ OPTIONS = {
     "vae": ("COMPILE_VAE", "true"),
     "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
     "qkv": ("FUSE_QKV", "true"),
+    "mod": ("PRECOMPUTE_MODULATION", "true"),
     "fused": ("FUSE_KERNELS", "true"),
     "unfused": ("FUSE_KERNELS", "false"),  # the default is on: this is the comparison
     "sdpa": ("ATTENTION", "sdpa"),

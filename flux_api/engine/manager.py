@@ -231,10 +231,12 @@ class FluxModelManager:
                 return None if step_cache is not None and step_cache.active else adapters.graph_variant()
 
             graphs = GraphedForward(pipe.transformer, variant).install()
+        # Outermost, around the graph's forward: each pass's modulations copied in before the graph replays.
+        modulation = self.speed.modulation_table(pipe)
         config = RunConfig(self.backend.name, self.source.spec, self.settings.max_sequence_length,
                            self.speed.text_on_cpu, self.free_memory)
         return kind(index, device, pipe, adapters, config, graphs, prompts=PromptCache(self.settings.prompt_cache_size),
-                    step_cache=step_cache, **extra)
+                    step_cache=step_cache, modulation=modulation, **extra)
 
     def _build_parallel(self, spec: LoadSpec):
         """placement=parallel: the other ranks' processes started, this process joined as rank 0, and rank 0's

@@ -49,6 +49,7 @@ class Replica:
     variants: dict = field(default_factory=dict)  # image-to-image and inpainting pipelines, over the same modules
     prompts: PromptCache = field(default_factory=lambda: PromptCache(0))  # recent prompts' embeddings
     step_cache: StepCache | None = None  # First Block Cache, per request (None: the backend cannot)
+    modulation: Any = None  # ModulationTable, where precompute_modulation is on
 
     def on_thread_start(self) -> None:
         if self.device.startswith("cuda:"):
@@ -173,7 +174,7 @@ class Replica:
             kwargs = self._encode_prompts(kwargs)
             # text-to-image's pipeline names its passes' cache contexts; the others do not (step_cache.py)
             passes = None if params.kind == "text" else (2 if params.negative_prompt else 1)
-            with self.cache_steps(params.first_block_cache, passes) as count:
+            with self.cache_steps(params.first_block_cache, passes) as count, self.modulations():
                 out = self.pipeline(params.kind)(
                     width=params.width, height=params.height,
                     num_inference_steps=params.num_inference_steps, guidance_scale=params.guidance_scale,
@@ -205,6 +206,10 @@ class Replica:
         if self.step_cache is None:
             raise GenerationFailed("first_block_cache is not available on this replica")
         return self.step_cache.on(threshold, passes_to_name)
+
+    def modulations(self):
+        """One pipeline call's precomputed modulations (modulation.py), where they are on."""
+        return self.modulation.run() if self.modulation is not None else contextlib.nullcontext()
 
     def _encode_prompts(self, kwargs: dict) -> dict:
         """The prompt and negative prompt as embeddings, from the prompt cache or encoded now (on the CPU

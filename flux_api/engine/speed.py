@@ -56,6 +56,7 @@ class SpeedPolicy:
     def __post_init__(self):
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
+        self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
         if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
             import torch
@@ -134,6 +135,22 @@ class SpeedPolicy:
             from .qkv import fuse_qkv
 
             self.qkv_fused = fuse_qkv(transformer)
+
+    @property
+    def precomputes_modulation(self) -> bool:
+        """precompute_modulation, where the transformer runs diffusers' blocks (whose norms it reads)."""
+        return self.settings.precompute_modulation and self.backend.step_cache_problem is None
+
+    def modulation_table(self, pipe):
+        """The ModulationTable installed on `pipe` (modulation.py), or None. After compile and the CUDA
+        graphs: it patches the norms' layers before anything is traced, and wraps the graphed forward."""
+        if not self.precomputes_modulation:
+            return None
+        from .modulation import ModulationTable
+
+        table = ModulationTable(pipe.transformer, pipe.scheduler)
+        self.modulation_norms = table.norms
+        return table.install() if table.norms else None
 
     def prepare(self, pipe, free_memory) -> None:
         """After loading: the low-memory moves, then compile."""

@@ -45,6 +45,7 @@ def service_status(manager) -> dict:
                     "persistent_rows": s.compile_persistent_rows and compiled,
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
+                    "modulation_precomputed": manager.speed.modulation_norms if manager.speed else None,
                     **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
         "attention": manager.speed.attention_status() if manager.speed else {"kernel": s.attention},
