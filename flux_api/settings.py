@@ -211,14 +211,22 @@ class ServiceSettings(BaseSettings):
         "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Not "
         "measured on a GPU yet: off until a run says it pays."
     )
+    precompute_modulation: bool = Field(
+        False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
+        "step, one GEMM per norm (the weights read once instead of once a step: 77 one-row GEMVs of about 3.2 G "
+        "weights a step on FLUX.1), each step then copying its row (engine/modulation.py). The same arithmetic "
+        "up to the GEMM's rounding. Backends running diffusers' blocks only (not nunchaku). Not measured on a "
+        "GPU yet: off until a run says it pays; /model-status compile.modulation_precomputed counts the norms."
+    )
     fuse_kernels: bool = Field(
-        True, description="On a CUDA GPU, the backend's fused kernels: for torchao-fp8, the activation quantization "
+        True, description="On a CUDA GPU, the backend's fused kernels. torchao-fp8: the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "
         "and the fp8 cast) in one Triton kernel that reads the row once, instead of inductor's two passes "
         "(engine/fp8_fused.py). Measured on an H100 (docs/PERFORMANCE.md): FP4 end to end 3.029 -> 2.771 s at 1024 px, "
         "the image 47 dB from the unfused one (torchao's arithmetic with a fast tanh: 0.012-0.014% of its fp8 bytes "
-        "differ from torchao's eager ones, 2.3-2.4% of inductor's for the same arithmetic). Off runs diffusers' and "
-        "torchao's code as they are."
+        "differ from torchao's eager ones, 2.3-2.4% of inductor's for the same arithmetic). diffusers (BF16): the "
+        "MLPs' GELU in the GEMM's epilogue and a single block's proj_out as two GEMMs instead of reading a "
+        "concatenation (engine/bf16_fused.py; not measured yet). Off runs diffusers' and torchao's code as they are."
     )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "

@@ -11,3 +11,10 @@ class DiffusersBackend(Backend):
     chosen_text = "full precision, stock diffusers"
     # Compiled, with CUDA graphs: 0.8x of stock's time at 1024 px on an H100 (docs/PERFORMANCE.md).
     auto_compile = "regional"
+
+    def fuse(self, transformer) -> str | None:
+        from ..bf16_fused import install
+
+        fused = install(transformer)
+        return (f"{fused} modules with the GELU in their GEMM's epilogue (single blocks' proj_out in two GEMMs, "
+                f"no concatenation)") if fused else None

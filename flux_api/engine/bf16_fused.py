@@ -1,0 +1,107 @@
+"""The BF16 service's blocks with their GELU in the GEMM's epilogue and no concatenation (issue 25).
+
+FLUX's widest activations are the 12,288-wide MLP inputs. Compiled, a block computes them in three passes
+over memory: the GEMM writes the pre-activation, inductor's kernel reads it and writes gelu(x) (in a
+single block, into the concatenation [attention, gelu(mlp)] that `proj_out` reads), and the next GEMM
+reads it. At 1024 px a pass over 4,608 x 12,288 bf16 values is 113 MB; one a block is about 4-5 ms of a
+139 ms BF16 step (an H100's 3.35 TB/s, read and written).
+
+- aten's `_addmm_activation(bias, x, W^T, use_gelu=True)` computes the layer and its tanh GELU in one GEMM
+  (cuBLASLt's GELU_BIAS epilogue on CUDA; ATen applies tanh GELU after the GEMM where the Lt path does not
+  apply). inductor keeps it as one extern call (it has no decomposition for it in inductor's table). FLUX's
+  GELU is the tanh one, so the arithmetic is the same but for one rounding: the epilogue applies GELU to
+  the fp32 accumulator, where diffusers rounds to bf16 first.
+- A single block's `proj_out(cat([attention, mlp]))` is two GEMMs into one output: attention x W[:, :3072]^T
+  + bias, then += mlp x W[:, 3072:]^T (cuBLAS with beta = 1, the weight's column views as they are, no
+  copy): the 141 MB concatenation is never written. The first product is rounded to bf16 before the second
+  adds to it.
+
+`install(transformer)` swaps the forward of each single block and each feed-forward (instances only), where
+the layers are plain bf16/fp16 Linears (or the LoRA slot's wrapper of one) with biases and the GELU is the
+tanh one. A layer of the LoRA slot switched on runs diffusers' code (its branch adds to the pre-activation
+and reads the concatenation), so a LoRA costs what it cost; switched off, the fused code runs. CUDA only:
+on the CPU `_addmm_activation`'s GELU is the exact (erf) one.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+
+
+def _plain(layer) -> torch.nn.Linear | None:
+    """The bf16/fp16 Linear under `layer` (itself, or the LoRA slot's base), with a bias; None otherwise."""
+    base = getattr(layer, "base", layer)
+    if (type(base) is not torch.nn.Linear or base.bias is None or type(base.weight) is not torch.nn.Parameter
+            or base.weight.dtype not in (torch.bfloat16, torch.float16)):
+        return None
+    return base
+
+
+def addmm_gelu(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """gelu(a @ b + bias) in one GEMM: aten's op (dynamo traces `torch.ops`, not `torch._addmm_activation`)."""
+    return torch.ops.aten._addmm_activation.default(bias, a, b, use_gelu=True)
+
+
+def gelu_linear(layer, x: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(layer(x)) in one GEMM (the slot's layer switched on: its own forward, then the GELU)."""
+    if getattr(layer, "enabled", False):
+        return torch.nn.functional.gelu(layer(x), approximate="tanh")
+    base = layer.base if hasattr(layer, "base") else layer
+    y = addmm_gelu(base.bias, x.reshape(-1, x.shape[-1]), base.weight.t())
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def split_linear(layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """layer(cat([a, b], -1)) as two GEMMs into one output, the concatenation never made."""
+    if getattr(layer, "enabled", False):
+        return layer(torch.cat([a, b], dim=-1))
+    base = layer.base if hasattr(layer, "base") else layer
+    width = a.shape[-1]
+    out = torch.addmm(base.bias, a.reshape(-1, width), base.weight[:, :width].t())
+    out = torch.addmm(out, b.reshape(-1, b.shape[-1]), base.weight[:, width:].t())
+    return out.reshape(*a.shape[:-1], out.shape[-1])
+
+
+def _single_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
+                          joint_attention_kwargs=None):
+    """diffusers' FluxSingleTransformerBlock.forward (0.42), the GELU in proj_mlp's GEMM and proj_out split."""
+    text_seq_len = encoder_hidden_states.shape[1]
+    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+    residual = hidden_states
+    norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
+    mlp_hidden_states = gelu_linear(self.proj_mlp, norm_hidden_states)
+    attn_output = self.attn(hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb,
+                            **(joint_attention_kwargs or {}))
+    hidden_states = residual + gate.unsqueeze(1) * split_linear(self.proj_out, attn_output, mlp_hidden_states)
+    if hidden_states.dtype == torch.float16:
+        hidden_states = hidden_states.clip(-65504, 65504)
+    return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+
+
+def _feed_forward(self, hidden_states, *args, **kwargs):
+    """diffusers' FeedForward (GELU tanh, dropout off, Linear), the GELU in the first GEMM."""
+    return self.net[2](gelu_linear(self.net[0].proj, hidden_states))
+
+
+def _gelu_tanh(module) -> bool:
+    return getattr(module, "approximate", None) == "tanh"
+
+
+def install(transformer) -> int:
+    """Fuse where it applies (see the module's docstring); the number of modules fused. Before compiling."""
+    from diffusers.models.attention import FeedForward
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    fused = 0
+    for module in transformer.modules():
+        if (type(module) is FluxSingleTransformerBlock and _gelu_tanh(module.act_mlp)
+                and _plain(module.proj_mlp) is not None and _plain(module.proj_out) is not None):
+            module.forward = types.MethodType(_single_block_forward, module)
+            fused += 1
+        elif (type(module) is FeedForward and len(module.net) == 3 and _gelu_tanh(module.net[0])
+              and type(module.net[1]) is torch.nn.Dropout and _plain(module.net[0].proj) is not None):
+            module.forward = types.MethodType(_feed_forward, module)
+            fused += 1
+    return fused
