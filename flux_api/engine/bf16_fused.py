@@ -25,9 +25,10 @@ on the CPU `_addmm_activation`'s GELU is the exact (erf) one.
 
 from __future__ import annotations
 
-import types
-
 import torch
+
+from . import fused_blocks
+from .fused_blocks import single_block_forward
 
 
 def _plain(layer) -> torch.nn.Linear | None:
@@ -64,20 +65,8 @@ def split_linear(layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out.reshape(*a.shape[:-1], out.shape[-1])
 
 
-def _single_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
-                          joint_attention_kwargs=None):
-    """diffusers' FluxSingleTransformerBlock.forward (0.42), the GELU in proj_mlp's GEMM and proj_out split."""
-    text_seq_len = encoder_hidden_states.shape[1]
-    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-    residual = hidden_states
-    norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
-    mlp_hidden_states = gelu_linear(self.proj_mlp, norm_hidden_states)
-    attn_output = self.attn(hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb,
-                            **(joint_attention_kwargs or {}))
-    hidden_states = residual + gate.unsqueeze(1) * split_linear(self.proj_out, attn_output, mlp_hidden_states)
-    if hidden_states.dtype == torch.float16:
-        hidden_states = hidden_states.clip(-65504, 65504)
-    return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+_single_block_forward = single_block_forward(lambda block, x: gelu_linear(block.proj_mlp, x),
+                                             lambda block, a, b: split_linear(block.proj_out, a, b))
 
 
 def _feed_forward(self, hidden_states, *args, **kwargs):
@@ -85,23 +74,9 @@ def _feed_forward(self, hidden_states, *args, **kwargs):
     return self.net[2](gelu_linear(self.net[0].proj, hidden_states))
 
 
-def _gelu_tanh(module) -> bool:
-    return getattr(module, "approximate", None) == "tanh"
-
-
 def install(transformer) -> int:
     """Fuse where it applies (see the module's docstring); the number of modules fused. Before compiling."""
-    from diffusers.models.attention import FeedForward
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
-
-    fused = 0
-    for module in transformer.modules():
-        if (type(module) is FluxSingleTransformerBlock and _gelu_tanh(module.act_mlp)
-                and _plain(module.proj_mlp) is not None and _plain(module.proj_out) is not None):
-            module.forward = types.MethodType(_single_block_forward, module)
-            fused += 1
-        elif (type(module) is FeedForward and len(module.net) == 3 and _gelu_tanh(module.net[0])
-              and type(module.net[1]) is torch.nn.Dropout and _plain(module.net[0].proj) is not None):
-            module.forward = types.MethodType(_feed_forward, module)
-            fused += 1
-    return fused
+    return fused_blocks.install(
+        transformer,
+        (lambda block: _plain(block.proj_mlp) is not None and _plain(block.proj_out) is not None, _single_block_forward),
+        (lambda ff: _plain(ff.net[0].proj) is not None, _feed_forward))

@@ -20,11 +20,11 @@ so a LoRA costs what it cost; switched off, the fused kernel runs.
 
 from __future__ import annotations
 
-import types
-
 import torch
 
+from . import fused_blocks
 from .fp8_rows import quantize_rows
+from .fused_blocks import single_block_forward
 
 
 def _fp8_weight(layer):
@@ -69,20 +69,9 @@ def fused_linear(layer, a: torch.Tensor | None, b: torch.Tensor, gelu: bool) -> 
     return y.reshape(*b.shape[:-1], y.shape[-1])
 
 
-def _single_block_forward(self, hidden_states, encoder_hidden_states, temb, image_rotary_emb=None,
-                          joint_attention_kwargs=None):
-    """diffusers' FluxSingleTransformerBlock.forward (0.42), with proj_out(cat([attn, gelu(mlp)])) fused."""
-    text_seq_len = encoder_hidden_states.shape[1]
-    hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)
-    residual = hidden_states
-    norm_hidden_states, gate = self.norm(hidden_states, emb=temb)
-    mlp_hidden_states = self.proj_mlp(norm_hidden_states)  # its GELU is applied in the fused quantization
-    attn_output = self.attn(hidden_states=norm_hidden_states, image_rotary_emb=image_rotary_emb,
-                            **(joint_attention_kwargs or {}))
-    hidden_states = residual + gate.unsqueeze(1) * fused_linear(self.proj_out, attn_output, mlp_hidden_states, True)
-    if hidden_states.dtype == torch.float16:
-        hidden_states = hidden_states.clip(-65504, 65504)
-    return hidden_states[:, :text_seq_len], hidden_states[:, text_seq_len:]
+# The MLP's input layer as it is (its GELU is applied in the fused quantization), proj_out fused.
+_single_block_forward = single_block_forward(lambda block, x: block.proj_mlp(x),
+                                             lambda block, a, b: fused_linear(block.proj_out, a, b, True))
 
 
 def _feed_forward(self, hidden_states, *args, **kwargs):
@@ -90,23 +79,7 @@ def _feed_forward(self, hidden_states, *args, **kwargs):
     return fused_linear(self.net[2], None, self.net[0].proj(hidden_states), True)
 
 
-def _gelu_tanh(module) -> bool:
-    return getattr(module, "approximate", None) == "tanh"
-
-
 def install(transformer) -> int:
     """Fuse where it applies (see the module's docstring); the number of layers fused. Before compiling."""
-    from diffusers.models.attention import FeedForward
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
-
-    fused = 0
-    for module in transformer.modules():
-        if (type(module) is FluxSingleTransformerBlock and _gelu_tanh(module.act_mlp)
-                and _fp8_weight(module.proj_out) is not None):
-            module.forward = types.MethodType(_single_block_forward, module)
-            fused += 1
-        elif (type(module) is FeedForward and len(module.net) == 3 and _gelu_tanh(module.net[0])
-              and type(module.net[1]) is torch.nn.Dropout and _fp8_weight(module.net[2]) is not None):
-            module.forward = types.MethodType(_feed_forward, module)
-            fused += 1
-    return fused
+    return fused_blocks.install(transformer, (lambda block: _fp8_weight(block.proj_out) is not None, _single_block_forward),
+                                (lambda ff: _fp8_weight(ff.net[2]) is not None, _feed_forward))
