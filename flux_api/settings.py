@@ -218,6 +218,14 @@ class ServiceSettings(BaseSettings):
         "up to the GEMM's rounding. Backends running diffusers' blocks only (not nunchaku). Not measured on a "
         "GPU yet: off until a run says it pays; /model-status compile.modulation_precomputed counts the norms."
     )
+    split_group_norm: bool = Field(
+        False, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
+        "splits each group over many programs (engine/group_norm.py), where ATen's reads each group in one thread "
+        "block: 32 blocks for up to 536 MB, 47 ms of a 1024 px decode in the 2026-12-06 H100 trace. ATen's "
+        "arithmetic (mean and 1/std kept in the input's dtype, one fp32 multiply-add per value) but for the "
+        "variance's last bits. Not with compile_vae (inductor compiles the norms). Not measured yet: off until "
+        "a GPU run says it pays.",
+    )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels. torchao-fp8: the activation quantization "
         "of each single block's proj_out and each feed-forward's output layer (GELU, concatenation, per-row amax "

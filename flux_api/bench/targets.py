@@ -20,6 +20,7 @@ OPTIONS = {
     "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
     "qkv": ("FUSE_QKV", "true"),
     "mod": ("PRECOMPUTE_MODULATION", "true"),
+    "gn": ("SPLIT_GROUP_NORM", "true"),
     "fused": ("FUSE_KERNELS", "true"),
     "unfused": ("FUSE_KERNELS", "false"),  # the default is on: this is the comparison
     "sdpa": ("ATTENTION", "sdpa"),

@@ -57,6 +57,7 @@ class SpeedPolicy:
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
+        self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
         if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
             import torch
@@ -170,6 +171,11 @@ class SpeedPolicy:
             from .parallel import enable_context_parallel
 
             enable_context_parallel(pipe.transformer, self.plan.ranks)
+        if self.on_gpu and self.settings.split_group_norm and not self.compiles_vae:
+            from . import group_norm
+
+            if group_norm.HAS_TRITON:
+                self.split_group_norms = group_norm.install(pipe.vae)
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph,
                            self.settings.compile_autotune, self.settings.compile_persistent_rows)

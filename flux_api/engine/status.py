@@ -46,6 +46,7 @@ def service_status(manager) -> dict:
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
                     "modulation_precomputed": manager.speed.modulation_norms if manager.speed else None,
+                    "split_group_norms": manager.speed.split_group_norms if manager.speed else None,
                     **manager.compiles.status()},
         "cuda_graphs": cuda_graphs(manager),
         "attention": manager.speed.attention_status() if manager.speed else {"kernel": s.attention},
