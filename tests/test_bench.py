@@ -112,3 +112,37 @@ def test_full_model_is_built_once_in_a_child_and_lands_whole(tmp_path, monkeypat
     assert first == (tmp_path / "flux-full", tmp_path / "flux-loras") and len(calls) == 1
     assert random_model.full_model(tmp_path, device="cpu") == first and len(calls) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flux-full", "flux-loras"]
+
+
+def test_each_target_is_compared_with_stock_and_its_defaults_as_soon_as_both_ran(capsys):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from flux_api.bench.cli import compare_images
+    from flux_api.bench.report import headline
+
+    def png(shade):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (shade, 0, 0)).save(buf, "PNG")
+        return base64.b64encode(buf.getvalue()).decode()
+
+    def service(latency, shade):
+        return {"sizes": {1024: {"latency_s": latency, "s_per_step": latency / 28}}, "last_image_b64": {1024: png(shade)},
+                "ready_s": 60.0, "lora": {"lora_over_base": 1.05, "two_loras_over_base": 1.06},
+                "compile": {"compiles_after_warmup": 0}}
+
+    R = {"targets": {"stock": {"sizes": {1024: {"latency_s": 5.0, "png_b64": png(100)}}}}}
+    R["targets"]["fp4+qkv"] = service(2.5, 101)
+    compare_images(R, "fp4+qkv", "fp4")  # its defaults have not run yet: stock only
+    assert set(R["targets"]["fp4+qkv"]["psnr_vs"]) == {"stock"}
+    R["targets"]["fp4"] = service(2.6, 100)
+    compare_images(R, "fp4", "fp4")  # the defaults: against stock, and each variant against them
+    assert R["targets"]["fp4"]["psnr_vs"] == {"stock": float("inf")}
+    assert 40 < R["targets"]["fp4+qkv"]["psnr_vs"]["fp4"] < float("inf")
+    assert "PSNR fp4+qkv vs fp4:" in capsys.readouterr().out
+    line = headline("fp4+qkv", R["targets"]["fp4+qkv"], R)
+    assert line.startswith("HEADLINE fp4+qkv: 1024px 2.5 s, 0.5x stock,") and "ready 60.0 s" in line
+    assert "LoRA/base 1.05 (two 1.06)" in line and "compiles after warm-up 0" in line and "PSNR vs fp4 " in line
+    assert headline("x", {"error": "boom"}, R) == "HEADLINE x: ERROR boom"

@@ -30,11 +30,31 @@ import time
 from pathlib import Path
 
 from ..service_process import running_service
-from .images import decode_b64, encoding_costs, natural_image
+from .images import decode_b64, encoding_costs, natural_image, psnr
 from .measure import measure_images, measure_service
-from .report import table, without_images
+from .report import headline, table, without_images
 from .stock import run_stock, stock_child
 from .targets import parse_target, service_env
+
+
+def compare_images(R: dict, name: str, default: str) -> None:
+    """PSNR of `name`'s largest image against stock's and against its service's defaults (the target `default`,
+    e.g. fp4 for fp4+qkv, and the other way round), as soon as both have run: issue 25 asks >= 40 dB."""
+    done = R["targets"]
+    t = done[name]
+    image = lambda target, px: target.get("last_image_b64", {}).get(px) or target.get("sizes", {}).get(px, {}).get("png_b64")
+    if "error" in t or not t.get("sizes"):
+        return
+    px = max(t["sizes"], key=int)
+    for other in dict.fromkeys(("stock", default) if name != default else ("stock",)):
+        mine, theirs = image(t, px), image(done.get(other, {}), px)
+        if other != name and mine and theirs:
+            t.setdefault("psnr_vs", {})[other] = psnr(mine, theirs)
+    if name == default:  # the defaults after their variants: each variant against them
+        for other, o in done.items():
+            if other.startswith(default + "+") and "error" not in o and image(o, px) and image(t, px):
+                o.setdefault("psnr_vs", {})[default] = psnr(image(o, px), image(t, px))
+                print(f"PSNR {other} vs {default}: {o['psnr_vs'][default]}", flush=True)
 
 
 def run(args) -> dict:
@@ -78,8 +98,12 @@ def run(args) -> dict:
                     R["targets"][target] = res
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
             R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
+        compare_images(R, target, kind if backend is None else f"{kind}:{backend}")
+        print(headline(target, R["targets"][target], R), flush=True)
         print(json.dumps(without_images(R["targets"][target]), default=str)[:1500], flush=True)
-        Path(args.out).write_text(json.dumps(R, indent=1, default=str))  # what is done survives a kill
+        # What is done survives a kill, the summary too (what a run's last copy brings back without the images)
+        Path(args.out).write_text(json.dumps(R, indent=1, default=str))
+        Path(args.out).with_suffix(".summary.json").write_text(json.dumps(without_images(R), indent=1, default=str))
     px = max(args.sizes)
     model_out = next((decode_b64(t["last_image_b64"][px]) for t in R["targets"].values() if "last_image_b64" in t), None)
     R["encoding_ms"] = encoding_costs({"natural": natural_image(px), **({"model_output": model_out} if model_out else {})})

@@ -11,6 +11,23 @@ def without_images(obj):
     return obj
 
 
+def headline(name: str, t: dict, R: dict) -> str:
+    """One line a target's essentials, printed as it finishes: a run cut short still has them in its log."""
+    if "error" in t:
+        return f"HEADLINE {name}: ERROR {t['error'][:200]}"
+    px, stock = max(t["sizes"], key=int), R["targets"].get("stock", {}).get("sizes", {})
+    s = t["sizes"][px]
+    base = stock.get(px, {}).get("latency_s")
+    parts = [f"{px}px {s['latency_s']} s", f"{round(s['latency_s'] / base, 3)}x stock" if base else "no stock yet"]
+    if "s_per_step" in s:
+        lora, compile_ = t.get("lora") or {}, t.get("compile") or {}
+        parts += [f"{s['s_per_step']} s/step", f"ready {t.get('ready_s')} s",
+                  f"LoRA/base {lora.get('lora_over_base')} (two {lora.get('two_loras_over_base')})",
+                  f"compiles after warm-up {compile_.get('compiles_after_warmup')}"]
+    parts += [f"PSNR vs {other} {value}" for other, value in (t.get("psnr_vs") or {}).items()]
+    return f"HEADLINE {name}: " + ", ".join(parts)
+
+
 def throughput(t: dict) -> str:
     """Images a minute by concurrency, or "-" where the run asked for none (`--concurrency` with no values)."""
     if not t.get("images_per_min"):
