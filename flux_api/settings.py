@@ -234,7 +234,8 @@ class ServiceSettings(BaseSettings):
         "the image 47 dB from the unfused one (torchao's arithmetic with a fast tanh: 0.012-0.014% of its fp8 bytes "
         "differ from torchao's eager ones, 2.3-2.4% of inductor's for the same arithmetic). diffusers (BF16): the "
         "MLPs' GELU in the GEMM's epilogue and a single block's proj_out as two GEMMs instead of reading a "
-        "concatenation (engine/bf16_fused.py; not measured yet). Off runs diffusers' and torchao's code as they are."
+        "concatenation (engine/bf16_fused.py; BF16Settings says where it stands). Off runs diffusers' and torchao's "
+        "code as they are."
     )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "
@@ -399,6 +400,14 @@ class BF16Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FLUX_BF16_", extra="forbid", validate_default=True, populate_by_name=True)
 
     port: int = Field(8001, ge=1, le=65535)
+    fuse_kernels: bool = Field(
+        False, description="On a CUDA GPU, each MLP's tanh GELU in its GEMM's epilogue and a single block's "
+        "proj_out as two GEMMs into one output instead of reading the 15,360-wide concatenation "
+        "(engine/bf16_fused.py). Measured on an H100 (docs/PERFORMANCE.md, 2026-12-07): BF16 3.816 s at 1024 px, "
+        "0.727x stock in that run, where the defaults were 0.748x on 2026-12-06 (another run: the same-run "
+        "comparison was cut by the device time), and its image not yet compared with the unfused one on the full "
+        "model: off until a run does (the FP4 service's fused kernels are on)."
+    )
 
 
 class FP4Settings(ServiceSettings):
