@@ -200,7 +200,8 @@ class ServiceSettings(BaseSettings):
         False, description="With compile: inductor keeps rows of up to 4,096 values in registers (a persistent "
         "reduction: the row read once) where it would loop over rows wider than 1,024 (read two or three times): "
         "FLUX's 3,072-wide norms and per-row fp8 quantizations (engine/speed.py, persistent_row_choices). The "
-        "same arithmetic in another kernel shape. Not measured yet: off until a GPU run says it pays."
+        "same arithmetic in another kernel shape. Measured on an H100 only together with three other levers "
+        "(docs/PERFORMANCE.md, 2026-12-07); its image not compared yet: off until a run does."
     )
     fuse_qkv: bool = Field(
         False, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
@@ -208,23 +209,26 @@ class ServiceSettings(BaseSettings):
         "outputs reading the input once instead of three of 3,072. Stacking is exact for bf16 and torchao fp8 per-row "
         "weights (on the CPU: the tiny model's images the same bytes, fp8 blocks bit for bit; a GPU's wider GEMM may "
         "round otherwise). LoRAs for q/k/v become one branch of the fused layer, whose slot holds three times "
-        "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Not "
-        "measured on a GPU yet: off until a run says it pays."
+        "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Measured "
+        "on an H100 only together with three other levers (docs/PERFORMANCE.md, 2026-12-07: LoRA / base 1.088 -> "
+        "1.049); its image not compared yet: off until a run does."
     )
     precompute_modulation: bool = Field(
         False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
         "step, one GEMM per norm (the weights read once instead of once a step: 77 one-row GEMVs of about 3.2 G "
         "weights a step on FLUX.1), each step then copying its row (engine/modulation.py). The same arithmetic "
-        "up to the GEMM's rounding. Backends running diffusers' blocks only (not nunchaku). Not measured on a "
-        "GPU yet: off until a run says it pays; /model-status compile.modulation_precomputed counts the norms."
+        "up to the GEMM's rounding. Backends running diffusers' blocks whose norm weights keep their shape (not "
+        "nunchaku; with bitsandbytes' packed 4-bit weights none is precomputed: /model-status says 0). Measured "
+        "on an H100 only together with three other levers (docs/PERFORMANCE.md); its image not compared yet: off "
+        "until a run does; /model-status compile.modulation_precomputed counts the norms."
     )
     split_group_norm: bool = Field(
         False, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
         "splits each group over many programs (engine/group_norm.py), where ATen's reads each group in one thread "
         "block: 32 blocks for up to 536 MB, 47 ms of a 1024 px decode in the 2026-12-06 H100 trace. ATen's "
         "arithmetic (mean and 1/std kept in the input's dtype, one fp32 multiply-add per value) but for the "
-        "variance's last bits. Not with compile_vae (inductor compiles the norms). Not measured yet: off until "
-        "a GPU run says it pays.",
+        "variance's last bits. Not with compile_vae (inductor compiles the norms). Measured on an H100 only together "
+        "with three other levers (docs/PERFORMANCE.md, 2026-12-07); its image not compared yet: off until a run does.",
     )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels. torchao-fp8: the activation quantization "

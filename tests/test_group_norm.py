@@ -22,10 +22,12 @@ def _aten_cuda_arithmetic(x, groups, weight, bias, eps):
     return (x.float() * a.view(shape) + b.view(shape)).to(x.dtype)
 
 
-@pytest.mark.parametrize("shape,groups", [((1, 64, 20, 24), 32), ((2, 32, 7, 9), 8), ((1, 16, 5, 5, 3), 4)])
-def test_the_normalization_from_group_sums_is_atens_cuda_arithmetic(shape, groups):
+@pytest.mark.parametrize("shape,groups,std,mean", [((1, 64, 20, 24), 32, 3, 1), ((2, 32, 7, 9), 8, 3, 1),
+                                                   ((1, 16, 5, 5, 3), 4, 3, 1),
+                                                   ((1, 64, 20, 24), 32, 0.25, 64)])  # a mean far above the spread
+def test_the_normalization_from_group_sums_is_atens_gpu_arithmetic(shape, groups, std, mean):
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(shape, generator=g) * 3 + 1).to(torch.bfloat16)
+    x = (torch.randn(shape, generator=g) * std + mean).to(torch.bfloat16)
     weight, bias = torch.randn(shape[1], generator=g).to(torch.bfloat16), torch.randn(shape[1], generator=g).to(torch.bfloat16)
     got = group_norm.normalize(x, group_norm.reference_sums(x, groups), groups, weight, bias, 1e-6)
     want = _aten_cuda_arithmetic(x, groups, weight, bias, 1e-6)
@@ -34,12 +36,13 @@ def test_the_normalization_from_group_sums_is_atens_cuda_arithmetic(shape, group
     differ = got != want
     assert differ.float().mean() < 0.01
     torch.testing.assert_close(got.float(), want.float(), rtol=0.01, atol=0.02)
-    no_affine = group_norm.normalize(x, group_norm.reference_sums(x, groups), groups, None, None, 1e-6)
-    torch.testing.assert_close(no_affine.float(), torch.nn.functional.group_norm(x.float(), groups, eps=1e-6),
-                               rtol=0.02, atol=0.02)
+    if mean < 8:  # a mean of 64 kept in bf16 (as ATen's CUDA kernel keeps it) is 0.25 off: a whole std
+        no_affine = group_norm.normalize(x, group_norm.reference_sums(x, groups), groups, None, None, 1e-6)
+        torch.testing.assert_close(no_affine.float(), torch.nn.functional.group_norm(x.float(), groups, eps=1e-6),
+                                   rtol=0.02, atol=0.02)
 
 
-def test_the_swapped_norms_run_atens_off_cuda():
+def test_the_swapped_norms_run_atens_off_the_gpu():
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, latent_channels=4,
@@ -59,6 +62,7 @@ def test_the_cuda_kernel_gives_atens_group_norm(shape):
     weight = torch.randn(shape[1], generator=g, device="cuda").to(torch.bfloat16)
     bias = torch.randn(shape[1], generator=g, device="cuda").to(torch.bfloat16)
     torch.testing.assert_close(group_norm.group_sums(x, 32), group_norm.reference_sums(x, 32), rtol=1e-4, atol=0.5)
+
     got = group_norm.group_norm(x, 32, weight, bias, 1e-6)
     want = torch.nn.functional.group_norm(x, 32, weight, bias, 1e-6)
     assert (got != want).float().mean() < 0.01

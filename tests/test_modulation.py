@@ -145,3 +145,17 @@ def test_compiled_blocks_read_the_buffer_and_share_their_graphs(tiny_dir, tmp_pa
     assert graphs[1] == graphs[0] <= 4
     for got, want in zip(*images[::-1]):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_norms_whose_weights_are_stored_packed_are_left_as_they_are(tiny_dir):
+    pipe = _tiny_pipe(tiny_dir)
+    want = _call(pipe)
+    norm = pipe.transformer.transformer_blocks[0].norm1.linear
+    real = norm.weight
+    # bitsandbytes' 4-bit layout (a fake of it): uint8, two values a byte, one column; the layer's output is unsaid
+    norm.weight = torch.nn.Parameter(torch.zeros(real.numel() // 2, 1, dtype=torch.uint8), requires_grad=False)
+    table = ModulationTable(pipe.transformer, pipe.scheduler)
+    assert table.norms == 0 and "uint8" in table.problem
+    norm.weight = real
+    assert not any(hasattr(m, "modulation") for m in pipe.transformer.modules())  # nothing was patched
+    np.testing.assert_array_equal(_call(pipe), want)

@@ -98,8 +98,11 @@ def run(args) -> dict:
                     R["targets"][target] = res
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
             R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
-        compare_images(R, target, kind if backend is None else f"{kind}:{backend}")
-        print(headline(target, R["targets"][target], R), flush=True)
+        try:  # the report's own failure is recorded too, never the end of the run
+            compare_images(R, target, kind if backend is None else f"{kind}:{backend}")
+            print(headline(target, R["targets"][target], R), flush=True)
+        except Exception as e:  # noqa: BLE001
+            R["targets"][target]["report_error"] = f"{type(e).__name__}: {e}"[-1000:]
         print(json.dumps(without_images(R["targets"][target]), default=str)[:1500], flush=True)
         # What is done survives a kill, the summary too (what a run's last copy brings back without the images)
         Path(args.out).write_text(json.dumps(R, indent=1, default=str))

@@ -61,7 +61,7 @@ def split_linear(layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     base = layer.base if hasattr(layer, "base") else layer
     width = a.shape[-1]
     out = torch.addmm(base.bias, a.reshape(-1, width), base.weight[:, :width].t())
-    out = torch.addmm(out, b.reshape(-1, b.shape[-1]), base.weight[:, width:].t())
+    out.addmm_(b.reshape(-1, b.shape[-1]), base.weight[:, width:].t())  # in place: C read by the GEMM (beta 1)
     return out.reshape(*a.shape[:-1], out.shape[-1])
 
 

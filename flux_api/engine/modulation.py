@@ -22,7 +22,8 @@ rounding (an M-row GEMM may sum in another order than a one-row one). LoRA: the 
 layers' own forward (the LoRA slot's branch included) after the request's LoRAs are switched on.
 
 One image per pipeline call (the replicas' rule): a batch of several is refused, as the buffers hold one
-row. Installed where `precompute_modulation` says, before compiling.
+row. Installed where `precompute_modulation` says, before compiling; not where a norm's weight is stored
+packed (bitsandbytes' 4-bit) or in integers, whose shape and dtype do not say the layer's output: then none.
 """
 
 from __future__ import annotations
@@ -54,12 +55,22 @@ class ModulationTable:
 
         self.transformer, self.scheduler = transformer, scheduler
         self.layers: list[tuple[object, object]] = []  # (layer, its own forward)
+        self.runs: dict = {}
+        self.differed = None  # a device flag: a pass's timestep was not its row's
+        self.active = False  # inside `run`: a table is made for one pipeline call and never outlives it
         self.current: dict = {}  # device -> [1, width]: the row the layers read now
         widths: dict = {}
+        self.problem: str | None = None  # why no norm is precomputed, where none is
         norms = [m for m in transformer.modules() if type(m).__name__ in NORMS
                  and isinstance(getattr(m, "silu", None), torch.nn.SiLU) and getattr(m, "emb", None) is None]
         for norm in norms:
-            weight = getattr(getattr(norm.linear, "base", norm.linear), "weight")
+            base = getattr(norm.linear, "base", norm.linear)
+            weight = base.weight
+            # The buffers take the layer's output width and dtype from its weight: a weight stored packed
+            # (bitsandbytes' 4-bit: uint8, half the values in one column) or in integers says neither.
+            if not weight.dtype.is_floating_point or tuple(weight.shape) != (base.out_features, base.in_features):
+                self.problem = f"{type(base).__name__} stores its weight as {weight.dtype} {tuple(weight.shape)}"
+                return
             widths.setdefault(weight.device, []).append((norm.linear, weight.shape[0], weight.dtype))
         for device, layers in widths.items():
             self.current[device] = torch.zeros(1, sum(w for _, w, _ in layers), device=device, dtype=layers[0][2])
@@ -71,9 +82,6 @@ class ModulationTable:
                 layer.register_buffer("modulation", self.current[device][:, offset:offset + width], persistent=False)
                 layer.forward = types.MethodType(_read_modulation, layer)
                 offset += width
-        self.runs: dict = {}
-        self.differed = None  # a device flag: a pass's timestep was not its row's
-        self.active = False  # inside `run`: a table is made for one pipeline call and never outlives it
 
     @property
     def norms(self) -> int:

@@ -8,11 +8,14 @@ pipeline. Nothing here runs on a live request.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass, field
 
 from .backends import Backend
 from .devices import Hardware, PlacementPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -151,6 +154,8 @@ class SpeedPolicy:
 
         table = ModulationTable(pipe.transformer, pipe.scheduler)
         self.modulation_norms = table.norms
+        if table.problem:
+            log.warning("precompute_modulation: not done, %s", table.problem)
         return table.install() if table.norms else None
 
     def prepare(self, pipe, free_memory) -> None:
