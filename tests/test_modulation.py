@@ -1,18 +1,19 @@
 """A request's AdaLN modulations precomputed at its first step (engine/modulation.py, `precompute_modulation`),
 on the CPU: through a real service the images are what diffusers' per-step path draws (text, true CFG,
-image-to-image, LoRAs, First Block Cache), the table is made once a prompt and only inside a pipeline call,
-a pass whose timestep is not the scheduler's fails loudly, and compiled blocks still share their graphs."""
+image-to-image, LoRAs, First Block Cache; the FP4 service's int8 norms too), the table is made once a prompt
+and only inside a pipeline call, a pass whose timestep is not the scheduler's fails loudly, norms whose weights
+are packed are left alone, and compiled blocks still share their graphs."""
 
 import contextlib
 
 import numpy as np
 import pytest
 import torch
-from conftest import BF16_DEFAULTS, InProcess, gen, pixels
+from conftest import BF16_DEFAULTS, FP4_DEFAULTS, InProcess, gen, pixels
 
 from flux_api.app import create_app
 from flux_api.engine.modulation import ModulationTable
-from flux_api.settings import BF16Settings
+from flux_api.settings import BF16Settings, FP4Settings
 
 
 def _levels_apart(a, b) -> int:
@@ -159,3 +160,15 @@ def test_norms_whose_weights_are_stored_packed_are_left_as_they_are(tiny_dir):
     norm.weight = real
     assert not any(hasattr(m, "modulation") for m in pipe.transformer.modules())  # nothing was patched
     np.testing.assert_array_equal(_call(pipe), want)
+
+
+@pytest.mark.slow
+def test_the_fp4_services_quantized_norms_are_precomputed_too(cache_dir, lora_dir, fp4):
+
+    settings = FP4Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, precompute_modulation=True,
+                           **FP4_DEFAULTS)
+    with InProcess(create_app(settings)) as s:
+        s.wait_ready()
+        assert s.client.get("/model-status").json()["compile"]["modulation_precomputed"] == 7  # int8 weights too
+        for body in (dict(), dict(loras=[{"name": "style"}]), dict(negative_prompt="blurry", true_cfg_scale=2.0)):
+            assert _levels_apart(gen(s, **body), gen(fp4, **body)) <= 1, body
