@@ -114,14 +114,13 @@ def test_full_model_is_built_once_in_a_child_and_lands_whole(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flux-full", "flux-loras"]
 
 
-def test_each_target_is_compared_with_stock_and_its_defaults_as_soon_as_both_ran(capsys):
+def test_each_target_is_compared_with_stock_and_its_defaults_as_soon_as_both_ran():
     import base64
     import io
 
     from PIL import Image
 
-    from flux_api.bench.cli import compare_images
-    from flux_api.bench.report import headline
+    from flux_api.bench.report import compare_images, headline
 
     def png(shade):
         buf = io.BytesIO()
@@ -138,10 +137,10 @@ def test_each_target_is_compared_with_stock_and_its_defaults_as_soon_as_both_ran
     compare_images(R, "fp4+qkv", "fp4")  # its defaults have not run yet: stock only
     assert set(R["targets"]["fp4+qkv"]["psnr_vs"]) == {"stock"}
     R["targets"]["fp4"] = service(2.6, 100)
-    compare_images(R, "fp4", "fp4")  # the defaults: against stock, and each variant against them
+    lines = compare_images(R, "fp4", "fp4")  # the defaults: against stock, and each variant against them
     assert R["targets"]["fp4"]["psnr_vs"] == {"stock": float("inf")}
     assert 40 < R["targets"]["fp4+qkv"]["psnr_vs"]["fp4"] < float("inf")
-    assert "PSNR fp4+qkv vs fp4:" in capsys.readouterr().out
+    assert len(lines) == 1 and lines[0].startswith("PSNR fp4+qkv vs fp4:")
     line = headline("fp4+qkv", R["targets"]["fp4+qkv"], R)
     assert line.startswith("HEADLINE fp4+qkv: 1024px 2.5 s, 0.5x stock,") and "ready 60.0 s" in line
     assert "LoRA/base 1.05 (two 1.06)" in line and "compiles after warm-up 0" in line and "PSNR vs fp4 " in line

@@ -103,23 +103,23 @@ def test_a_pass_whose_timestep_is_not_the_schedulers_fails_loudly(tiny_dir):
 
 
 def test_a_first_pass_that_is_not_the_schedulers_gets_its_own_row(tiny_dir):
+    def halving(forward):  # a pipeline whose every pass has a timestep that is none of the scheduler's
+        def halved(*args, **kwargs):
+            kwargs["timestep"] = kwargs["timestep"] * 0.5
+            return forward(*args, **kwargs)
+        return halved
+
     pipe = _tiny_pipe(tiny_dir)
     want = _call(pipe, sigmas=[1.0, 0.6, 0.3])  # another schedule: still the scheduler's
-    inner = pipe.transformer.forward
-
-    def halved(*args, **kwargs):
-        kwargs["timestep"] = kwargs["timestep"] * 0.5
-        return inner(*args, **kwargs)
-
-    pipe.transformer.forward = halved
+    plain = pipe.transformer.forward
+    pipe.transformer.forward = halving(plain)
     want_halved = _call(pipe)
-    pipe.transformer.forward = inner
+    pipe.transformer.forward = plain
     table = ModulationTable(pipe.transformer, pipe.scheduler).install()
     with table.run():
         np.testing.assert_allclose(_call(pipe, sigmas=[1.0, 0.6, 0.3]), want, atol=1e-5)
-    inner = pipe.transformer.forward  # the table's: each pass's timestep halved after it is read? no: before
-    pipe.transformer.forward = halved
-    with table.run():  # every pass's timestep is none of the scheduler's: each gets its own row
+    pipe.transformer.forward = halving(pipe.transformer.forward)  # halved before the table reads it
+    with table.run():  # each pass gets its own row, as diffusers computes it
         np.testing.assert_allclose(_call(pipe), want_halved, atol=1e-5)
 
 

@@ -30,31 +30,11 @@ import time
 from pathlib import Path
 
 from ..service_process import running_service
-from .images import decode_b64, encoding_costs, natural_image, psnr
+from .images import decode_b64, encoding_costs, natural_image
 from .measure import measure_images, measure_service
-from .report import headline, table, without_images
+from .report import compare_images, headline, table, without_images
 from .stock import run_stock, stock_child
 from .targets import parse_target, service_env
-
-
-def compare_images(R: dict, name: str, default: str) -> None:
-    """PSNR of `name`'s largest image against stock's and against its service's defaults (the target `default`,
-    e.g. fp4 for fp4+qkv, and the other way round), as soon as both have run: issue 25 asks >= 40 dB."""
-    done = R["targets"]
-    t = done[name]
-    image = lambda target, px: target.get("last_image_b64", {}).get(px) or target.get("sizes", {}).get(px, {}).get("png_b64")
-    if "error" in t or not t.get("sizes"):
-        return
-    px = max(t["sizes"], key=int)
-    for other in dict.fromkeys(("stock", default) if name != default else ("stock",)):
-        mine, theirs = image(t, px), image(done.get(other, {}), px)
-        if other != name and mine and theirs:
-            t.setdefault("psnr_vs", {})[other] = psnr(mine, theirs)
-    if name == default:  # the defaults after their variants: each variant against them
-        for other, o in done.items():
-            if other.startswith(default + "+") and "error" not in o and image(o, px) and image(t, px):
-                o.setdefault("psnr_vs", {})[default] = psnr(image(o, px), image(t, px))
-                print(f"PSNR {other} vs {default}: {o['psnr_vs'][default]}", flush=True)
 
 
 def run(args) -> dict:
@@ -99,7 +79,8 @@ def run(args) -> dict:
         except Exception as e:  # noqa: BLE001 - record it and go on with the next target
             R["targets"][target] = {"error": f"{type(e).__name__}: {e}"[-3000:]}
         try:  # the report's own failure is recorded too, never the end of the run
-            compare_images(R, target, kind if backend is None else f"{kind}:{backend}")
+            for line in compare_images(R, target, kind if backend is None else f"{kind}:{backend}"):
+                print(line, flush=True)
             print(headline(target, R["targets"][target], R), flush=True)
         except Exception as e:  # noqa: BLE001
             R["targets"][target]["report_error"] = f"{type(e).__name__}: {e}"[-1000:]

@@ -31,13 +31,11 @@ from . import fused_blocks
 from .fused_blocks import single_block_forward
 
 
-def _plain(layer) -> torch.nn.Linear | None:
-    """The bf16/fp16 Linear under `layer` (itself, or the LoRA slot's base), with a bias; None otherwise."""
+def _plain(layer) -> bool:
+    """Whether the Linear under `layer` (itself, or the LoRA slot's base) is a bf16/fp16 one with a bias."""
     base = getattr(layer, "base", layer)
-    if (type(base) is not torch.nn.Linear or base.bias is None or type(base.weight) is not torch.nn.Parameter
-            or base.weight.dtype not in (torch.bfloat16, torch.float16)):
-        return None
-    return base
+    return (type(base) is torch.nn.Linear and base.bias is not None and type(base.weight) is torch.nn.Parameter
+            and base.weight.dtype in (torch.bfloat16, torch.float16))
 
 
 def addmm_gelu(bias: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -49,7 +47,7 @@ def gelu_linear(layer, x: torch.Tensor) -> torch.Tensor:
     """gelu_tanh(layer(x)) in one GEMM (the slot's layer switched on: its own forward, then the GELU)."""
     if getattr(layer, "enabled", False):
         return torch.nn.functional.gelu(layer(x), approximate="tanh")
-    base = layer.base if hasattr(layer, "base") else layer
+    base = getattr(layer, "base", layer)
     y = addmm_gelu(base.bias, x.reshape(-1, x.shape[-1]), base.weight.t())
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
@@ -58,7 +56,7 @@ def split_linear(layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """layer(cat([a, b], -1)) as two GEMMs into one output, the concatenation never made."""
     if getattr(layer, "enabled", False):
         return layer(torch.cat([a, b], dim=-1))
-    base = layer.base if hasattr(layer, "base") else layer
+    base = getattr(layer, "base", layer)
     width = a.shape[-1]
     out = torch.addmm(base.bias, a.reshape(-1, width), base.weight[:, :width].t())
     out.addmm_(b.reshape(-1, b.shape[-1]), base.weight[:, width:].t())  # in place: C read by the GEMM (beta 1)
@@ -78,5 +76,5 @@ def install(transformer) -> int:
     """Fuse where it applies (see the module's docstring); the number of modules fused. Before compiling."""
     return fused_blocks.install(
         transformer,
-        (lambda block: _plain(block.proj_mlp) is not None and _plain(block.proj_out) is not None, _single_block_forward),
-        (lambda ff: _plain(ff.net[0].proj) is not None, _feed_forward))
+        (lambda block: _plain(block.proj_mlp) and _plain(block.proj_out), _single_block_forward),
+        (lambda ff: _plain(ff.net[0].proj), _feed_forward))

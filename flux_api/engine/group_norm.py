@@ -33,9 +33,9 @@ def normalize(x: torch.Tensor, sums: torch.Tensor, groups: int, weight, bias, ep
     large against the spread (unshifted, mean 64 and std 0.25 would lose about 1% of the variance)."""
     n, channels = x.shape[0], x.shape[1]
     count = x[0, : channels // groups].numel()
-    shift = sums[:, 1] / count
-    mean = sums[:, 0] + shift
-    var = (sums[:, 2] / count - shift * shift).clamp_min(0)
+    mean_d = sums[:, 1] / count  # the mean of x - pivot
+    mean = sums[:, 0] + mean_d
+    var = (sums[:, 2] / count - mean_d * mean_d).clamp_min(0)
     # As ATen keeps them: in the input's dtype, used in fp32
     mean = mean.to(x.dtype).float().view(n, groups, 1)
     rstd = torch.rsqrt(var + eps).to(x.dtype).float().view(n, groups, 1)
