@@ -213,6 +213,14 @@ class ServiceSettings(BaseSettings):
         "on an H100 only together with three other levers (docs/PERFORMANCE.md, 2026-12-07: LoRA / base 1.088 -> "
         "1.049); its image not compared yet: off until a run does."
     )
+    fuse_rope: bool = Field(
+        False, description="On a CUDA GPU, each attention's q/k RMSNorms, the text and image streams' concatenation, "
+        "RoPE and the (B, H, S, D) layout the attention takes in one Triton kernel that reads q, k and v once "
+        "(engine/qk_rope.py), where inductor makes several, the single blocks' a looped reduction: 5.4 ms of a 101 ms "
+        "FP4 step in the 2026-12-06 H100 trace. diffusers' arithmetic (a value's last bit may differ from "
+        "inductor's). Written 2026-12-07, its kernel checked in Triton's CPU interpreter only: off until a GPU run "
+        "measures it and compares its image; /model-status compile.rope_fused counts the attention modules."
+    )
     precompute_modulation: bool = Field(
         False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
         "step, one GEMM per norm (the weights read once instead of once a step: 77 one-row GEMVs of about 3.2 G "

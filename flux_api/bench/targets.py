@@ -19,6 +19,7 @@ OPTIONS = {
     "vae": ("COMPILE_VAE", "true"),
     "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
     "qkv": ("FUSE_QKV", "true"),
+    "rope": ("FUSE_ROPE", "true"),
     "mod": ("PRECOMPUTE_MODULATION", "true"),
     "gn": ("SPLIT_GROUP_NORM", "true"),
     "fused": ("FUSE_KERNELS", "true"),

@@ -59,6 +59,7 @@ class SpeedPolicy:
     def __post_init__(self):
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
+        self.rope_fused: int | None = None  # attention modules given qk_rope's processor (fuse_rope)
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
@@ -90,6 +91,15 @@ class SpeedPolicy:
     def compiles_vae(self) -> bool:
         """compile_vae, where the blocks are compiled and the VAE decodes in one piece (not memory_mode=low)."""
         return self.settings.compile_vae and self.compile_mode == "regional" and not self.low_memory
+
+    @property
+    def fuses_rope(self) -> bool:
+        """fuse_rope, on a CUDA GPU with Triton, where diffusers' attention runs in one process (placement=parallel
+        splits the tokens between processes around it: not measured with this kernel)."""
+        from .fp8_rows import HAS_TRITON
+
+        return (self.settings.fuse_rope and self.on_gpu and HAS_TRITON and self.backend.diffusers_attention
+                and self.plan.mode != "parallel")
 
     @property
     def low_memory(self) -> bool:
@@ -172,6 +182,10 @@ class SpeedPolicy:
             pipe.transformer.set_attention_backend("_native_cudnn")
         if self.on_gpu and self.settings.fuse_kernels:  # before compiling: the fused code is what compiles
             self.fused = self.backend.fuse(pipe.transformer)
+        if self.fuses_rope:  # after the attention backend is set (the processor keeps it), before compiling
+            from . import qk_rope
+
+            self.rope_fused = qk_rope.install(pipe.transformer)
         if self.plan.mode == "parallel":  # before compiling too: its hooks split and gather the tokens
             from .parallel import enable_context_parallel
 

@@ -45,6 +45,7 @@ def service_status(manager) -> dict:
                     "persistent_rows": s.compile_persistent_rows and compiled,
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
+                    "rope_fused": manager.speed.rope_fused if manager.speed else None,
                     "modulation_precomputed": manager.speed.modulation_norms if manager.speed else None,
                     "split_group_norms": manager.speed.split_group_norms if manager.speed else None,
                     **manager.compiles.status()},

@@ -1,0 +1,125 @@
+"""q/k RMSNorm, RoPE and the attention's layout in one op (engine/qk_rope.py, the `fuse_rope` setting). On the
+CPU the op runs its reference, diffusers' own ops: FLUX blocks with the fused processor equal diffusers' blocks
+bit for bit (with and without fuse_qkv's views), eager and compiled whole. The Triton kernel runs in Triton's
+CPU interpreter where triton is installed (a subprocess: the interpreter is chosen at import), and on CUDA."""
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from flux_api.engine import qk_rope
+from flux_api.engine.qkv import fuse_qkv
+
+DIM, HEADS, HEAD_DIM, IMG, TXT = 128, 2, 64, 24, 8
+
+
+def _blocks(dtype):
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
+
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([FluxTransformerBlock(DIM, HEADS, HEAD_DIM),
+                                  FluxSingleTransformerBlock(DIM, HEADS, HEAD_DIM)]).to(dtype).eval()
+    for norm in blocks.modules():  # norm weights other than ones, so that a weight read from the wrong norm shows
+        if type(norm) is torch.nn.RMSNorm:
+            with torch.no_grad():
+                norm.weight.uniform_(0.5, 1.5)
+    return blocks
+
+
+def _run(blocks, dtype, img=IMG):
+    g = torch.Generator().manual_seed(1)
+    freqs = torch.randn(img + TXT, HEAD_DIM, generator=g)
+    kw = dict(hidden_states=torch.randn(1, img, DIM, generator=g).to(dtype),
+              encoder_hidden_states=torch.randn(1, TXT, DIM, generator=g).to(dtype),
+              temb=torch.randn(1, DIM, generator=g).to(dtype), image_rotary_emb=(freqs.cos(), freqs.sin()))
+    with torch.no_grad():
+        return [t for block in blocks for t in block(**kw)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("stacked", [False, True], ids=["separate", "fuse_qkv"])
+def test_the_fused_processor_gives_diffusers_blocks_bit_for_bit(dtype, stacked):
+    blocks = _blocks(dtype)
+    if stacked:
+        fuse_qkv(blocks)
+    plain = copy.deepcopy(blocks)
+    assert qk_rope.install(blocks) == 2  # the double block's attention (both streams) and the single block's
+    assert type(blocks[0].attn.processor).__name__ == "FusedRopeProcessor"
+    assert qk_rope.install(blocks) == 0  # once only
+    for got, want in zip(_run(blocks, dtype), _run(plain, dtype)):
+        assert torch.equal(got, want)
+
+
+def test_the_op_lays_out_q_k_v_for_the_attention():
+    g = torch.Generator().manual_seed(2)
+    q, k, v, tq, tk, tv = (torch.randn(2, n, HEADS * HEAD_DIM, generator=g) for n in (IMG, IMG, IMG, TXT, TXT, TXT))
+    weights = [torch.rand(HEAD_DIM, generator=g) + 0.5 for _ in range(4)]
+    freqs = torch.randn(IMG + TXT, HEAD_DIM, generator=g)
+    got = qk_rope.qk_norm_rope(q, k, v, (tq, tk, tv), weights, 1e-6, freqs.cos(), freqs.sin(), HEAD_DIM)
+    want = qk_rope.reference(q, k, v, (tq, tk, tv), weights, 1e-6, freqs.cos(), freqs.sin(), HEAD_DIM)
+    for a, b in zip(got, want):
+        assert a.shape == (2, IMG + TXT, HEADS, HEAD_DIM) and torch.equal(a, b)
+        assert a.transpose(1, 2).is_contiguous()  # what the attention reads: (B, H, S, D) in order
+    # the text tokens come first, each stream normed with its own weights
+    assert torch.equal(got[2][:, :TXT], tv.unflatten(-1, (HEADS, HEAD_DIM)))
+
+
+def test_norms_without_weights_keep_diffusers_processor():
+    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+    block = FluxSingleTransformerBlock(DIM, HEADS, HEAD_DIM)
+    block.attn.norm_q = torch.nn.RMSNorm(HEAD_DIM, elementwise_affine=False)
+    assert qk_rope.install(torch.nn.ModuleList([block])) == 0
+    assert type(block.attn.processor).__name__ == "FluxAttnProcessor"
+
+
+def test_the_blocks_compile_whole_with_the_op():
+    torch._dynamo.reset()
+    blocks = _blocks(torch.float32)
+    fuse_qkv(blocks)
+    qk_rope.install(blocks)
+    plain = copy.deepcopy(blocks)
+    for block in blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=True)
+    for img in (IMG, 40):  # two sizes: the op's fake gives the shapes under dynamic ones
+        for got, want in zip(_run(blocks, torch.float32, img), _run(plain, torch.float32, img)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+CHECK = Path(__file__).with_name("qk_rope_interpreter.py")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (its CPU interpreter)")
+def test_the_kernel_in_tritons_cpu_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run([sys.executable, str(CHECK)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip().endswith("OK"), run.stdout + run.stderr
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and qk_rope.HAS_TRITON), reason="the kernel is Triton's, on CUDA")
+@pytest.mark.parametrize("shape", [(1, 512, 4096, 24, 128), (2, 0, 333, 24, 128), (1, 7, 50, 3, 64)])
+def test_the_cuda_kernel_gives_diffusers_arithmetic(shape):
+    batch, s_txt, s_img, heads, dim = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def stream(n):  # one fused projection's three views, as fuse_qkv makes them
+        return (torch.randn(batch, n, 3 * heads * dim, generator=g, device="cuda") * 3).to(torch.bfloat16).chunk(3, -1)
+
+    q, k, v = stream(s_img)
+    txt = stream(s_txt) if s_txt else None
+    weights = [(torch.rand(dim, generator=g, device="cuda") + 0.5).to(torch.bfloat16) for _ in range(4)]
+    freqs = torch.randn(s_txt + s_img, dim, generator=g, device="cuda")
+    cos, sin = freqs.cos(), freqs.sin()
+    assert qk_rope.fits(q, k, v, txt, cos, dim)
+    got = [t.transpose(1, 2) for t in qk_rope.launch(q, k, v, txt, weights, 1e-6, cos, sin, dim)]
+    want = qk_rope.reference(q, k, v, txt, weights, 1e-6, cos, sin, dim)
+    assert torch.equal(got[2], want[2])
+    for a, b in zip(got[:2], want[:2]):  # fp32 sums in another order: a value's last bit
+        assert (a != b).float().mean() < 0.01
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.01, atol=0.02)
