@@ -218,8 +218,8 @@ class ServiceSettings(BaseSettings):
         "RoPE and the (B, H, S, D) layout the attention takes in one Triton kernel that reads q, k and v once "
         "(engine/qk_rope.py), where inductor makes several, the single blocks' a looped reduction: 5.4 ms of a 101 ms "
         "FP4 step in the 2026-12-06 H100 trace. diffusers' arithmetic (a value's last bit may differ from "
-        "inductor's). Written 2026-12-07, its kernel checked in Triton's CPU interpreter only: off until a GPU run "
-        "measures it and compares its image; /model-status compile.rope_fused counts the attention modules."
+        "inductor's). Written 2026-12-07: its CUDA test against diffusers' ops passed on an H100, not yet timed or its "
+        "image compared end to end: off until a run does; /model-status compile.rope_fused counts the attention modules."
     )
     precompute_modulation: bool = Field(
         False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
@@ -438,6 +438,25 @@ class FP4Settings(ServiceSettings):
         description="Hub repo (or local folder) of the Nunchaku SVDQuant FLUX.1-dev checkpoints.",
     )
     nunchaku_rank: int = Field(32, ge=1, description="SVDQuant low-rank branch rank of the checkpoint file.")
+    # Issue 25's four levers, on for this service: measured together on an H100 (docs/PERFORMANCE.md, 2026-12-07,
+    # the 12:16 run): FP4 2.893 -> 2.735 s at 1024 px (0.544x -> 0.514x stock in that run), the image 47.1 dB from
+    # the defaults' before, LoRA / base 1.072 -> 1.063 (two LoRAs 1.081 -> 1.043), time to ready 134 -> 115 s, 0
+    # compiles after warm-up. The BF16 service keeps them off: not compared there yet.
+    compile_persistent_rows: bool = Field(
+        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
+        "fuse_qkv, precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07).")
+    fuse_qkv: bool = Field(
+        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
+        "compile_persistent_rows, precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07). "
+        "The CPU's torchao-int8 weights are not stacked: nothing changes there.")
+    split_group_norm: bool = Field(
+        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
+        "compile_persistent_rows, fuse_qkv and precompute_modulation (docs/PERFORMANCE.md, 2026-12-07).")
+    precompute_modulation: bool | Literal["auto"] = Field(
+        "auto", description="As the BF16 service's setting (the same field), with auto: on a CUDA GPU in one process, "
+        "where it was measured with the three levers above (docs/PERFORMANCE.md, 2026-12-07); off on the CPU, where "
+        "the tiny model's images keep their bytes (the M-row GEMM rounds otherwise than the one-row one: within one "
+        "level), and with placement=parallel (not run there).")
 
 
 SETTINGS_CLASSES: dict[str, type[ServiceSettings]] = {"fp4": FP4Settings, "bf16": BF16Settings}

@@ -20,6 +20,7 @@ from flux_api.bench import parse_target
 from flux_api.engine.backends import Packages
 from flux_api.engine.devices import GPU, Hardware
 from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
+from flux_api.engine.speed import has_choices_seam
 from flux_api.engine.status import precision
 from flux_api.settings import BF16Settings, FP4Settings
 
@@ -126,6 +127,29 @@ def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny
     with pytest.raises(ValueError, match="compile_persistent_rows needs inductor's choices seam"):
         planned(compile="regional")
     assert planned(compile="none").speed.compile_mode == "none"
+    # The FP4 service's default on (not asked for) is left off there instead: the service starts
+    fp4 = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, compile="regional"), H100, pk(NONE)))
+    assert fp4.settings.compile_persistent_rows and not fp4.speed.persistent_rows
+
+
+def test_the_fp4_service_turns_issue_25s_levers_on_where_they_were_measured(cache_dir):
+    """On a GPU, FP4's defaults switch on the four levers measured together on an H100 (2026-12-07, 47.1 dB from the
+    defaults before); precompute_modulation's auto is off on the CPU (the tiny model's bytes) and with
+    placement=parallel (not run there); the BF16 service keeps them off (not compared there)."""
+    gpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir), H100, pk(NONE)))
+    s = gpu.settings
+    assert s.fuse_qkv and s.split_group_norm and s.compile_persistent_rows and s.precompute_modulation == "auto"
+    assert gpu.speed.precomputes_modulation and gpu.speed.persistent_rows == has_choices_seam()
+    cpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, pk(NONE)))
+    assert not cpu.speed.precomputes_modulation and not cpu.speed.persistent_rows
+    two = Hardware(H100.gpus + (GPU(1, "H100 (stand-in)", (9, 0), 80 * GiB),))
+    parallel = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, placement="parallel"), two, pk(NONE)))
+    assert parallel.plan.mode == "parallel" and not parallel.speed.precomputes_modulation
+    asked = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu",
+                                                     precompute_modulation=True), H100, pk(NONE)))
+    assert asked.speed.precomputes_modulation  # asked for: on the CPU too (the tests of modulation.py)
+    bf16 = BF16Settings(model="tiny", cache_dir=cache_dir)
+    assert not (bf16.fuse_qkv or bf16.split_group_norm or bf16.compile_persistent_rows or bf16.precompute_modulation)
 
 
 def test_compile_autotune_turns_on_inductors_tuning_for_the_blocks(tiny_dir, cache_dir):

@@ -63,7 +63,8 @@ class SpeedPolicy:
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
-        if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
+        if (self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam()
+                and "compile_persistent_rows" in self.settings.model_fields_set):  # as a default: left off (persistent_rows)
             import torch
 
             raise ValueError(f"compile_persistent_rows needs inductor's choices seam (config.inductor_choices_class), "
@@ -86,6 +87,12 @@ class SpeedPolicy:
         if asked != "auto":
             return asked, "as configured"
         return "sdpa", "PyTorch's own choice of kernel (on an H100 with torch 2.11: cuDNN's, measured as fast as forcing it)"
+
+    @property
+    def persistent_rows(self) -> bool:
+        """compile_persistent_rows, where the blocks are compiled by a torch with inductor's choices seam (where it
+        was asked for explicitly without one, start-up stopped above; a default on is left off there)."""
+        return self.settings.compile_persistent_rows and self.compile_mode == "regional" and has_choices_seam()
 
     @property
     def compiles_vae(self) -> bool:
@@ -152,8 +159,13 @@ class SpeedPolicy:
 
     @property
     def precomputes_modulation(self) -> bool:
-        """precompute_modulation, where the transformer runs diffusers' blocks (whose norms it reads)."""
-        return self.settings.precompute_modulation and self.backend.step_cache_problem is None
+        """precompute_modulation, where the transformer runs diffusers' blocks (whose norms it reads). auto: on a
+        GPU in one process, as measured (not on the CPU, whose tiny-model bytes it would change within a level;
+        not with placement=parallel, not run there)."""
+        wanted = self.settings.precompute_modulation
+        if wanted == "auto":
+            wanted = self.on_gpu and self.plan.mode != "parallel"
+        return wanted and self.backend.step_cache_problem is None
 
     def modulation_table(self, pipe):
         """The ModulationTable installed on `pipe` (modulation.py), or None. After compile and the CUDA
@@ -197,7 +209,7 @@ class SpeedPolicy:
                 self.split_group_norms = group_norm.install(pipe.vae)
         if self.compile_mode == "regional":
             compile_blocks(pipe.transformer, self.settings.cache_dir, self.backend.fullgraph,
-                           self.settings.compile_autotune, self.settings.compile_persistent_rows)
+                           self.settings.compile_autotune, self.persistent_rows)
             if self.compiles_vae:
                 compile_vae_decoder(pipe.vae)
 

@@ -42,7 +42,7 @@ def service_status(manager) -> dict:
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile,
                     "autotune": s.compile_autotune and compiled,
                     "vae": manager.speed is not None and manager.speed.compiles_vae,
-                    "persistent_rows": s.compile_persistent_rows and compiled,
+                    "persistent_rows": manager.speed is not None and manager.speed.persistent_rows,
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
                     "rope_fused": manager.speed.rope_fused if manager.speed else None,
