@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as e:
         prefix = SETTINGS_CLASSES[args.service].model_config.get("env_prefix", "")
         for err in e.errors():
-            name = ".".join(str(p) for p in err["loc"])
-            print(f"invalid setting {name} ({prefix}{name.upper()}): {err['msg']}", file=sys.stderr)
+            name = ".".join(str(p) for p in err["loc"])  # a union's branch too: precompute_modulation.bool
+            env = f"{prefix}{str(err['loc'][0]).upper()}" if err["loc"] else prefix  # the variable that sets it
+            print(f"invalid setting {name} ({env}): {err['msg']}", file=sys.stderr)
         return 2
 
     if settings.hub_endpoint:

@@ -221,14 +221,16 @@ class ServiceSettings(BaseSettings):
         "inductor's). Written 2026-12-07: its CUDA test against diffusers' ops passed on an H100, not yet timed or its "
         "image compared end to end: off until a run does; /model-status compile.rope_fused counts the attention modules."
     )
-    precompute_modulation: bool = Field(
+    precompute_modulation: bool | Literal["auto"] = Field(
         False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
         "step, one GEMM per norm (the weights read once instead of once a step: 77 one-row GEMVs of about 3.2 G "
         "weights a step on FLUX.1), each step then copying its row (engine/modulation.py). The same arithmetic "
         "up to the GEMM's rounding. Backends running diffusers' blocks whose norm weights keep their shape (not "
-        "nunchaku; with bitsandbytes' packed 4-bit weights none is precomputed: /model-status says 0). Measured "
-        "on an H100 only together with three other levers (docs/PERFORMANCE.md); its image not compared yet: off "
-        "until a run does; /model-status compile.modulation_precomputed counts the norms."
+        "nunchaku; with bitsandbytes' packed 4-bit weights none is precomputed: /model-status says 0). auto: on a "
+        "CUDA GPU in one process (not on the CPU, where the tiny model's images would change within a level; not "
+        "with placement=parallel, not run there). Measured on an H100 together with three other levers "
+        "(docs/PERFORMANCE.md, 2026-12-07: the FP4 service's default is auto); off on BF16 until a run compares it "
+        "there; /model-status compile.modulation_precomputed counts the norms."
     )
     split_group_norm: bool = Field(
         False, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
@@ -265,7 +267,7 @@ class ServiceSettings(BaseSettings):
     lora_max_rank: int = Field(
         64, ge=1, le=1024, description="The size of the LoRA slot made at load (lora_slot.py): the highest rank "
         "of one LoRA, and of the LoRAs of one request together. It costs memory (about 11 MiB per unit of rank "
-        "on FLUX.1, in bf16) and a little time on requests with a LoRA; a LoRA over it gets a 422 naming it."
+        "on FLUX.1, in bf16; about 13.7 with fuse_qkv, whose q/k/v slot holds three times the rank) and a little time on requests with a LoRA; a LoRA over it gets a 422 naming it."
     )
     cuda_graphs: bool = Field(
         True, description="Replay the transformer step as a CUDA graph (one per image size) for requests without "
@@ -453,7 +455,7 @@ class FP4Settings(ServiceSettings):
         True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
         "compile_persistent_rows, fuse_qkv and precompute_modulation (docs/PERFORMANCE.md, 2026-12-07).")
     precompute_modulation: bool | Literal["auto"] = Field(
-        "auto", description="As the BF16 service's setting (the same field), with auto: on a CUDA GPU in one process, "
+        "auto", description="As the BF16 service's setting (the same field); auto here: on a CUDA GPU in one process, "
         "where it was measured with the three levers above (docs/PERFORMANCE.md, 2026-12-07); off on the CPU, where "
         "the tiny model's images keep their bytes (the M-row GEMM rounds otherwise than the one-row one: within one "
         "level), and with placement=parallel (not run there).")

@@ -172,3 +172,19 @@ def test_the_fp4_services_quantized_norms_are_precomputed_too(cache_dir, lora_di
         assert s.client.get("/model-status").json()["compile"]["modulation_precomputed"] == 7  # int8 weights too
         for body in (dict(), dict(loras=[{"name": "style"}]), dict(negative_prompt="blurry", true_cfg_scale=2.0)):
             assert _levels_apart(gen(s, **body), gen(fp4, **body)) <= 1, body
+
+
+@pytest.mark.slow
+def test_the_fp4_services_defaults_keep_the_cpu_tiny_models_bytes(cache_dir, lora_dir, fp4):
+    """FP4's defaults since 2026-12-07 (compile_persistent_rows, fuse_qkv, split_group_norm on, precompute_modulation
+    auto) change nothing on the CPU: the tiny model's images are the bytes of the four switched off (issue 25:
+    byte-identical on the CPU tiny model), and none of the four did anything there."""
+    before = FP4Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, compile_persistent_rows=False,
+                         fuse_qkv=False, precompute_modulation=False, split_group_norm=False, **FP4_DEFAULTS)
+    assert fp4.client.get("/model-status").json()["compile"]["qkv_fused"] == 0  # int8 weights are not stacked
+    status = fp4.client.get("/model-status").json()["compile"]
+    assert status["modulation_precomputed"] is None and status["split_group_norms"] is None and not status["persistent_rows"]
+    with InProcess(create_app(before)) as s:
+        s.wait_ready()
+        for body in (dict(), dict(loras=[{"name": "style"}]), dict(negative_prompt="blurry", true_cfg_scale=2.0)):
+            assert pixels(gen(s, **body)) == pixels(gen(fp4, **body)), body

@@ -118,6 +118,11 @@ def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny
     finally:
         inductor.inductor_choices_class = before
     assert parse_target("fp4+rows") == ("fp4", None, {"COMPILE_PERSISTENT_ROWS": "true"})
+    # FP4's defaults off again, for the defaults before and each lever's share
+    assert parse_target("fp4+norows+noqkv+nomod+nogn")[2] == {"COMPILE_PERSISTENT_ROWS": "false", "FUSE_QKV": "false",
+                                                             "PRECOMPUTE_MODULATION": "false", "SPLIT_GROUP_NORM": "false"}
+    with pytest.raises(ValueError, match="twice"):
+        parse_target("fp4+rows+norows")
     # A torch without the seam: start-up stops before any weight loads, saying why (compiled only: else moot)
     import flux_api.engine.speed as speed
 

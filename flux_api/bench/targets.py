@@ -22,6 +22,11 @@ OPTIONS = {
     "rope": ("FUSE_ROPE", "true"),
     "mod": ("PRECOMPUTE_MODULATION", "true"),
     "gn": ("SPLIT_GROUP_NORM", "true"),
+    # FP4's defaults since 2026-12-07 (the four above): off, for the defaults before and each lever's share
+    "norows": ("COMPILE_PERSISTENT_ROWS", "false"),
+    "noqkv": ("FUSE_QKV", "false"),
+    "nomod": ("PRECOMPUTE_MODULATION", "false"),
+    "nogn": ("SPLIT_GROUP_NORM", "false"),
     "fused": ("FUSE_KERNELS", "true"),
     "unfused": ("FUSE_KERNELS", "false"),  # FP4's default is on (BF16's off: there +fused is the comparison)
     "sdpa": ("ATTENTION", "sdpa"),

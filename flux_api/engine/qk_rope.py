@@ -93,6 +93,9 @@ if HAS_TRITON:
         tl.store(v_out + out, tl.load(v + h * D + d, mask=mask, other=0.0), mask=mask)
 
 
+WARPS = 4  # per program (a token's 24 heads of 128, padded to 32): not tuned yet; the GPU probe tries 4 and 8
+
+
 def row_strides(q, k, v) -> tuple[int, int] | None:
     """(batch, token) strides shared by q, k and v [B, S, H * D], each with unit stride along its last dim
     (three views of one fused projection share them, as do three separate contiguous ones); else None."""
@@ -105,7 +108,7 @@ def row_strides(q, k, v) -> tuple[int, int] | None:
 
 def launch(q, k, v, txt, weights, eps: float, cos, sin, head_dim: int):
     """The Triton kernel: (q, k, v), each [B, H, S, D] contiguous. bf16 q, k, v (and txt's) on one CUDA device,
-    each stream's three sharing their strides (`fits`); cos and sin [S, D] contiguous."""
+    as `fits` says."""
     batch, s_img, width = q.shape
     heads = width // head_dim
     s_txt = txt[0].shape[1] if txt is not None else 0
@@ -117,18 +120,24 @@ def launch(q, k, v, txt, weights, eps: float, cos, sin, head_dim: int):
         with torch.cuda.device(q.device):  # Triton launches on the current device; the tensors may be elsewhere
             _kernel[(seq, batch)](q, k, v, tq, tk, tv, weights[0], weights[1], wq_txt, wk_txt, cos, sin, *outs,
                                   *row_strides(q, k, v), *row_strides(tq, tk, tv), s_txt, seq, eps,
-                                  H=heads, HB=triton.next_power_of_2(heads), D=head_dim, num_warps=4)
+                                  H=heads, HB=triton.next_power_of_2(heads), D=head_dim, num_warps=WARPS)
     return outs
 
 
-def fits(q, k, v, txt, cos, head_dim: int) -> bool:
-    """Whether the kernel takes these: CUDA, bf16, a power-of-two head size, each stream's q/k/v sharing
-    their strides, cos [S, D] contiguous in fp32 or bf16."""
-    tensors = (q, k, v) + (tuple(txt) if txt is not None else ())
-    return (HAS_TRITON and q.is_cuda and all(t.dtype == torch.bfloat16 for t in tensors)
-            and head_dim & (head_dim - 1) == 0 and q.shape[-1] % head_dim == 0
-            and row_strides(q, k, v) is not None and (txt is None or row_strides(*txt) is not None)
-            and cos.is_contiguous() and cos.shape == (q.shape[1] + (txt[0].shape[1] if txt is not None else 0), head_dim))
+def fits(q, k, v, txt, weights, cos, sin, head_dim: int) -> bool:
+    """Whether the kernel takes these: bf16 on one CUDA device, a power-of-two head size, each stream's q/k/v of one
+    shape sharing their strides (and the streams one batch and width), the norms' weights [D] of one dtype, cos and
+    sin [S, D] contiguous in fp32 or bf16. Elsewhere the op runs its reference."""
+    streams = [(q, k, v)] + ([tuple(txt)] if txt is not None else [])
+    tensors = [t for stream in streams for t in stream]
+    seq = sum(stream[0].shape[1] for stream in streams)
+    return (HAS_TRITON and q.is_cuda and all(t.dtype == torch.bfloat16 and t.device == q.device for t in tensors)
+            and head_dim & (head_dim - 1) == 0 and q.dim() == 3 and q.shape[-1] % head_dim == 0
+            and all(t.dim() == 3 and (t.shape[0], t.shape[2]) == (q.shape[0], q.shape[2]) for t in tensors)
+            and all(len({t.shape for t in stream}) == 1 and row_strides(*stream) is not None for stream in streams)
+            and len({w.dtype for w in weights}) == 1 and all(w.shape == (head_dim,) and w.device == q.device for w in weights)
+            and all(t.dtype in (torch.float32, torch.bfloat16) and t.device == q.device and t.is_contiguous()
+                    and t.shape == (seq, head_dim) for t in (cos, sin)))
 
 
 @torch.library.custom_op("flux_api::qk_norm_rope", mutates_args=())
@@ -136,9 +145,11 @@ def _op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_txt: torch.Tensor |
         v_txt: torch.Tensor | None, weights: list[torch.Tensor], eps: float, cos: torch.Tensor, sin: torch.Tensor,
         head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     txt = (q_txt, k_txt, v_txt) if q_txt is not None else None
-    if fits(q, k, v, txt, cos, head_dim) and sin.is_contiguous():
+    if fits(q, k, v, txt, weights, cos, sin, head_dim):
         return tuple(launch(q, k, v, txt, weights, eps, cos, sin, head_dim))
-    return tuple(t.transpose(1, 2).contiguous() for t in reference(q, k, v, txt, weights, eps, cos, sin, head_dim))
+    # copies (a custom op may not return its input, which .contiguous() would where the view already is: one head)
+    return tuple(t.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+                 for t in reference(q, k, v, txt, weights, eps, cos, sin, head_dim))
 
 
 @_op.register_fake
@@ -163,7 +174,7 @@ def _fusable(attn) -> bool:
     norms = [attn.norm_q, attn.norm_k] + ([attn.norm_added_q, attn.norm_added_k] if attn.added_kv_proj_dim is not None else [])
     return (all(type(n) is torch.nn.RMSNorm and n.weight is not None and tuple(n.normalized_shape) == (attn.head_dim,)
                 for n in norms)
-            and len({_eps(n) for n in norms}) == 1)
+            and attn.head_dim & (attn.head_dim - 1) == 0 and len({_eps(n) for n in norms}) == 1)
 
 
 def _processor_class():
@@ -200,8 +211,10 @@ def _processor_class():
 
 
 def install(transformer) -> int:
-    """A FusedRopeProcessor for each of the transformer's FluxAttention modules with diffusers' own processor and
-    RMSNorms with weights, its attention backend and parallel config kept; how many. Before compiling."""
+    """A FusedRopeProcessor for each of the transformer's FluxAttention modules with diffusers' own processor,
+    RMSNorms with weights of one eps and a power-of-two head size, its attention backend and parallel config kept;
+    how many. Before compiling. (The kernel runs on bf16 CUDA tensors, the services' GPU dtype; elsewhere the op's
+    reference, diffusers' ops.)"""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
 
     cls = _processor_class()

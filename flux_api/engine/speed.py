@@ -63,12 +63,13 @@ class SpeedPolicy:
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
-        if (self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam()
-                and "compile_persistent_rows" in self.settings.model_fields_set):  # as a default: left off (persistent_rows)
+        if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
             import torch
 
-            raise ValueError(f"compile_persistent_rows needs inductor's choices seam (config.inductor_choices_class), "
-                             f"which torch {torch.__version__} does not have: switch it off")
+            why = f"inductor's choices seam (config.inductor_choices_class), which torch {torch.__version__} does not have"
+            if "compile_persistent_rows" in self.settings.model_fields_set:  # asked for: start-up stops, saying why
+                raise ValueError(f"compile_persistent_rows needs {why}: switch it off")
+            log.info("compile_persistent_rows (the default) left off: it needs %s", why)
         if self.plan.mode == "parallel" and not self.backend.diffusers_attention:
             raise ValueError(f"placement=parallel splits diffusers' attention between processes; backend "
                              f"{self.backend.name} runs its own: choose another backend or placement")
@@ -176,8 +177,9 @@ class SpeedPolicy:
 
         table = ModulationTable(pipe.transformer, pipe.scheduler)
         self.modulation_norms = table.norms
-        if table.problem:
-            log.warning("precompute_modulation: not done, %s", table.problem)
+        if table.problem:  # asked for, a warning; auto (a service's default), a note
+            log.log(logging.INFO if self.settings.precompute_modulation == "auto" else logging.WARNING,
+                    "precompute_modulation: not done, %s", table.problem)
         return table.install() if table.norms else None
 
     def prepare(self, pipe, free_memory) -> None:
