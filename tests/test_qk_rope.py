@@ -150,7 +150,7 @@ def test_the_cuda_kernel_gives_diffusers_arithmetic(shape):
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and qk_rope.HAS_TRITON), reason="the kernel is Triton's, on CUDA")
 @pytest.mark.parametrize("stacked", [False, True], ids=["separate", "fuse_qkv"])
-def test_compiled_bf16_blocks_run_the_kernel_and_draw_what_diffusers_draws(stacked, monkeypatch):
+def test_cuda_compiled_bf16_blocks_run_the_kernel_and_draw_what_diffusers_draws(stacked, monkeypatch):
     """The processor's whole path on CUDA: compiled blocks call the op, the op takes the kernel (not its
     reference), and the blocks' outputs are within bf16 rounding of diffusers' eager blocks."""
     torch._dynamo.reset()
