@@ -12,35 +12,22 @@ import sys
 from pathlib import Path
 
 import pytest
+import test_qkv
 import torch
+from test_qkv import DIM, HEAD_DIM, HEADS, IMG, TXT, _run
 
 from flux_api.engine import qk_rope
 from flux_api.engine.qkv import fuse_qkv
 
-DIM, HEADS, HEAD_DIM, IMG, TXT = 128, 2, 64, 24, 8
-
 
 def _blocks(dtype):
-    from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock, FluxTransformerBlock
-
-    torch.manual_seed(0)
-    blocks = torch.nn.ModuleList([FluxTransformerBlock(DIM, HEADS, HEAD_DIM),
-                                  FluxSingleTransformerBlock(DIM, HEADS, HEAD_DIM)]).to(dtype).eval()
+    """test_qkv's double and single block, their q/k norms' weights other than ones."""
+    blocks = test_qkv._blocks(dtype)
     for norm in blocks.modules():  # norm weights other than ones, so that a weight read from the wrong norm shows
         if type(norm) is torch.nn.RMSNorm:
             with torch.no_grad():
                 norm.weight.uniform_(0.5, 1.5)
     return blocks
-
-
-def _run(blocks, dtype, img=IMG):
-    g = torch.Generator().manual_seed(1)
-    freqs = torch.randn(img + TXT, HEAD_DIM, generator=g)
-    kw = dict(hidden_states=torch.randn(1, img, DIM, generator=g).to(dtype),
-              encoder_hidden_states=torch.randn(1, TXT, DIM, generator=g).to(dtype),
-              temb=torch.randn(1, DIM, generator=g).to(dtype), image_rotary_emb=(freqs.cos(), freqs.sin()))
-    with torch.no_grad():
-        return [t for block in blocks for t in block(**kw)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -165,14 +152,7 @@ def test_cuda_compiled_bf16_blocks_run_the_kernel_and_draw_what_diffusers_draws(
     assert qk_rope.install(blocks) == 2
     for block in blocks:
         block.forward = torch.compile(block.forward, fullgraph=True, dynamic=True)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    freqs = torch.randn(IMG + TXT, HEAD_DIM, generator=g, device="cuda")
-    kw = dict(hidden_states=torch.randn(1, IMG, DIM, generator=g, device="cuda").bfloat16(),
-              encoder_hidden_states=torch.randn(1, TXT, DIM, generator=g, device="cuda").bfloat16(),
-              temb=torch.randn(1, DIM, generator=g, device="cuda").bfloat16(), image_rotary_emb=(freqs.cos(), freqs.sin()))
-    with torch.no_grad():
-        got = [t for block in blocks for t in block(**kw)]
-        want = [t for block in plain for t in block(**kw)]
+    got, want = _run(blocks, torch.bfloat16, device="cuda"), _run(plain, torch.bfloat16, device="cuda")
     assert len(launches) == 2  # one a block: the kernel ran, not the reference
     for a, b in zip(got, want):
         torch.testing.assert_close(a.float(), b.float(), rtol=0.05, atol=0.05)

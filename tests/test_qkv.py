@@ -25,12 +25,13 @@ def _blocks(dtype=torch.float32):
                                 FluxSingleTransformerBlock(DIM, HEADS, HEAD_DIM)]).to(dtype).eval()
 
 
-def _run(blocks, dtype=torch.float32):
-    g = torch.Generator().manual_seed(1)
-    freqs = torch.randn(IMG + TXT, HEAD_DIM, generator=g)
-    kw = dict(hidden_states=torch.randn(1, IMG, DIM, generator=g).to(dtype),
-              encoder_hidden_states=torch.randn(1, TXT, DIM, generator=g).to(dtype),
-              temb=torch.randn(1, DIM, generator=g).to(dtype), image_rotary_emb=(freqs.cos(), freqs.sin()))
+def _run(blocks, dtype=torch.float32, img=IMG, device="cpu"):
+    """The blocks' outputs (each block run on the same inputs: img image tokens, TXT text tokens) in a list."""
+    g = torch.Generator(device).manual_seed(1)
+    freqs = torch.randn(img + TXT, HEAD_DIM, generator=g, device=device)
+    kw = dict(hidden_states=torch.randn(1, img, DIM, generator=g, device=device).to(dtype),
+              encoder_hidden_states=torch.randn(1, TXT, DIM, generator=g, device=device).to(dtype),
+              temb=torch.randn(1, DIM, generator=g, device=device).to(dtype), image_rotary_emb=(freqs.cos(), freqs.sin()))
     with torch.no_grad():
         return [t for block in blocks for t in block(**kw)]
 
