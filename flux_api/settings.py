@@ -62,6 +62,13 @@ DEFAULT_PRESETS = {
 }
 
 
+# What the descriptions of issue 25's four levers say of their measurement and defaults (FP4Settings sets them).
+_FOUR_LEVERS = ("Measured on an H100 together with the other three of compile_persistent_rows, fuse_qkv, "
+                "precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07: FP4 0.544x -> 0.514x "
+                "stock, the image 47.1 dB from the defaults before): on by default on the FP4 service; off on BF16 "
+                "until a run compares them there.")
+
+
 class ServiceSettings(BaseSettings):
     """Everything both services share. Subclasses set the port, the env prefix and the TOML file."""
 
@@ -200,8 +207,7 @@ class ServiceSettings(BaseSettings):
         False, description="With compile: inductor keeps rows of up to 4,096 values in registers (a persistent "
         "reduction: the row read once) where it would loop over rows wider than 1,024 (read two or three times): "
         "FLUX's 3,072-wide norms and per-row fp8 quantizations (engine/speed.py, persistent_row_choices). The "
-        "same arithmetic in another kernel shape. Measured on an H100 only together with three other levers "
-        "(docs/PERFORMANCE.md, 2026-12-07); its image not compared yet: off until a run does."
+        "same arithmetic in another kernel shape. " + _FOUR_LEVERS
     )
     fuse_qkv: bool = Field(
         False, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
@@ -209,9 +215,8 @@ class ServiceSettings(BaseSettings):
         "outputs reading the input once instead of three of 3,072. Stacking is exact for bf16 and torchao fp8 per-row "
         "weights (on the CPU: the tiny model's images the same bytes, fp8 blocks bit for bit; a GPU's wider GEMM may "
         "round otherwise). LoRAs for q/k/v become one branch of the fused layer, whose slot holds three times "
-        "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Measured "
-        "on an H100 only together with three other levers (docs/PERFORMANCE.md, 2026-12-07: LoRA / base 1.088 -> "
-        "1.049); its image not compared yet: off until a run does."
+        "lora_max_rank: about 2.7 MiB more per unit of rank on FLUX.1 for the slot and for each cached LoRA. Stacks "
+        "nothing where the weights are 4-bit or int8 (the CPU's torchao-int8). " + _FOUR_LEVERS
     )
     fuse_rope: bool = Field(
         False, description="On a CUDA GPU, each attention's q/k RMSNorms, the text and image streams' concatenation, "
@@ -228,17 +233,15 @@ class ServiceSettings(BaseSettings):
         "up to the GEMM's rounding. Backends running diffusers' blocks whose norm weights keep their shape (not "
         "nunchaku; with bitsandbytes' packed 4-bit weights none is precomputed: /model-status says 0). auto: on a "
         "CUDA GPU in one process (not on the CPU, where the tiny model's images would change within a level; not "
-        "with placement=parallel, not run there). Measured on an H100 together with three other levers "
-        "(docs/PERFORMANCE.md, 2026-12-07: the FP4 service's default is auto); off on BF16 until a run compares it "
-        "there; /model-status compile.modulation_precomputed counts the norms."
+        "with placement=parallel, not run there): the FP4 service's default. /model-status "
+        "compile.modulation_precomputed counts the norms. " + _FOUR_LEVERS
     )
     split_group_norm: bool = Field(
         False, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
         "splits each group over many programs (engine/group_norm.py), where ATen's reads each group in one thread "
         "block: 32 blocks for up to 536 MB, 47 ms of a 1024 px decode in the 2026-12-06 H100 trace. ATen's "
         "arithmetic (mean and 1/std kept in the input's dtype, one fp32 multiply-add per value) but for the "
-        "variance's last bits. Not with compile_vae (inductor compiles the norms). Measured on an H100 only together "
-        "with three other levers (docs/PERFORMANCE.md, 2026-12-07); its image not compared yet: off until a run does.",
+        "variance's last bits. Not with compile_vae (inductor compiles the norms). " + _FOUR_LEVERS,
     )
     fuse_kernels: bool = Field(
         True, description="On a CUDA GPU, the backend's fused kernels. torchao-fp8: the activation quantization "
@@ -408,6 +411,11 @@ class ServiceSettings(BaseSettings):
         return self.hf_token.get_secret_value() if self.hf_token else None
 
 
+def _default_of(name: str, default):
+    """ServiceSettings' field `name` with another default (its description kept): a service's own default."""
+    return Field(default, description=ServiceSettings.model_fields[name].description)
+
+
 class BF16Settings(ServiceSettings):
     service: ClassVar[str] = "bf16"
     config_file: ClassVar[str] = "bf16.toml"
@@ -440,25 +448,13 @@ class FP4Settings(ServiceSettings):
         description="Hub repo (or local folder) of the Nunchaku SVDQuant FLUX.1-dev checkpoints.",
     )
     nunchaku_rank: int = Field(32, ge=1, description="SVDQuant low-rank branch rank of the checkpoint file.")
-    # Issue 25's four levers, on for this service: measured together on an H100 (docs/PERFORMANCE.md, 2026-12-07,
-    # the 12:16 run): FP4 2.893 -> 2.735 s at 1024 px (0.544x -> 0.514x stock in that run), the image 47.1 dB from
-    # the defaults' before, LoRA / base 1.072 -> 1.063 (two LoRAs 1.081 -> 1.043), time to ready 134 -> 115 s, 0
-    # compiles after warm-up. The BF16 service keeps them off: not compared there yet.
-    compile_persistent_rows: bool = Field(
-        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
-        "fuse_qkv, precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07).")
-    fuse_qkv: bool = Field(
-        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
-        "compile_persistent_rows, precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07). "
-        "The CPU's torchao-int8 weights are not stacked: nothing changes there.")
-    split_group_norm: bool = Field(
-        True, description="As the BF16 service's setting (the same field); on here: measured on an H100 with "
-        "compile_persistent_rows, fuse_qkv and precompute_modulation (docs/PERFORMANCE.md, 2026-12-07).")
-    precompute_modulation: bool | Literal["auto"] = Field(
-        "auto", description="As the BF16 service's setting (the same field); auto here: on a CUDA GPU in one process, "
-        "where it was measured with the three levers above (docs/PERFORMANCE.md, 2026-12-07); off on the CPU, where "
-        "the tiny model's images keep their bytes (the M-row GEMM rounds otherwise than the one-row one: within one "
-        "level), and with placement=parallel (not run there).")
+    # Issue 25's four levers, on for this service (the base fields' descriptions say what each does and what was
+    # measured: on an H100, 2026-12-07, the four together: FP4 0.544x -> 0.514x stock, the image 47.1 dB from the
+    # defaults before, LoRA / base 1.063, ready 134 -> 115 s). The BF16 service keeps them off: not compared there.
+    compile_persistent_rows: bool = _default_of("compile_persistent_rows", True)
+    fuse_qkv: bool = _default_of("fuse_qkv", True)
+    split_group_norm: bool = _default_of("split_group_norm", True)
+    precompute_modulation: bool | Literal["auto"] = _default_of("precompute_modulation", "auto")
 
 
 SETTINGS_CLASSES: dict[str, type[ServiceSettings]] = {"fp4": FP4Settings, "bf16": BF16Settings}

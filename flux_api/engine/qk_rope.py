@@ -93,7 +93,7 @@ if HAS_TRITON:
         tl.store(v_out + out, tl.load(v + h * D + d, mask=mask, other=0.0), mask=mask)
 
 
-WARPS = 4  # per program (a token's 24 heads of 128, padded to 32): not tuned yet; the GPU probe tries 4 and 8
+WARPS = 4  # per program (a token's 24 heads of 128, padded to 32): not tuned yet; the GPU probe tries 4, 8 and 16
 
 
 def row_strides(q, k, v) -> tuple[int, int] | None:

@@ -63,7 +63,7 @@ class SpeedPolicy:
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
-        if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not has_choices_seam():
+        if self.settings.compile_persistent_rows and self.compile_mode == "regional" and not self.persistent_rows:
             import torch
 
             why = f"inductor's choices seam (config.inductor_choices_class), which torch {torch.__version__} does not have"
@@ -96,18 +96,22 @@ class SpeedPolicy:
         return self.settings.compile_persistent_rows and self.compile_mode == "regional" and has_choices_seam()
 
     @property
+    def one_gpu_process(self) -> bool:
+        """On a GPU in one process: where the levers that are on by default (or asked for as auto) were measured
+        (placement=parallel splits the tokens between processes around the attention: not run with them)."""
+        return self.on_gpu and self.plan.mode != "parallel"
+
+    @property
     def compiles_vae(self) -> bool:
         """compile_vae, where the blocks are compiled and the VAE decodes in one piece (not memory_mode=low)."""
         return self.settings.compile_vae and self.compile_mode == "regional" and not self.low_memory
 
     @property
     def fuses_rope(self) -> bool:
-        """fuse_rope, on a CUDA GPU with Triton, where diffusers' attention runs in one process (placement=parallel
-        splits the tokens between processes around it: not measured with this kernel)."""
+        """fuse_rope, with Triton, where diffusers' attention runs on a GPU in one process."""
         from .fp8_rows import HAS_TRITON
 
-        return (self.settings.fuse_rope and self.on_gpu and HAS_TRITON and self.backend.diffusers_attention
-                and self.plan.mode != "parallel")
+        return self.settings.fuse_rope and self.one_gpu_process and HAS_TRITON and self.backend.diffusers_attention
 
     @property
     def low_memory(self) -> bool:
@@ -161,12 +165,9 @@ class SpeedPolicy:
     @property
     def precomputes_modulation(self) -> bool:
         """precompute_modulation, where the transformer runs diffusers' blocks (whose norms it reads). auto: on a
-        GPU in one process, as measured (not on the CPU, whose tiny-model bytes it would change within a level;
-        not with placement=parallel, not run there)."""
+        GPU in one process, as measured (not on the CPU, whose tiny-model bytes it would change within a level)."""
         wanted = self.settings.precompute_modulation
-        if wanted == "auto":
-            wanted = self.on_gpu and self.plan.mode != "parallel"
-        return wanted and self.backend.step_cache_problem is None
+        return (self.one_gpu_process if wanted == "auto" else wanted) and self.backend.step_cache_problem is None
 
     def modulation_table(self, pipe):
         """The ModulationTable installed on `pipe` (modulation.py), or None. After compile and the CUDA
