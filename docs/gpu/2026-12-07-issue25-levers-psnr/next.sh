@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 25: the next run, written 2026-12-07 (third session) and NOT RUN yet: what run.sh's run lost to the device
+# Superseded by ../2026-12-07-issue25-rope-bf16/run.sh (fourth session), which ran these targets reordered.
+# Issue 25: the next run, written 2026-12-07 (third session) and not run as written: what run.sh's run lost to the device
 # time. FP4's defaults now include compile_persistent_rows, fuse_qkv, precompute_modulation and split_group_norm, so
 # `fp4` is them. In order, most decisive first: stock; FP4 defaults; FP4 + fuse_rope (timed and compared with the
 # defaults); BF16 with everything (its fused kernels, the four levers, fuse_rope) and BF16's defaults (compared as
