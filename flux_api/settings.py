@@ -261,6 +261,14 @@ class ServiceSettings(BaseSettings):
         "isolation on an H100: a 1024 px decode 91 -> 38 ms, for about 16 s more compiling on a cold inductor "
         "cache (docs/PERFORMANCE.md)."
     )
+    compile_text_encoder: bool = Field(
+        False, description="With compile: T5-XXL's blocks compiled too (each block's forward, dynamic shapes, made at "
+        "warm-up; not with memory_mode=low). Eager, the text encoders took 38 ms a prompt at 512 tokens on an H100 "
+        "(docs/PERFORMANCE.md), where T5's matrix products are about 10 ms of work: the rest is the kernels and the "
+        "Python between them that compiling removes. Each new prompt pays it (the prompt cache skips it for a repeated "
+        "one); the embeddings move within the compiled kernels' rounding. Written 2026-12-07, not yet measured on a "
+        "GPU: off until a run does."
+    )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "
         "(the GPU; host memory in memory_mode=low), least recently used dropped first (engine/prompts.py): a "

@@ -20,7 +20,7 @@ from flux_api.bench import parse_target
 from flux_api.engine.backends import Packages
 from flux_api.engine.devices import GPU, Hardware
 from flux_api.engine.services import BF16FluxModelManager, FP4FluxModelManager
-from flux_api.engine.speed import has_choices_seam
+from flux_api.engine.speed import SpeedPolicy, has_choices_seam
 from flux_api.engine.status import precision
 from flux_api.settings import BF16Settings, FP4Settings
 
@@ -261,20 +261,26 @@ def test_prompt_cache_skips_the_text_encoders_and_changes_no_byte(cache_dir, lor
     assert stats[0] == {"hits": 0, "misses": 12, "entries": 0}
 
 
-@pytest.mark.slow  # compiles the tiny VAE's decoder and blocks on 2 cores: about 40 s
-def test_compile_vae_compiles_the_decoder_at_warm_up_and_never_on_a_request(cache_dir, bf16):
+@pytest.mark.slow  # compiles the tiny VAE's decoder, T5's blocks and the transformer's on 2 cores: about 50 s
+def test_compile_vae_and_text_encoder_compile_at_warm_up_and_never_on_a_request(cache_dir, bf16):
     from conftest import BF16_DEFAULTS, pixels
 
     settings = BF16Settings(model="tiny", cache_dir=cache_dir, compile="regional", compile_vae=True,
-                            warmup_sizes=[256], **BF16_DEFAULTS)
+                            compile_text_encoder=True, warmup_sizes=[256], **BF16_DEFAULTS)
     with InProcess(create_app(settings)) as s:
         s.wait_ready(timeout=600)
         status = s.client.get("/model-status").json()["compile"]
-        assert status["vae"] is True and status["graphs_compiled_at_load"] > 0
-        decoder = s.app.state.engine.manager.replicas[0].pipe.vae.decoder
-        assert "forward" in vars(decoder)  # its own forward, compiled, over the class's
+        assert status["vae"] is True and status["text_encoder"] is True and status["graphs_compiled_at_load"] > 0
+        pipe = s.app.state.engine.manager.replicas[0].pipe
+        assert "forward" in vars(pipe.vae.decoder)  # its own forward, compiled, over the class's
+        assert all("forward" in vars(block) for block in pipe.text_encoder_2.encoder.block)
         got = np.frombuffer(pixels(gen(s)), np.uint8).astype(float)
-        assert pixels(gen(s, width=320, height=256)) and s.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
+        # a new prompt runs the compiled T5 (the warm-up's prompt is cached), a new size the compiled decoder
+        assert pixels(gen(s, prompt="a new prompt", width=320, height=256))
+        assert s.client.get("/model-status").json()["compile"]["compiles_after_warmup"] == 0
+        manager = s.app.state.engine.manager  # memory_mode=low keeps T5 eager (on the CPU or in nf4)
+        low = settings.model_copy(update={"memory_mode": "low"})
+        assert not SpeedPolicy(low, manager.backend, manager.plan).compiles_text_encoder
     want = np.frombuffer(pixels(gen(bf16)), np.uint8).astype(float)
     assert np.abs(got - want).mean() < 1.0  # the eager service's image, up to the compiled kernels' rounding
-    assert parse_target("bf16+vae") == ("bf16", None, {"COMPILE_VAE": "true"})
+    assert parse_target("bf16+vae+t5") == ("bf16", None, {"COMPILE_VAE": "true", "COMPILE_TEXT_ENCODER": "true"})

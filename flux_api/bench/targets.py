@@ -17,6 +17,7 @@ OPTIONS = {
     "parallel": ("PLACEMENT", "parallel"),
     "autotune": ("COMPILE_AUTOTUNE", "true"),
     "vae": ("COMPILE_VAE", "true"),
+    "t5": ("COMPILE_TEXT_ENCODER", "true"),
     "rows": ("COMPILE_PERSISTENT_ROWS", "true"),
     "qkv": ("FUSE_QKV", "true"),
     "rope": ("FUSE_ROPE", "true"),

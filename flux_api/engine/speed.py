@@ -107,6 +107,11 @@ class SpeedPolicy:
         return self.settings.compile_vae and self.compile_mode == "regional" and not self.low_memory
 
     @property
+    def compiles_text_encoder(self) -> bool:
+        """compile_text_encoder, where the blocks are compiled and T5 runs on the GPU in bf16 (not memory_mode=low)."""
+        return self.settings.compile_text_encoder and self.compile_mode == "regional" and self.text_encoders == "gpu"
+
+    @property
     def fuses_rope(self) -> bool:
         """fuse_rope, with Triton, where diffusers' attention runs on a GPU in one process."""
         from .fp8_rows import HAS_TRITON
@@ -215,6 +220,8 @@ class SpeedPolicy:
                            self.settings.compile_autotune, self.persistent_rows)
             if self.compiles_vae:
                 compile_vae_decoder(pipe.vae)
+            if self.compiles_text_encoder:
+                compile_text_encoder(pipe.text_encoder_2)
 
     # ------------------------------------------------------------------ status
 
@@ -320,6 +327,19 @@ def compile_vae_decoder(vae) -> None:
     weight = next(vae.decoder.parameters())
     with torch.no_grad():  # as the pipeline decodes: grad mode is part of the compiled graph's guards
         vae.decoder(torch.zeros(1, vae.config.latent_channels, 16, 24, device=weight.device, dtype=weight.dtype))
+
+
+def compile_text_encoder(t5) -> None:
+    """torch.compile each of T5's blocks (their forward, like the transformer's: 24 blocks, two graphs, the first
+    block's being the one that computes the position bias), dynamic=True: the prompt's token count is the
+    service's max_sequence_length, but no other length would compile on a live request. Made at the warm-up's
+    first prompt."""
+    import torch
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for block in t5.encoder.block:
+        block.forward = torch.compile(block.forward, dynamic=True)
 
 
 def tile_vae(vae) -> None:

@@ -42,6 +42,7 @@ def service_status(manager) -> dict:
         "compile": {"mode": manager.speed.compile_mode if manager.speed else s.compile,
                     "autotune": s.compile_autotune and compiled,
                     "vae": manager.speed is not None and manager.speed.compiles_vae,
+                    "text_encoder": manager.speed is not None and manager.speed.compiles_text_encoder,
                     "persistent_rows": manager.speed is not None and manager.speed.persistent_rows,
                     "fused": manager.speed.fused if manager.speed else None,
                     "qkv_fused": manager.speed.qkv_fused if manager.speed else None,
