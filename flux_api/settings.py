@@ -264,10 +264,10 @@ class ServiceSettings(BaseSettings):
     compile_text_encoder: bool = Field(
         False, description="With compile: T5-XXL's blocks compiled too (each block's forward, dynamic shapes, made at "
         "warm-up; not with memory_mode=low). Eager, the text encoders took 38 ms a prompt at 512 tokens on an H100 "
-        "(docs/PERFORMANCE.md), where T5's matrix products are about 10 ms of work by their count (4.8 TFLOP); the rest "
-        "is presumably the many small kernels and the Python between them, which compiling fuses and removes. Each new prompt pays it (the prompt cache skips it for a repeated "
-        "one); the embeddings move within the compiled kernels' rounding. Written 2026-12-07, not yet measured on a "
-        "GPU: off until a run does."
+        "(docs/PERFORMANCE.md), where T5's matrix products are about 10 ms of work by their count (4.8 TFLOP); the "
+        "rest is presumably the many small kernels and the Python between them, which compiling fuses and removes. "
+        "Each new prompt pays it (the prompt cache skips it for a repeated one); the embeddings move within the "
+        "compiled kernels' rounding. Written 2026-12-07, not yet measured on a GPU: off until a run does."
     )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "

@@ -220,8 +220,8 @@ class SpeedPolicy:
                            self.settings.compile_autotune, self.persistent_rows)
             if self.compiles_vae:
                 compile_vae_decoder(pipe.vae)
-            if self.compiles_text_encoder:
-                compile_text_encoder(pipe.text_encoder_2)
+            if self.compiles_text_encoder:  # T5's blocks, compiled at the warm-up's first prompt
+                compile_forwards(pipe.text_encoder_2.encoder.block)
 
     # ------------------------------------------------------------------ status
 
@@ -294,8 +294,6 @@ def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = Fal
     `step_cache.py`) then wraps the compiled code from outside. Compiling the call would trace the hook
     into the graph, and its data-dependent skip cannot be traced (a graph break, an error with
     fullgraph). The same graphs, the same bytes (checked on the CPU tiny model), the same count."""
-    import torch
-    import torch._dynamo
     import torch._inductor.config
 
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / ("inductor-persistent-rows" if persistent_rows else "inductor")))
@@ -304,16 +302,25 @@ def compile_blocks(transformer, cache_dir, fullgraph: bool, autotune: bool = Fal
         config.inductor_choices_class = persistent_row_choices()
     elif has_choices_seam() and config.inductor_choices_class is persistent_row_choices():
         config.inductor_choices_class = None  # off again: the setting, not what came before
-    # Two variants (slot off/on) of each block, per dtype and grad mode: room to spare, so that a
-    # variant never falls back to eager for want of cache entries.
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     torch._inductor.config.coordinate_descent_tuning = autotune  # read when the kernels are generated
     repeated = set(getattr(transformer, "_repeated_blocks", ()))
     blocks = [m for m in transformer.modules() if type(m).__name__ in repeated]
     if not blocks:
         raise ValueError(f"{type(transformer).__name__} declares no repeated blocks to compile (compile=none runs it)")
-    for block in blocks:
-        block.forward = torch.compile(block.forward, fullgraph=fullgraph, dynamic=True)
+    compile_forwards(blocks, fullgraph)
+
+
+def compile_forwards(modules, fullgraph: bool = False) -> None:
+    """torch.compile each module's own `forward` (see compile_blocks for why not the module's call), dynamic=True:
+    one graph for every shape, so that no request compiles. The transformer's blocks and T5's."""
+    import torch
+    import torch._dynamo
+
+    # Two variants (the LoRA slot off/on) of each block, per dtype and grad mode: room to spare, so that a
+    # variant never falls back to eager for want of cache entries.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
+    for module in modules:
+        module.forward = torch.compile(module.forward, fullgraph=fullgraph, dynamic=True)
 
 
 def compile_vae_decoder(vae) -> None:
@@ -327,19 +334,6 @@ def compile_vae_decoder(vae) -> None:
     weight = next(vae.decoder.parameters())
     with torch.no_grad():  # as the pipeline decodes: grad mode is part of the compiled graph's guards
         vae.decoder(torch.zeros(1, vae.config.latent_channels, 16, 24, device=weight.device, dtype=weight.dtype))
-
-
-def compile_text_encoder(t5) -> None:
-    """torch.compile each of T5's blocks (their forward, like the transformer's: 24 blocks, two graphs, the first
-    block's being the one that computes the position bias), dynamic=True: the prompt's token count is the
-    service's max_sequence_length, but no other length would compile on a live request. Made at the warm-up's
-    first prompt."""
-    import torch
-    import torch._dynamo
-
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
-    for block in t5.encoder.block:
-        block.forward = torch.compile(block.forward, dynamic=True)
 
 
 def tile_vae(vae) -> None:
