@@ -1,5 +1,6 @@
 """flux_api/png.py, the service's PNG writer: the same pixels and text as Pillow's PNG, a valid zlib
-stream, the same bytes every time, and faster than Pillow on the same machine."""
+stream, the same bytes every time, and faster than Pillow on the same machine; and the step before it,
+the pipeline's image made into pixels where it is (replica.pil_images), the same pixels as diffusers' own."""
 
 import io
 import struct
@@ -92,3 +93,42 @@ def test_faster_than_pillow_at_1024():
     size_ours, buf = len(write_png(img, TEXT, 1)), io.BytesIO()
     img.save(buf, "PNG", compress_level=1)
     assert size_ours < 1.1 * len(buf.getvalue())  # and about as small
+
+
+# ---------------------------------------------------------------- the pipeline's image to pixels
+
+
+def test_pil_images_rounds_every_bf16_value_as_diffusers_does():
+    """Every bfloat16 value in [0, 1] (what the VAE's denormalized output is, on the GPU), and float32 values
+    around each half step of 1/255 (the CPU tiny model's): the same uint8 as diffusers' numpy_to_pil."""
+    import torch
+    from diffusers.image_processor import VaeImageProcessor
+
+    from flux_api.engine.replica import pil_images
+
+    every = torch.arange(0, 2 ** 16, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    every = every[(every >= 0) & (every <= 1)]
+    halves = (torch.arange(256, dtype=torch.float64) + 0.5) / 255
+    near = torch.cat([halves + d for d in (-1e-7, -1e-9, 0, 1e-9, 1e-7)]).clamp(0, 1).float()
+    for values in (every, near, torch.rand(3 * 64 * 48, generator=torch.Generator().manual_seed(0))):
+        n = values.numel() // 6 * 6
+        for channels in (3, 1):  # two rows: diffusers squeezes every axis of one, a 1-row image is its own case
+            image = values[:n].reshape(1, channels, 2, -1)
+            ours = pil_images(image)[0]
+            theirs = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(image))[0]
+            assert ours.mode == theirs.mode and ours.size == theirs.size
+            assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+    assert every.numel() > 16000  # the whole of [0, 1] in bfloat16 was compared
+
+
+def test_the_service_draws_the_bytes_of_diffusers_own_pil_output(bf16):
+    """The real tiny pipeline, one seed: its "pt" output through pil_images is its "pil" output, byte for byte."""
+    import torch
+
+    from flux_api.engine.replica import pil_images
+
+    pipe = bf16.app.state.manager.replicas[0].pipe
+    run = lambda kind: pipe("a red square", width=128, height=128, num_inference_steps=2, output_type=kind,
+                            generator=torch.Generator().manual_seed(11)).images
+    theirs, ours = run("pil")[0], pil_images(run("pt"))[0]
+    assert ours.mode == theirs.mode == "RGB" and ours.tobytes() == theirs.tobytes()
