@@ -183,6 +183,7 @@ class Replica:
                 )
             if count is not None and skips is not None:
                 skips.append(count)
+            image = pil_images(out.images)[0]  # GPU work too: its errors are the call's
         except torch.cuda.OutOfMemoryError as e:
             del e  # drop the traceback's references to the step's tensors before freeing
             self.prompts.clear()  # its embeddings are GPU memory too; they are recomputed when needed
@@ -196,7 +197,7 @@ class Replica:
         except Exception as e:
             log.exception("generation failed")
             raise GenerationFailed(f"generation failed: {type(e).__name__}: {e}") from e
-        return pil_images(out.images)[0]
+        return image
 
     def cache_steps(self, threshold: float | None, passes_to_name: int | None):
         """First Block Cache at `threshold` for one pipeline call (None: off; `passes_to_name`: see
