@@ -225,7 +225,7 @@ class ServiceSettings(BaseSettings):
         "FP4 step in the 2026-12-06 H100 trace. diffusers' arithmetic (a value's last bit may differ from "
         "inductor's). Measured on an H100 (docs/PERFORMANCE.md, 2026-12-07, fourth session): slower, FP4 0.0958 -> "
         "0.0987 s a step end to end and LoRA / base 1.075 -> 1.099, its image 47.2 dB from the defaults': off (why it "
-        "is slower is the next run's probe); /model-status compile.rope_fused counts the attention modules."
+        "is slower is not known: its kernel probe has not run); /model-status compile.rope_fused counts the attention modules."
     )
     precompute_modulation: bool | Literal["auto"] = Field(
         False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "

@@ -20,9 +20,9 @@ with, bit for bit.
 (diffusers' processor with this op in the middle; its attention backend kept). Switched on by `fuse_rope`.
 Written 2026-12-07 from the trace; its CUDA test (tests/test_qk_rope.py) passed on an H100 that day. End to end on
 an H100 (docs/PERFORMANCE.md, 2026-12-07, fourth session) it is slower: an FP4 step 95.8 -> 98.7 ms, LoRA requests
-(no CUDA graphs) more so; the image 47.2 dB from the defaults'. It writes v too (170 MB a call at 1024 px against
-about 113 MB for diffusers' q and k), and what costs the rest is the probe's to say
-(docs/gpu/2026-12-07-issue25-rope-bf16/next.sh). Off by default.
+more so; the image 47.2 dB from the defaults'. It writes v too (170 MB a call at 1024 px against about 113 MB for
+diffusers' q and k); what costs the rest is not known (the kernel probe,
+docs/gpu/2026-12-07-issue25-levers-psnr/rope_probe.py, has not run on a GPU). Off by default.
 """
 
 from __future__ import annotations

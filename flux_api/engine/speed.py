@@ -316,8 +316,8 @@ def compile_forwards(modules, fullgraph: bool = False) -> None:
     import torch
     import torch._dynamo
 
-    # Two variants (the LoRA slot off/on) of each block, per dtype and grad mode: room to spare, so that a
-    # variant never falls back to eager for want of cache entries.
+    # A transformer block has two variants (the LoRA slot off/on) per dtype and grad mode: room to spare, so
+    # that a variant never falls back to eager for want of cache entries.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 32)
     for module in modules:
         module.forward = torch.compile(module.forward, fullgraph=fullgraph, dynamic=True)
