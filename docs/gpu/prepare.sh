@@ -1,6 +1,7 @@
 # Sourced by the GPU run scripts written for a run still to come (the dated folders keep their scripts as
 # they ran): installs the carried wheels (.whl/, git-ignored; the image has torch, transformers and
 # accelerate) into /tmp/site, sets PYTHONPATH, and prints the GPU and the versions. Needs $R (results dir).
+# docs/gpu/wheels.sh fills .whl/ on the CPU machine before the run.
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mkdir -p "$R"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
