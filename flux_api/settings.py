@@ -142,7 +142,9 @@ class ServiceSettings(BaseSettings):
         "URL the request came in on.")
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5 token budget for the prompt.")
     output_format: OutputFormat = "png"
-    png_compress_level: int = Field(1, ge=0, le=9)
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG output. 1: runs only (zlib's RLE "
+                                    "strategy), the fastest that compresses; 2-9: longer matches searched, smaller and "
+                                    "slower; 0: stored.")
     jpeg_quality: int = Field(90, ge=1, le=100)
     queue_size: int = Field(16, ge=1, le=10_000, description="Requests waiting for the GPU before 429.")
     request_timeout_s: float = Field(300.0, gt=0, description="Queue wait plus generation, per request, before 504.")

@@ -62,6 +62,18 @@ def test_same_image_same_bytes():
     assert write_png(img, TEXT) == write_png(img.copy(), TEXT)
 
 
+def test_level_1_deflates_runs_only_and_the_other_levels_search_the_window():
+    """Level 1 (the default) uses zlib's RLE strategy, fast on a generated image; the levels above it keep full
+    LZ77 matching, which a user asking for a smaller file gets. An image whose Up-filtered rows are one
+    5-byte pattern over and over, with no runs in it: only a search of the window finds the repeats."""
+    pattern = np.array([3, 200, 17, 90, 41], dtype=np.int64)
+    step = np.resize(pattern, 256 * 3)  # row r minus row r-1, every row
+    img = Image.fromarray(((np.arange(256)[:, None] * step[None, :]) % 256).astype(np.uint8).reshape(256, 256, 3))
+    runs_only, searched = write_png(img, level=1), write_png(img, level=2)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(runs_only))), np.asarray(img))
+    assert len(searched) * 5 < len(runs_only), (len(searched), len(runs_only))
+
+
 def test_service_encoding_keeps_its_parameters_and_falls_back_to_pillow_for_other_modes():
     img = natural_image(64)
     data = encode_image(img, "png", {"seed": 3, "prompt": "ü"})
