@@ -216,6 +216,20 @@ def test_openai_client_edits_with_and_without_a_mask(client):
 
 
 @pytest.mark.socket
+def test_openai_background_opaque_or_auto_is_what_is_drawn_and_transparent_is_refused(client):
+    import openai
+
+    plain = client.images.generate(prompt="a red bicycle", size="256x256", extra_body={"seed": 5, **FAST})
+    for background in ("opaque", "auto"):
+        same = client.images.generate(prompt="a red bicycle", size="256x256", background=background,
+                                      extra_body={"seed": 5, **FAST})
+        assert same.data[0].b64_json == plain.data[0].b64_json and same.background == "opaque"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(prompt="a red bicycle", background="transparent", extra_body=FAST)
+    assert e.value.body["param"] == "background"
+
+
+@pytest.mark.socket
 def test_openai_client_reads_errors(client):
     import openai
 
@@ -263,3 +277,31 @@ def test_edits_take_loras_as_one_json_part_or_one_part_per_item(served):
     assert one.json()["data"][0]["b64_json"] == per_item.json()["data"][0]["b64_json"]
     form = served.client.get("/openapi.json").json()["components"]["schemas"]["ImagesEditRequestForm"]
     assert "null" not in json.dumps(form["properties"])
+
+
+@pytest.mark.socket
+def test_the_openai_client_sends_loras_to_edits_and_a_field_sent_twice_is_refused(client, served):
+    """The openai package sends extra_body={"loras": [{...}, {...}]} in a form as loras[][name] parts, then
+    loras[][weight] parts: the same LoRAs as the JSON field. Parts that cannot be matched up, and a text field
+    sent twice (which value was meant?), are a 400 that names the field; nothing is drawn."""
+    import openai
+
+    buf = io.BytesIO()
+    picture().save(buf, "PNG")
+    image = {"image": ("i.png", buf.getvalue(), "image/png")}
+    loras = [{"name": "style", "weight": 0.5}, {"name": "detail", "weight": 0.2}]
+    by_client = client.images.edit(image=image["image"], prompt="a", extra_body={
+        "seed": 3, "strength": 0.5, "loras": loras, **FAST})
+    base = {"prompt": "a", "seed": "3", "num_inference_steps": "2", "strength": "0.5"}
+    as_json = httpx.post(served.url + "/v1/images/edits", files=image, data={**base, "loras": json.dumps(loras)})
+    without = httpx.post(served.url + "/v1/images/edits", files=image, data=base)
+    assert as_json.status_code == 200 == without.status_code, (as_json.text, without.text)
+    assert by_client.data[0].b64_json == as_json.json()["data"][0]["b64_json"] != without.json()["data"][0]["b64_json"]
+    with pytest.raises(openai.BadRequestError) as e:  # the second LoRA gives no weight: whose is 0.5?
+        client.images.edit(image=image["image"], prompt="a", extra_body={
+            "loras": [{"name": "style"}, {"name": "detail", "weight": 0.5}], **FAST})
+    assert e.value.body["param"] == "loras" and "one JSON field" in e.value.body["message"]
+    for field, values in (("prompt", ["a red circle", "a green square"]), ("seed", ["1", "2"])):
+        r = httpx.post(served.url + "/v1/images/edits", files=image, data={**base, field: values})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == field and "more than once" in r.json()["error"]["message"]

@@ -3,7 +3,9 @@ and each fault, tried against the real pipeline on the tiny model. Faults that c
 CPU (a CUDA out-of-memory error, a worker thread that dies) are injected by fakes named as such; all
 around them is real."""
 
+import asyncio
 import gc
+import json
 import logging
 import shutil
 import threading
@@ -113,6 +115,73 @@ def test_a_cancel_after_the_last_step_is_kept_and_one_after_the_end_is_a_409(bf1
     wait_state(bf16, done["id"], {"done"})
     late = bf16.client.delete(f"/jobs/{done['id']}")
     assert late.status_code == 409 and late.json()["error"]["details"] == {"state": "done"}
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/images/generations"])
+def test_a_generate_whose_job_another_client_cancels_is_a_409_its_spec_lists(bf16, path):
+    """A synchronous request's job is listed under /jobs, so DELETE /jobs/{id} from anyone cancels it: its
+    own client gets 409 `cancelled` (OpenAI's body on /v1), a status its route documents."""
+    with HoldDecode(bf16.app.state.manager.replicas[0].pipe) as hold:
+        answer = {}
+        asked = threading.Thread(target=lambda: answer.update(r=bf16.client.post(path, json={
+            "prompt": "a lighthouse", "size": "256x256", "num_inference_steps": 2, "seed": 1} if path.startswith("/v1")
+            else body())))
+        asked.start()
+        assert hold.reached.wait(30)
+        running = bf16.client.get("/jobs", params={"state": "running"}).json()["jobs"]
+        assert len(running) == 1
+        assert bf16.client.delete(f"/jobs/{running[0]['id']}").status_code == 200
+        hold.release.set()
+        asked.join(30)
+    r = answer["r"]
+    assert r.status_code == 409, r.text
+    error = r.json()["error"]
+    assert (error["code"] if path.startswith("/v1") else error["type"]) == "cancelled", error
+    assert "409" in bf16.client.get("/openapi.json").json()["paths"][path]["post"]["responses"]
+    assert gen(bf16).status_code == 200
+
+
+def test_every_operation_documents_the_413_the_body_limit_answers_on_every_path(bf16):
+    """BodyLimitMiddleware refuses a body over max_body_bytes before any route sees it, so every operation can
+    answer 413, in its own error body (OpenAI's under /v1/), and its spec says so (on /v1, the 400 that any bad
+    parameter is there too)."""
+    spec = bf16.app.openapi()
+    too_long = str(bf16.app.state.settings.max_body_bytes + 1).encode()
+
+    async def declared_too_long(method: str, path: str) -> tuple[int, bytes]:
+        sent, body_read = [], False  # the Content-Length alone is refused: no byte of the body is read
+
+        async def receive():
+            nonlocal body_read
+            body_read = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method.upper(),
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+                 "headers": [(b"host", b"test"), (b"content-length", too_long),
+                             (b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("test", 80)}
+        await bf16.app(scope, receive, send)
+        assert not body_read
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    checked = 0
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            status, answer = asyncio.run_coroutine_threadsafe(
+                declared_too_long(method, path.replace("{job_id}", "j").replace("{token}", "t")), bf16._loop).result(30)
+            assert status == 413, (method, path, status)
+            error = json.loads(answer)["error"]
+            assert (error["code"] if path.startswith("/v1/") else error["type"]) == "body_too_large"
+            ref = op["responses"].get("413", {}).get("content", {}).get("application/json", {}).get("schema", {}).get("$ref")
+            assert ref == ("#/components/schemas/OpenAIErrorBody" if path.startswith("/v1/") else
+                           "#/components/schemas/ErrorBody"), (method, path, op["responses"].get("413"))
+            if path.startswith("/v1/"):
+                assert "400" in op["responses"], (method, path)
+            checked += 1
+    assert checked >= 20, checked
 
 
 def test_cancels_racing_the_end_are_always_kept_or_refused(bf16):

@@ -19,7 +19,7 @@ router = APIRouter(tags=["generation"])
     "/generate",
     summary="Generate an image",
     response_model=GenerateResponse,
-    responses={**error_responses(403, 404, 413, 422, 429, 500, 503, 504),
+    responses={**error_responses(403, 404, 409, 429, 503, 504),  # 409: cancelled by DELETE /jobs/{id}
                200: {"content": {t: {} for t in MEDIA_TYPES.values()},
                      "description": "JSON with a base64 image, or the raw image when Accept asks for image/*"}},
     openapi_extra=GENERATE_BODY,

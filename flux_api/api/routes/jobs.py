@@ -92,7 +92,7 @@ JOB_LINKS = {name: {"operationId": op, "parameters": {"job_id": "$response.body#
 
 @router.post("", status_code=202, summary="Queue a generation; returns its id once it is checked",
              response_model=JobCreated,
-             responses={202: {"links": JOB_LINKS}, **error_responses(403, 404, 413, 422, 429, 500, 503, 504)},
+             responses={202: {"links": JOB_LINKS}, **error_responses(403, 404, 429, 503, 504)},
              openapi_extra=JOB_BODY)
 async def create(body: JobBody, request: Request, engine: EngineDep, settings: SettingsDep, webhooks: WebhooksDep,
                  response: Response) -> dict:

@@ -8,7 +8,7 @@ from ..errors import error_responses
 from ..results import lora_specs
 
 router = APIRouter(tags=["lora"])
-ERRORS = error_responses(403, 404, 413, 422, 500, 503)
+ERRORS = error_responses(403, 404, 503)
 
 
 @router.post("/apply-lora", summary="Pin LoRAs for requests that name none", responses=ERRORS)
@@ -17,7 +17,7 @@ async def apply_lora(body: ApplyLoraRequest, engine: EngineDep) -> dict:
     return await engine.apply_loras(lora_specs(body.lora_refs()))
 
 
-@router.post("/remove-lora", summary="Unpin one LoRA, or all", responses=error_responses(404, 413, 422, 500, 503))
+@router.post("/remove-lora", summary="Unpin one LoRA, or all", responses=error_responses(404, 503))
 async def remove_lora(engine: EngineDep, body: RemoveLoraRequest | None = Body(None)) -> dict:
     """With no body, unpin everything; with lora_name, that one. The base model comes back exactly."""
     return await engine.remove_loras(body.lora_name if body else None)

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 from typing import Annotated, Any, Literal, get_args
 
@@ -38,8 +39,11 @@ from ..links import public_base
 from ..results import Inputs, check_inputs, encode_all, to_params, wait_for
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/v1/images", tags=["openai"], responses=openai_error_responses(500))
-ERRORS = openai_error_responses(400, 403, 404, 413, 429, 503, 504)
+# Any route here may answer 400 (a bad parameter; FastAPI's 422 is a 400 on /v1), 413 (a body over
+# max_body_bytes, on every path) and 500; the generation routes add their own, 409 for a request whose job
+# was cancelled by DELETE /jobs/{id} (the job is listed under /jobs).
+router = APIRouter(prefix="/v1/images", tags=["openai"], responses=openai_error_responses(400, 413, 500))
+ERRORS = openai_error_responses(403, 404, 409, 429, 503, 504)
 
 QUALITY_PRESET = {"low": "fast", "medium": "balanced", "standard": "balanced", "high": "quality", "hd": "quality",
                   "auto": None}
@@ -84,6 +88,9 @@ def build_openai_requests(native: type[BaseModel], settings: ServiceSettings) ->
                   Field(None, description="This service's model id, or flux-fp4/flux-bf16 (where the front routes "
                         "between them, these pick the service; the model id: auto); anything else is refused.")),
         "user": (str | None, Field(None, max_length=256, description="Logged with the request.")),
+        # OpenAI's gpt-image models take it; FLUX draws no alpha, so transparent is refused rather than ignored
+        "background": (Literal["auto", "opaque"], Field("auto", description="auto or opaque: an opaque image, as "
+                                                        "every image here is (transparent is not drawn).")),
         **{name: (native.model_fields[name].annotation, native.model_fields[name]) for name in EXTRAS},
     }
     config = ConfigDict(**STRICT, json_schema_extra={**LORA_RULES, "allOf": [TRUE_CFG_RULE]})
@@ -173,15 +180,30 @@ async def generations(raw: Annotated[Any, Body()], request: Request, response: R
 
 
 TEXT_FIELDS = ("prompt", "negative_prompt", "user", "lora_name")
+# The openai package's multipart encoding of a list of objects (extra_body={"loras": [{...}, ...]}): one part
+# per key and LoRA, loras[][name] and loras[][weight], grouped by key (every name, then every weight).
+LORA_PART = re.compile(r"loras\[\]\[(\w+)\]")
+
+
+def _loras_from_parts(parts: dict[str, list[str]]) -> list[dict[str, str]]:
+    """The LoRAs of loras[][key] parts: the i-th value of each key belong together. Only when every LoRA
+    gives every key can they be matched up; otherwise the parts do not say which weight is whose."""
+    counts = {key: len(values) for key, values in parts.items()}
+    if len(set(counts.values())) != 1:
+        raise InvalidRequest(f"loras[][key] parts must give every key for every LoRA (got {counts}): which value "
+                             "belongs to which LoRA is not known; send loras as one JSON field instead, "
+                             'loras=[{"name": ..., "weight": ...}]', field="loras")
+    return [{key: values[i] for key, values in parts.items()} for i in range(next(iter(counts.values())))]
 
 
 async def _form(request: Request, settings: ServiceSettings, model: type[BaseModel]) -> tuple[dict, bytes | None, bytes | None]:
     """The multipart form: its fields as the schema's types (multipart sends everything as text; lists as
-    name[]), and the image and mask bytes."""
+    name[]), and the image and mask bytes. A field sent twice is refused (which value was meant?)."""
     nullable = {name for name, f in model.model_fields.items() if f.default is None}
     form = await request.form(max_files=3, max_fields=64, max_part_size=settings.max_image_bytes + 1)
     fields: dict[str, Any] = {}
     files: dict[str, bytes] = {}
+    lora_parts: dict[str, list[str]] = {}
     for key, value in form.multi_items():
         name = key.removesuffix("[]")
         if hasattr(value, "read"):
@@ -189,6 +211,11 @@ async def _form(request: Request, settings: ServiceSettings, model: type[BaseMod
                 raise InvalidRequest(f"one {name} per edit: several were sent", field=name)
             files[name] = await value.read()
             continue
+        if part := LORA_PART.fullmatch(key):
+            lora_parts.setdefault(part[1], []).append(value)
+            continue
+        if name in fields and name != "loras":
+            raise InvalidRequest(f"{name} was sent more than once; send each field once", field=name)
         if value in ("", "null") and name in nullable and name not in TEXT_FIELDS:
             continue  # a form has no null: an empty or "null" value of a field that may be null is none
         if name in ("loras",):
@@ -202,6 +229,8 @@ async def _form(request: Request, settings: ServiceSettings, model: type[BaseMod
             fields.setdefault(name, []).extend(value if isinstance(value, list) else [value])
             continue
         fields[name] = value
+    if lora_parts:
+        fields.setdefault("loras", []).extend(_loras_from_parts(lora_parts))
     for name in ("image", "mask"):
         if name in fields:
             raise InvalidRequest(f"{name} must be a file upload, not a text field", field=name)
