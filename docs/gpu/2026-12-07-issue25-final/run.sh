@@ -16,6 +16,6 @@ source "$(dirname "$0")/../prepare.sh"
 python3 -m flux_api.bench --model full \
     --targets stock,fp4+vae+t5,fp4,bf16+fused+rows+qkv+mod+vae+t5,bf16,stock+compile,stock+fp8 \
     --sizes 1024 --steps 28 --repeats 2 --unseen 768 --concurrency --lora random-r16-0,random-r16-1 \
-    --out $R/bench.json 2>&1 | grep -v Warning
+    --out $R/bench.json 2>&1 | grep --line-buffered -v Warning
 date
 touch $R/DONE

@@ -7,6 +7,6 @@ set -u
 R=/tmp/r45
 source "$(dirname "$0")/../prepare.sh"
 python3 -m flux_api.bench --model full --targets fp4+vae+t5 --sizes 1024 --steps 28 --repeats 3 --unseen 768 \
-    --out $R/bench.json 2>&1 | grep -v Warning
+    --out $R/bench.json 2>&1 | grep --line-buffered -v Warning
 date
 touch $R/DONE
