@@ -62,11 +62,12 @@ DEFAULT_PRESETS = {
 }
 
 
-# What the descriptions of issue 25's four levers say of their measurement and defaults (FP4Settings sets them).
+# What the descriptions of issue 25's four levers say of their measurement and defaults.
 _FOUR_LEVERS = ("Measured on an H100 together with the other three of compile_persistent_rows, fuse_qkv, "
                 "precompute_modulation and split_group_norm (docs/PERFORMANCE.md, 2026-12-07: FP4 0.544x -> 0.514x "
-                "stock, the image 47.1 dB from the defaults before): on by default on the FP4 service; off on BF16 "
-                "until a run compares them there.")
+                "stock, the image 47.1 dB from the defaults before; BF16 with its fused kernels, three of them and "
+                "compile_vae + compile_text_encoder 0.738x -> 0.697x, the image 47.96 dB from BF16's defaults before): "
+                "on by default on both services.")
 
 
 class ServiceSettings(BaseSettings):
@@ -206,13 +207,13 @@ class ServiceSettings(BaseSettings):
         "with a cold inductor cache; the tuned kernels are cached in cache_dir for restarts (not measured)."
     )
     compile_persistent_rows: bool = Field(
-        False, description="With compile: inductor keeps rows of up to 4,096 values in registers (a persistent "
+        True, description="With compile: inductor keeps rows of up to 4,096 values in registers (a persistent "
         "reduction: the row read once) where it would loop over rows wider than 1,024 (read two or three times): "
         "FLUX's 3,072-wide norms and per-row fp8 quantizations (engine/speed.py, persistent_row_choices). The "
         "same arithmetic in another kernel shape. " + _FOUR_LEVERS
     )
     fuse_qkv: bool = Field(
-        False, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
+        True, description="Each attention's q, k and v projections (and the text stream's) as one Linear layer, "
         "their weights stacked by rows (diffusers' fused-projection path; engine/qkv.py): one GEMM of 9,216 "
         "outputs reading the input once instead of three of 3,072. Stacking is exact for bf16 and torchao fp8 per-row "
         "weights (on the CPU: the tiny model's images the same bytes, fp8 blocks bit for bit; a GPU's wider GEMM may "
@@ -230,17 +231,17 @@ class ServiceSettings(BaseSettings):
         "is slower is not known: its kernel probe has not run); /model-status compile.rope_fused counts the attention modules."
     )
     precompute_modulation: bool | Literal["auto"] = Field(
-        False, description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
+        "auto", description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
         "step, one GEMM per norm (the weights read once instead of once a step: 77 one-row GEMVs of about 3.2 G "
         "weights a step on FLUX.1), each step then copying its row (engine/modulation.py). The same arithmetic "
         "up to the GEMM's rounding. Backends running diffusers' blocks whose norm weights keep their shape (not "
         "nunchaku; with bitsandbytes' packed 4-bit weights none is precomputed: /model-status says 0). auto: on a "
         "CUDA GPU in one process (not on the CPU, where the tiny model's images would change within a level; not "
-        "with placement=parallel, not run there): the FP4 service's default. /model-status "
+        "with placement=parallel, not run there): the default. /model-status "
         "compile.modulation_precomputed counts the norms. " + _FOUR_LEVERS
     )
     split_group_norm: bool = Field(
-        False, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
+        True, description="On a CUDA GPU, the VAE's GroupNorms take their statistics from a Triton kernel that "
         "splits each group over many programs (engine/group_norm.py), where ATen's reads each group in one thread "
         "block: 32 blocks for up to 536 MB, 47 ms of a 1024 px decode in the 2026-12-06 H100 trace. ATen's "
         "arithmetic (mean and 1/std kept in the input's dtype, one fp32 multiply-add per value) but for the "
@@ -254,14 +255,18 @@ class ServiceSettings(BaseSettings):
         "the image 47 dB from the unfused one (torchao's arithmetic with a fast tanh: 0.012-0.014% of its fp8 bytes "
         "differ from torchao's eager ones, 2.3-2.4% of inductor's for the same arithmetic). diffusers (BF16): the "
         "MLPs' GELU in the GEMM's epilogue and a single block's proj_out as two GEMMs instead of reading a "
-        "concatenation (engine/bf16_fused.py; BF16Settings says where it stands). Off runs diffusers' and torchao's "
-        "code as they are."
+        "concatenation (engine/bf16_fused.py): measured on an H100 with three of the four levers and compile_vae + "
+        "compile_text_encoder (docs/PERFORMANCE.md, 2026-12-07, sixth session): BF16 3.872 -> 3.658 s at 1024 px, "
+        "0.738x -> 0.697x stock, the image 47.96 dB from the defaults before. Off runs diffusers' and torchao's code "
+        "as they are."
     )
     compile_vae: bool = Field(
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "
         "made at warm-up; not with memory_mode=low, whose tiled decode it is not measured with). Measured in "
         "isolation on an H100: a 1024 px decode 91 -> 38 ms, for about 16 s more compiling on a cold inductor "
-        "cache (docs/PERFORMANCE.md)."
+        "cache (docs/PERFORMANCE.md). Measured end to end on an H100 with compile_text_encoder (2026-12-07, sixth "
+        "session): FP4 inference 2667 -> 2653 ms (0.7%), time to ready 88 -> 193 s on a cold inductor cache: off "
+        "(issue 25 asks for time to ready not worse)."
     )
     compile_text_encoder: bool = Field(
         False, description="With compile: T5-XXL's blocks compiled too (each block's forward, dynamic shapes, made at "
@@ -269,7 +274,9 @@ class ServiceSettings(BaseSettings):
         "(docs/PERFORMANCE.md), where T5's matrix products are about 10 ms of work by their count (4.8 TFLOP); the "
         "rest is presumably the many small kernels and the Python between them, which compiling fuses and removes. "
         "Each new prompt pays it (the prompt cache skips it for a repeated one); the embeddings move within the "
-        "compiled kernels' rounding. Written 2026-12-07, not yet measured on a GPU: off until a run does."
+        "compiled kernels' rounding. Measured end to end on an H100 with compile_vae (docs/PERFORMANCE.md, 2026-12-07, "
+        "sixth session): FP4 inference 2667 -> 2653 ms (0.7%), time to ready 88 -> 193 s on a cold inductor cache: "
+        "off (issue 25 asks for time to ready not worse)."
     )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "
@@ -422,25 +429,12 @@ class ServiceSettings(BaseSettings):
         return self.hf_token.get_secret_value() if self.hf_token else None
 
 
-def _default_of(name: str, default):
-    """ServiceSettings' field `name` with another default (its description kept): a service's own default."""
-    return Field(default, description=ServiceSettings.model_fields[name].description)
-
-
 class BF16Settings(ServiceSettings):
     service: ClassVar[str] = "bf16"
     config_file: ClassVar[str] = "bf16.toml"
     model_config = SettingsConfigDict(env_prefix="FLUX_BF16_", extra="forbid", validate_default=True, populate_by_name=True)
 
     port: int = Field(8001, ge=1, le=65535)
-    fuse_kernels: bool = Field(
-        False, description="On a CUDA GPU, each MLP's tanh GELU in its GEMM's epilogue and a single block's "
-        "proj_out as two GEMMs into one output instead of reading the 15,360-wide concatenation "
-        "(engine/bf16_fused.py). Measured on an H100 (docs/PERFORMANCE.md, 2026-12-07): BF16 3.816 s at 1024 px, "
-        "0.727x stock in that run, where the defaults were 0.748x on 2026-12-06 (another run: the same-run "
-        "comparison was cut by the device time), and its image not yet compared with the unfused one on the full "
-        "model: off until a run does (the FP4 service's fused kernels are on)."
-    )
 
 
 class FP4Settings(ServiceSettings):
@@ -459,13 +453,6 @@ class FP4Settings(ServiceSettings):
         description="Hub repo (or local folder) of the Nunchaku SVDQuant FLUX.1-dev checkpoints.",
     )
     nunchaku_rank: int = Field(32, ge=1, description="SVDQuant low-rank branch rank of the checkpoint file.")
-    # Issue 25's four levers, on for this service (the base fields' descriptions say what each does and what was
-    # measured: on an H100, 2026-12-07, the four together: FP4 0.544x -> 0.514x stock, the image 47.1 dB from the
-    # defaults before, LoRA / base 1.063, ready 134 -> 115 s). The BF16 service keeps them off: not compared there.
-    compile_persistent_rows: bool = _default_of("compile_persistent_rows", True)
-    fuse_qkv: bool = _default_of("fuse_qkv", True)
-    split_group_norm: bool = _default_of("split_group_norm", True)
-    precompute_modulation: bool | Literal["auto"] = _default_of("precompute_modulation", "auto")
 
 
 SETTINGS_CLASSES: dict[str, type[ServiceSettings]] = {"fp4": FP4Settings, "bf16": BF16Settings}

@@ -88,8 +88,9 @@ def test_compiled_service_serves_every_lora_feature_without_compiling_again(comp
     assert odd.status_code == 200, odd.text
     assert gen(s, lora_name="style", negative_prompt="blurry", true_cfg_scale=2.0).status_code == 200
     assert pixels(gen(s, width=272, height=256)) != base  # base at an unseen size, too
-    # the slot's variant: attention layers only for these LoRAs, every layer for one that trains the MLP
-    assert s.client.get("/lora-status").json()["slot"] == {"rank": MAX_RANK, "layers": 50, "variant": "base"}
+    # the slot's variant: attention layers only for these LoRAs, every layer for one that trains the MLP; 38 layers
+    # with fuse_qkv (the default: each block's q, k and v one layer, the text stream's too), 50 without
+    assert s.client.get("/lora-status").json()["slot"] == {"rank": MAX_RANK, "layers": 38, "variant": "base"}
     assert gen(s, lora_name="ff").status_code == 200
     assert s.client.get("/lora-status").json()["slot"]["variant"] == "all"
     assert pixels(gen(s, lora_name="style")) == pixels(styled)

@@ -188,3 +188,20 @@ def test_the_fp4_services_defaults_keep_the_cpu_tiny_models_bytes(cache_dir, lor
         s.wait_ready()
         for body in (dict(), dict(loras=[{"name": "style"}]), dict(negative_prompt="blurry", true_cfg_scale=2.0)):
             assert pixels(gen(s, **body)) == pixels(gen(fp4, **body)), body
+
+
+@pytest.mark.slow
+def test_the_bf16_services_defaults_keep_the_cpu_tiny_models_bytes(cache_dir, lora_dir, bf16):
+    """BF16's defaults since 2026-12-07 (sixth session: the fused kernels and the four levers on, as on FP4) change
+    nothing on the CPU: the tiny model's images are the bytes of all five switched off (issue 25: byte-identical
+    on the CPU tiny model). fuse_qkv is the one that acts there (bf16 weights stack exactly)."""
+    before = BF16Settings(model="tiny", cache_dir=cache_dir, lora_dir=lora_dir, fuse_kernels=False,
+                          compile_persistent_rows=False, fuse_qkv=False, precompute_modulation=False,
+                          split_group_norm=False, **BF16_DEFAULTS)
+    status = bf16.client.get("/model-status").json()["compile"]
+    assert status["qkv_fused"] > 0 and status["modulation_precomputed"] is None
+    with InProcess(create_app(before)) as s:
+        s.wait_ready()
+        assert not s.client.get("/model-status").json()["compile"]["qkv_fused"]
+        for body in (dict(), dict(loras=[{"name": "style"}]), dict(negative_prompt="blurry", true_cfg_scale=2.0)):
+            assert pixels(gen(s, **body)) == pixels(gen(bf16, **body)), body

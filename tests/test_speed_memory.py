@@ -137,24 +137,26 @@ def test_compile_persistent_rows_makes_inductor_keep_flux_rows_in_registers(tiny
     assert fp4.settings.compile_persistent_rows and not fp4.speed.persistent_rows
 
 
-def test_the_fp4_service_turns_issue_25s_levers_on_where_they_were_measured(cache_dir):
-    """On a GPU, FP4's defaults switch on the four levers measured together on an H100 (2026-12-07, 47.1 dB from the
-    defaults before); precompute_modulation's auto is off on the CPU (the tiny model's bytes) and with
-    placement=parallel (not run there); the BF16 service keeps them off (not compared there)."""
-    gpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir), H100, pk(NONE)))
+@pytest.mark.parametrize("manager, settings, packages", [(FP4FluxModelManager, FP4Settings, (pk(NONE),)),
+                                                         (BF16FluxModelManager, BF16Settings, ())], ids=["fp4", "bf16"])
+def test_both_services_turn_issue_25s_levers_on_where_they_were_measured(cache_dir, manager, settings, packages):
+    """On a GPU, both services' defaults switch on the four levers and the fused kernels, measured on an H100
+    (2026-12-07: FP4 47.1 dB from its defaults before; BF16 with its fused kernels and three of the four 0.738x ->
+    0.697x stock, 47.96 dB from its defaults before); precompute_modulation's auto is off on the CPU (the tiny
+    model's bytes) and with placement=parallel (not run there)."""
+    gpu = _planned(manager(settings(model="tiny", cache_dir=cache_dir), H100, *packages))
     s = gpu.settings
     assert s.fuse_qkv and s.split_group_norm and s.compile_persistent_rows and s.precompute_modulation == "auto"
+    assert s.fuse_kernels and not (s.compile_vae or s.compile_text_encoder or s.fuse_rope)  # ready / slower: off
     assert gpu.speed.precomputes_modulation and gpu.speed.persistent_rows == has_choices_seam()
-    cpu = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, pk(NONE)))
+    cpu = _planned(manager(settings(model="tiny", cache_dir=cache_dir, device="cpu"), H100, *packages))
     assert not cpu.speed.precomputes_modulation and not cpu.speed.persistent_rows
     two = Hardware(H100.gpus + (GPU(1, "H100 (stand-in)", (9, 0), 80 * GiB),))
-    parallel = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, placement="parallel"), two, pk(NONE)))
+    parallel = _planned(manager(settings(model="tiny", cache_dir=cache_dir, placement="parallel"), two, *packages))
     assert parallel.plan.mode == "parallel" and not parallel.speed.precomputes_modulation
-    asked = _planned(FP4FluxModelManager(FP4Settings(model="tiny", cache_dir=cache_dir, device="cpu",
-                                                     precompute_modulation=True), H100, pk(NONE)))
+    asked = _planned(manager(settings(model="tiny", cache_dir=cache_dir, device="cpu", precompute_modulation=True),
+                             H100, *packages))
     assert asked.speed.precomputes_modulation  # asked for: on the CPU too (the tests of modulation.py)
-    bf16 = BF16Settings(model="tiny", cache_dir=cache_dir)
-    assert not (bf16.fuse_qkv or bf16.split_group_norm or bf16.compile_persistent_rows or bf16.precompute_modulation)
 
 
 def test_compile_autotune_turns_on_inductors_tuning_for_the_blocks(tiny_dir, cache_dir):

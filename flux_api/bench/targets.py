@@ -23,7 +23,8 @@ OPTIONS = {
     "rope": ("FUSE_ROPE", "true"),
     "mod": ("PRECOMPUTE_MODULATION", "true"),
     "gn": ("SPLIT_GROUP_NORM", "true"),
-    # FP4's defaults since 2026-12-07 (the four above): off, for the defaults before and each lever's share
+    # Both services' defaults since 2026-12-07 (the four above; BF16's since its sixth session): off, for the defaults
+    # before and each lever's share
     "norows": ("COMPILE_PERSISTENT_ROWS", "false"),
     "noqkv": ("FUSE_QKV", "false"),
     "nomod": ("PRECOMPUTE_MODULATION", "false"),
