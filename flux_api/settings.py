@@ -68,6 +68,10 @@ _FOUR_LEVERS = ("Measured on an H100 together with the other three of compile_pe
                 "stock, the image 47.1 dB from the defaults before; BF16 with its fused kernels, three of them and "
                 "compile_vae + compile_text_encoder 0.738x -> 0.697x, the image 47.96 dB from BF16's defaults before): "
                 "on by default on both services.")
+# What compile_vae's and compile_text_encoder's descriptions say of their one end-to-end measurement (together).
+_VAE_AND_T5 = ("Measured end to end on an H100 together with the other of compile_vae and compile_text_encoder "
+               "(docs/PERFORMANCE.md, 2026-12-07, sixth session): FP4 inference 2667 -> 2653 ms (0.7%), time to ready "
+               "88 -> 193 s on a cold inductor cache: off (issue 25 asks for time to ready not worse).")
 
 
 class ServiceSettings(BaseSettings):
@@ -228,7 +232,8 @@ class ServiceSettings(BaseSettings):
         "FP4 step in the 2026-12-06 H100 trace. diffusers' arithmetic (a value's last bit may differ from "
         "inductor's). Measured on an H100 (docs/PERFORMANCE.md, 2026-12-07, fourth session): slower, FP4 0.0958 -> "
         "0.0987 s a step end to end and LoRA / base 1.075 -> 1.099, its image 47.2 dB from the defaults': off (why it "
-        "is slower is not known: its kernel probe has not run); /model-status compile.rope_fused counts the attention modules."
+        "is slower is not known: its kernel probe has not run); /model-status compile.rope_fused counts the "
+        "attention modules."
     )
     precompute_modulation: bool | Literal["auto"] = Field(
         "auto", description="Each norm's shift, scale and gate for all of a request's steps computed at its first "
@@ -264,9 +269,7 @@ class ServiceSettings(BaseSettings):
         False, description="With compile: the VAE's decoder compiled too (dynamic shapes: one graph for every size, "
         "made at warm-up; not with memory_mode=low, whose tiled decode it is not measured with). Measured in "
         "isolation on an H100: a 1024 px decode 91 -> 38 ms, for about 16 s more compiling on a cold inductor "
-        "cache (docs/PERFORMANCE.md). Measured end to end on an H100 with compile_text_encoder (2026-12-07, sixth "
-        "session): FP4 inference 2667 -> 2653 ms (0.7%), time to ready 88 -> 193 s on a cold inductor cache: off "
-        "(issue 25 asks for time to ready not worse)."
+        "cache (docs/PERFORMANCE.md). " + _VAE_AND_T5
     )
     compile_text_encoder: bool = Field(
         False, description="With compile: T5-XXL's blocks compiled too (each block's forward, dynamic shapes, made at "
@@ -274,9 +277,7 @@ class ServiceSettings(BaseSettings):
         "(docs/PERFORMANCE.md), where T5's matrix products are about 10 ms of work by their count (4.8 TFLOP); the "
         "rest is presumably the many small kernels and the Python between them, which compiling fuses and removes. "
         "Each new prompt pays it (the prompt cache skips it for a repeated one); the embeddings move within the "
-        "compiled kernels' rounding. Measured end to end on an H100 with compile_vae (docs/PERFORMANCE.md, 2026-12-07, "
-        "sixth session): FP4 inference 2667 -> 2653 ms (0.7%), time to ready 88 -> 193 s on a cold inductor cache: "
-        "off (issue 25 asks for time to ready not worse)."
+        "compiled kernels' rounding. " + _VAE_AND_T5
     )
     prompt_cache_size: int = Field(
         32, ge=0, le=4096, description="Prompts whose embeddings (CLIP and T5) are kept where they were encoded "

@@ -60,7 +60,7 @@ async def model_status(engine: EngineDep) -> dict:
 
 
 @router.post("/load-model", summary="Load the model if it is not loaded (idempotent)",
-             responses={202: {"description": "Loading (started now or earlier)"}, **error_responses(422, 500, 503)})
+             responses={202: {"description": "Loading (started now or earlier)"}, **error_responses(503)})
 async def load_model(engine: EngineDep,
                      wait: bool = Query(False, description="Answer only once loading has finished.")) -> JSONResponse:
     """Start loading unless the model is loaded or loading. Never loads a second copy. 200 when loaded,
