@@ -196,13 +196,15 @@ class ServiceSettings(BaseSettings):
         "auto: regional on a CUDA GPU for the diffusers (BF16) and torchao-fp8 backends, none on the CPU and "
         "for the others."
     )
-    attention: Literal["auto", "sdpa", "cudnn"] = Field(
+    attention: Literal["auto", "sdpa", "cudnn", "cudnn-fp8"] = Field(
         "auto", description="The transformer's attention kernel (diffusers' attention backends). sdpa: PyTorch's "
         "scaled_dot_product_attention with its own choice of kernel. cudnn: cuDNN's fused attention forced "
         "(diffusers' _native_cudnn). Measured on an H100 with torch 2.11 (docs/PERFORMANCE.md): PyTorch already "
         "picks cuDNN at FLUX's shapes (0.399 ms a call at 1024 px, FlashAttention-2 0.780), so both give the same "
-        "time; cudnn is for a torch that picks FlashAttention-2 there. auto: sdpa. cudnn needs a CUDA GPU. A "
-        "backend with its own attention (nunchaku) ignores it."
+        "time; cudnn is for a torch that picks FlashAttention-2 there. cudnn-fp8: cuDNN's fused attention with q, k, "
+        "v and the softmax in e4m3 (per-tensor scales) and a bf16 output (engine/fp8_attention.py): on Hopper or "
+        "newer with cuDNN 9.14+ and nvidia-cudnn-frontend, one GPU per process; it changes the image (fp8 rounding). "
+        "auto: sdpa. cudnn and cudnn-fp8 need a CUDA GPU. A backend with its own attention (nunchaku) ignores it."
     )
     compile_autotune: bool = Field(
         False, description="With compile: inductor's coordinate-descent tuning of the compiled blocks' kernels "
@@ -421,8 +423,10 @@ class ServiceSettings(BaseSettings):
             raise ValueError("placement=balanced needs CUDA GPUs; it cannot be combined with device=cpu")
         if self.device == "cpu" and self.placement == "parallel" and self.parallel_degree is None:
             raise ValueError("placement=parallel on the CPU needs parallel_degree (the number of processes)")
-        if self.device == "cpu" and self.attention == "cudnn":
-            raise ValueError("attention=cudnn needs a CUDA GPU; it cannot be combined with device=cpu")
+        if self.device == "cpu" and self.attention in ("cudnn", "cudnn-fp8"):
+            raise ValueError(f"attention={self.attention} needs a CUDA GPU; it cannot be combined with device=cpu")
+        if self.attention == "cudnn-fp8" and self.fuse_rope:
+            raise ValueError("attention=cudnn-fp8 and fuse_rope both replace diffusers' attention processor: choose one")
         return self
 
     @property

@@ -11,6 +11,6 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
     diffusers==0.42.1 torchao==0.18.0 fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv \
     uvicorn opentelemetry-api importlib-metadata annotated-types typing-inspection python-multipart \
-    fastapi-offline peft annotated-doc typing-extensions "$@"
+    fastapi-offline peft annotated-doc typing-extensions nvidia-cudnn-frontend==1.23.0 "$@"
 ls .whl | wc -l | xargs echo "wheels in .whl/:"
 du -sh .whl

@@ -12,7 +12,7 @@ target, an HTTP client), against stock diffusers in the same run. Prints a table
 /dev/shm when it fits; flux_api.random_model). Targets: `stock`, `bf16`, `fp4`, `fp4:<backend>`,
 each with any of `+compile` (compile=regional), `+eager` (compile=none), `+low` (memory_mode=low),
 `+nographs` (cuda_graphs=false), `+single` / `+replicas` / `+balanced` / `+parallel` (placement),
-`+sdpa` / `+cudnn` (the attention kernel), `+autotune` (compile_autotune), `+vae` (compile_vae), `+t5` (compile_text_encoder), `+rows` (compile_persistent_rows), `+qkv` (fuse_qkv), `+rope` (fuse_rope), `+mod` (precompute_modulation), `+gn` (split_group_norm), `+norows` / `+noqkv` / `+nomod` / `+nogn` (those four off: both services' defaults), `+fused` / `+unfused` (fuse_kernels on / off); without them a
+`+sdpa` / `+cudnn` / `+fp8attn` (the attention kernel; `+fp8attn`: cudnn-fp8), `+autotune` (compile_autotune), `+vae` (compile_vae), `+t5` (compile_text_encoder), `+rows` (compile_persistent_rows), `+qkv` (fuse_qkv), `+rope` (fuse_rope), `+mod` (precompute_modulation), `+gn` (split_group_norm), `+norows` / `+noqkv` / `+nomod` / `+nogn` (those four off: both services' defaults), `+fused` / `+unfused` (fuse_kernels on / off); without them a
 service runs with its defaults. The peers a user would build from stock diffusers: `stock+compile`
 (torch.compile of the transformer, fullgraph) and `stock+fp8` (torchao fp8 row-wise, then compiled).
 `--lora A[,B]` times a LoRA request (and, given two, both at once, and switching) against the base

@@ -33,6 +33,7 @@ OPTIONS = {
     "unfused": ("FUSE_KERNELS", "false"),  # FP4's default is on (BF16's off: there +fused is the comparison)
     "sdpa": ("ATTENTION", "sdpa"),
     "cudnn": ("ATTENTION", "cudnn"),
+    "fp8attn": ("ATTENTION", "cudnn-fp8"),
 }
 
 

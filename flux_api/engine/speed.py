@@ -60,6 +60,7 @@ class SpeedPolicy:
         self.fused: str | None = None  # what the backend fused at load (fuse_kernels), for /model-status
         self.qkv_fused: int | None = None  # attention modules whose q/k/v were stacked (fuse_qkv)
         self.rope_fused: int | None = None  # attention modules given qk_rope's processor (fuse_rope)
+        self.fp8_attention_modules: int | None = None  # attention modules given fp8_attention's processor
         self.modulation_norms: int | None = None  # norms whose modulations are precomputed (precompute_modulation)
         self.split_group_norms: int | None = None  # the VAE's GroupNorms computed by group_norm.py (split_group_norm)
         self.attention = self._choose_attention()  # raises ValueError (start-up stops) where impossible
@@ -85,6 +86,16 @@ class SpeedPolicy:
         old_gpu = next((g for g in self.hardware.gpus if g.capability < (8, 0)), None)
         if asked == "cudnn" and old_gpu is not None:  # cuDNN's fused attention runs on Ampere and newer
             raise ValueError(f"attention=cudnn needs an sm_80+ GPU, not {old_gpu.name} ({old_gpu.sm}); use sdpa or auto")
+        if asked == "cudnn-fp8":
+            if not self.one_gpu_process:
+                raise ValueError("attention=cudnn-fp8 runs on a GPU in one process (not placement=parallel, not the "
+                                 "CPU); use sdpa or auto")
+            from . import fp8_attention
+
+            why_not = fp8_attention.problem(min(g.capability for g in self.hardware.gpus))
+            if why_not is not None:
+                raise ValueError(f"attention=cudnn-fp8: {why_not}; use sdpa or auto")
+            return asked, "as configured: cuDNN's fused attention in fp8 (e4m3 q, k, v and softmax; bf16 output)"
         if asked != "auto":
             return asked, "as configured"
         return "sdpa", "PyTorch's own choice of kernel (on an H100 with torch 2.11: cuDNN's, measured as fast as forcing it)"
@@ -202,6 +213,10 @@ class SpeedPolicy:
             pipe.transformer.set_attention_backend("_native_cudnn")
         if self.on_gpu and self.settings.fuse_kernels:  # before compiling: the fused code is what compiles
             self.fused = self.backend.fuse(pipe.transformer)
+        if self.attention[0] == "cudnn-fp8":  # before compiling: the processor's quantization compiles with RoPE
+            from . import fp8_attention
+
+            self.fp8_attention_modules = fp8_attention.install(pipe.transformer)
         if self.fuses_rope:  # after the attention backend is set (the processor keeps it), before compiling
             from . import qk_rope
 
@@ -227,7 +242,10 @@ class SpeedPolicy:
 
     def attention_status(self) -> dict:
         kernel, why = self.attention
-        return {"kernel": kernel, "why": why}
+        out = {"kernel": kernel, "why": why}
+        if self.fp8_attention_modules is not None:
+            out["modules"] = self.fp8_attention_modules
+        return out
 
     def memory_status(self) -> dict:
         out = {"mode": self.settings.memory_mode}
