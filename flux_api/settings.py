@@ -202,7 +202,7 @@ class ServiceSettings(BaseSettings):
         "(diffusers' _native_cudnn). Measured on an H100 with torch 2.11 (docs/PERFORMANCE.md): PyTorch already "
         "picks cuDNN at FLUX's shapes (0.399 ms a call at 1024 px, FlashAttention-2 0.780), so both give the same "
         "time; cudnn is for a torch that picks FlashAttention-2 there. cudnn-fp8: cuDNN's fused attention with q, k, "
-        "v and the softmax in e4m3 (per-tensor scales) and a bf16 output (engine/fp8_attention.py): on Hopper or "
+        "v, the softmax and the output in e4m3 (per-tensor scales; the output back in bf16 after it) (engine/fp8_attention.py): on Hopper or "
         "newer with cuDNN 9.14+ and nvidia-cudnn-frontend, one GPU per process; it changes the image (fp8 rounding). "
         "auto: sdpa. cudnn and cudnn-fp8 need a CUDA GPU. A backend with its own attention (nunchaku) ignores it."
     )

@@ -2,13 +2,15 @@
 
 Of an FP4 step at 1024 px on an H100 (about 95 ms), the 57 attentions take about 23 ms in bf16 (cuDNN's fused
 kernel, 0.399 ms a call: docs/gpu/2026-12-06-issue25-attention); the rest is fp8 GEMMs already. cuDNN (9.14 and
-newer, Hopper and newer) runs the same fused attention with q, k, v and the softmax's P in e4m3 and the output in
-bf16, through its frontend's graph API (PyPI: nvidia-cudnn-frontend, imported as `cudnn`; the cuDNN library is the
-one torch loaded).
+newer, Hopper and newer) runs the same fused attention with q, k, v, the softmax's P and the output in e4m3, through
+its frontend's graph API (PyPI: nvidia-cudnn-frontend, imported as `cudnn`; the cuDNN library is the one torch
+loaded). A bf16 output is Blackwell's only (the frontend's support surface, 1.23), so on Hopper the output is e4m3
+too, scaled by v's scale (an average of v's rows is no larger than v) and turned back into bf16 after the op, where
+inductor fuses it into the next layer's fp8 quantization.
 
 Scales, per tensor (the kernel takes one descale each): q, k and v are each scaled so their largest magnitude is
 e4m3's 448 (`quantize`, torch ops: compiled, inductor fuses them with RoPE before and the cast), the descale
-amax / 448 handed over as a device tensor, so nothing waits on the host and the CUDA graph replays it. P = exp(s -
+amax / 448 handed over as a device tensor (and v's scale as the output's), so nothing waits on the host and the CUDA graph replays it. P = exp(s -
 running max) is scaled by 64 as cuDNN's own tests do: its online softmax lets P reach e^4 before a rescale, times
 64 / 2^4 within 448.
 
@@ -27,7 +29,7 @@ import torch
 
 E4M3_MAX = 448.0
 P_SCALE = 64.0  # cuDNN's tests' scale for P (amax 1, a quarter of e4m3's largest power of two): see the docstring
-MIN_BACKEND = 91400  # cuDNN 9.14: fp8 q/k/v with a bf16 output
+MIN_BACKEND = 91400  # cuDNN 9.14: what the frontend's own fp8 attention tests ask
 
 _UIDS = {name: uid for uid, name in enumerate(
     ("q", "k", "v", "o", "descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o", "amax_s", "amax_o"))}
@@ -61,10 +63,11 @@ class _Plans:
     capture's warm-up forwards build them), executed on the current stream."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # building a plan takes the handle, which takes the lock too
         self._graphs: dict[tuple, tuple] = {}
         self._handles: dict[int, object] = {}
         self._constants: dict[int, dict[str, torch.Tensor]] = {}
+        self.run_lock = threading.Lock()  # the handle's stream is set per call: one call at a time (replicas' threads)
 
     def get(self, q, k, v, scale: float):
         key = (q.device.index, tuple(q.shape), q.stride(), tuple(k.shape), k.stride(), tuple(v.shape), v.stride(), scale)
@@ -82,13 +85,13 @@ class _Plans:
         import cudnn
 
         index = device.index
-        if index not in self._handles:
-            with torch.cuda.device(device):
+        if index in self._handles:
+            return self._handles[index], self._constants[index]
+        with self._lock, torch.cuda.device(device):
+            if index not in self._handles:
+                self._constants[index] = {"descale_s": torch.full((1,), 1 / P_SCALE, device=device),
+                                          "scale_s": torch.full((1,), P_SCALE, device=device)}
                 self._handles[index] = cudnn.create_handle()
-                self._constants[index] = {
-                    "descale_s": torch.full((1,), 1 / P_SCALE, device=device),
-                    "scale_s": torch.full((1,), P_SCALE, device=device),
-                    "scale_o": torch.ones(1, device=device)}
         return self._handles[index], self._constants[index]
 
     def _build(self, q, k, v, scale: float):
@@ -113,8 +116,7 @@ class _Plans:
             use_causal_mask=False)
         b, s, h, _ = q.shape
         d = v.shape[-1]
-        o.set_uid(_UIDS["o"]).set_output(True).set_dim((b, h, s, d)).set_stride((s * h * d, d, h * d, 1)) \
-            .set_data_type(cudnn.data_type.BFLOAT16)
+        o.set_uid(_UIDS["o"]).set_output(True).set_dim((b, h, s, d)).set_stride((s * h * d, d, h * d, 1)).set_data_type(fp8)
         for name, t in (("amax_s", amax_s), ("amax_o", amax_o)):
             t.set_uid(_UIDS[name]).set_output(True).set_dim((1, 1, 1, 1)).set_stride((1, 1, 1, 1)).set_data_type(f32)
         graph.validate()
@@ -130,24 +132,27 @@ _PLANS = _Plans()
 
 @torch.library.custom_op("flux_api::cudnn_fp8_attention", mutates_args=())
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, descale_q: torch.Tensor, descale_k: torch.Tensor,
-               descale_v: torch.Tensor, scale: float) -> torch.Tensor:
+               descale_v: torch.Tensor, scale_o: torch.Tensor, scale: float) -> torch.Tensor:
+    """The attention's output in e4m3, (B, S, H, D), times scale_o."""
     import cudnn
 
     graph, workspace_size = _PLANS.get(q, k, v, scale)
     handle, constants = _PLANS.handle(q.device)
-    out = torch.empty(*q.shape[:3], v.shape[-1], dtype=torch.bfloat16, device=q.device)
-    amax = torch.empty(2, dtype=torch.float32, device=q.device)  # written by the kernel, not read
+    out = torch.empty(*q.shape[:3], v.shape[-1], dtype=torch.float8_e4m3fn, device=q.device)
+    amax = torch.empty(8, dtype=torch.float32, device=q.device)  # written by the kernel, not read; 16-byte aligned
     workspace = torch.empty(workspace_size, dtype=torch.uint8, device=q.device)
-    cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
-    graph.execute({_UIDS["q"]: q, _UIDS["k"]: k, _UIDS["v"]: v, _UIDS["o"]: out, _UIDS["descale_q"]: descale_q,
-                   _UIDS["descale_k"]: descale_k, _UIDS["descale_v"]: descale_v, _UIDS["amax_s"]: amax[0:1],
-                   _UIDS["amax_o"]: amax[1:2], **{_UIDS[n]: t for n, t in constants.items()}}, workspace, handle=handle)
+    pack = {_UIDS["q"]: q, _UIDS["k"]: k, _UIDS["v"]: v, _UIDS["o"]: out, _UIDS["descale_q"]: descale_q,
+            _UIDS["descale_k"]: descale_k, _UIDS["descale_v"]: descale_v, _UIDS["scale_o"]: scale_o,
+            _UIDS["amax_s"]: amax[0:1], _UIDS["amax_o"]: amax[4:5], **{_UIDS[n]: t for n, t in constants.items()}}
+    with _PLANS.run_lock:
+        cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(q.device).cuda_stream)
+        graph.execute(pack, workspace, handle=handle)
     return out
 
 
 @_attention.register_fake
-def _(q, k, v, descale_q, descale_k, descale_v, scale):
-    return q.new_empty(*q.shape[:3], v.shape[-1], dtype=torch.bfloat16)
+def _(q, k, v, descale_q, descale_k, descale_v, scale_o, scale):
+    return q.new_empty(*q.shape[:3], v.shape[-1], dtype=torch.float8_e4m3fn)
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
@@ -155,16 +160,17 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale
     Each head's last dim contiguous (the projections' views are)."""
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     (q, dq), (k, dk), (v, dv) = quantize(query), quantize(key), quantize(value)
-    return _attention(q, k, v, dq, dk, dv, float(scale))
+    return (_attention(q, k, v, dq, dk, dv, 1 / dv, float(scale)).float() * dv).to(torch.bfloat16)
 
 
 def reference(query, key, value, scale: float | None = None) -> torch.Tensor:
-    """What `attention` computes, in torch: q, k, v rounded to e4m3 with the same scales, P not rounded (B, S, H, D)."""
+    """What `attention` computes, in torch: q, k, v and the output rounded to e4m3 with the same scales, P not
+    rounded (B, S, H, D)."""
     (q, dq), (k, dk), (v, dv) = quantize(query), quantize(key), quantize(value)
     q, k, v = (t.float() * d for t, d in ((q, dq), (k, dk), (v, dv)))
     out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                           scale=scale)
-    return out.transpose(1, 2).to(query.dtype)
+                                                           scale=scale).transpose(1, 2)
+    return ((out / dv).to(torch.float8_e4m3fn).float() * dv).to(query.dtype)
 
 
 def _processor_class():

@@ -95,7 +95,7 @@ class SpeedPolicy:
             why_not = fp8_attention.problem(min(g.capability for g in self.hardware.gpus))
             if why_not is not None:
                 raise ValueError(f"attention=cudnn-fp8: {why_not}; use sdpa or auto")
-            return asked, "as configured: cuDNN's fused attention in fp8 (e4m3 q, k, v and softmax; bf16 output)"
+            return asked, "as configured: cuDNN's fused attention in fp8 (e4m3 q, k, v, softmax and output)"
         if asked != "auto":
             return asked, "as configured"
         return "sdpa", "PyTorch's own choice of kernel (on an H100 with torch 2.11: cuDNN's, measured as fast as forcing it)"
