@@ -204,6 +204,9 @@ class ServiceSettings(BaseSettings):
         "time; cudnn is for a torch that picks FlashAttention-2 there. cudnn-fp8: cuDNN's fused attention with q, k, "
         "v, the softmax and the output in e4m3 (per-tensor scales; the output back in bf16 after it) (engine/fp8_attention.py): on Hopper or "
         "newer with cuDNN 9.14+ and nvidia-cudnn-frontend, one GPU per process; it changes the image (fp8 rounding). "
+        "Measured on an H100 (docs/PERFORMANCE.md, 2026-12-07, seventh session): FP4 1% faster at 1024 px (2.712 -> "
+        "2.686 s, the image 47.14 dB from the defaults'), 7% slower at 768 px: the kernel is about as fast as bf16 "
+        "there (cuDNN 9.19), so auto does not choose it. "
         "auto: sdpa. cudnn and cudnn-fp8 need a CUDA GPU. A backend with its own attention (nunchaku) ignores it."
     )
     compile_autotune: bool = Field(
