@@ -33,6 +33,9 @@ import threading
 
 import torch
 
+from .flux_processors import install as install_processor
+from .flux_processors import project_out
+
 E4M3_MAX = 448.0
 P_SCALE = 64.0  # cuDNN's tests' scale for P (amax 1, a quarter of e4m3's largest power of two): see the docstring
 MIN_BACKEND = 91400  # cuDNN 9.14: what the frontend's own fp8 attention tests ask
@@ -202,12 +205,7 @@ def _processor_class():
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
             hidden_states = attention(query, key, value).flatten(2, 3).to(query.dtype)
-            if encoder_hidden_states is None:
-                return hidden_states
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-            return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+            return project_out(attn, hidden_states, encoder_hidden_states)
 
     return Fp8AttentionProcessor
 
@@ -215,15 +213,4 @@ def _processor_class():
 def install(transformer) -> int:
     """An Fp8AttentionProcessor for each of the transformer's FluxAttention modules with diffusers' own processor
     (its parallel config kept); how many. Before compiling."""
-    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
-
-    cls = _processor_class()
-    installed = 0
-    for attn in transformer.modules():
-        old = getattr(attn, "processor", None)
-        if type(attn) is FluxAttention and type(old) is FluxAttnProcessor:
-            new = cls()
-            new._attention_backend, new._parallel_config = old._attention_backend, old._parallel_config
-            attn.set_processor(new)
-            installed += 1
-    return installed
+    return install_processor(transformer, _processor_class())

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from .flux_processors import install as install_processor
+from .flux_processors import project_out
 from .fp8_rows import HAS_TRITON
 
 if HAS_TRITON:
@@ -203,12 +205,7 @@ def _processor_class():
             hidden_states = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self._attention_backend,
                                                   parallel_config=self._parallel_config)
             hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
-            if encoder_hidden_states is None:
-                return hidden_states
-            encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-                [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-            return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+            return project_out(attn, hidden_states, encoder_hidden_states)
 
     return FusedRopeProcessor
 
@@ -218,15 +215,4 @@ def install(transformer) -> int:
     RMSNorms with weights of one eps and a power-of-two head size, its attention backend and parallel config kept;
     how many. Before compiling. (The kernel runs on bf16 CUDA tensors, the services' GPU dtype; elsewhere the op's
     reference, diffusers' ops.)"""
-    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxAttnProcessor
-
-    cls = _processor_class()
-    installed = 0
-    for attn in transformer.modules():
-        old = getattr(attn, "processor", None)
-        if type(attn) is FluxAttention and type(old) is FluxAttnProcessor and _fusable(attn):
-            new = cls()
-            new._attention_backend, new._parallel_config = old._attention_backend, old._parallel_config
-            attn.set_processor(new)
-            installed += 1
-    return installed
+    return install_processor(transformer, _processor_class(), _fusable)
