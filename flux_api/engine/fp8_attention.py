@@ -5,11 +5,12 @@ kernel, 0.399 ms a call: docs/gpu/2026-12-06-issue25-attention); the rest is fp8
 newer, Hopper and newer) runs the same fused attention with q, k, v, the softmax's P and the output in e4m3, through
 its frontend's graph API (PyPI: nvidia-cudnn-frontend, imported as `cudnn`; the cuDNN library is the one torch
 loaded). A bf16 output is Blackwell's only (the frontend's support surface, 1.23), so on Hopper the output is e4m3
-too, scaled by v's scale (an average of v's rows is no larger than v) and turned back into bf16 after the op, where
-inductor fuses it into the next layer's fp8 quantization.
+too, scaled by v's scale (an average of v's rows is no larger than v) and turned back into the input's dtype after
+the op, in torch ops that inductor compiles with what follows (whether it fused them with the next layer's fp8
+quantization was not looked at in a trace).
 
 Scales, per tensor (the kernel takes one descale each): q, k and v are each scaled so their largest magnitude is
-e4m3's 448 (`quantize`, torch ops: compiled, inductor fuses them with RoPE before and the cast), the descale
+e4m3's 448 (`quantize`, torch ops compiled with RoPE before them), the descale
 amax / 448 handed over as a device tensor (and v's scale as the output's), so nothing waits on the host and the CUDA graph replays it. P = exp(s -
 running max) is scaled by 64 as cuDNN's own tests do: its online softmax lets P reach e^4 before a rescale, times
 64 / 2^4 within 448.
@@ -74,8 +75,7 @@ class _Plans:
     def __init__(self):
         self._lock = threading.RLock()  # building a plan takes the handle, which takes the lock too
         self._graphs: dict[tuple, tuple] = {}
-        self._handles: dict[int, object] = {}
-        self._constants: dict[int, dict[str, torch.Tensor]] = {}
+        self._devices: dict[int, tuple[object, dict[str, torch.Tensor]]] = {}  # index -> (handle, P's scales)
         self.run_lock = threading.Lock()  # the handle's stream is set per call: one call at a time (replicas' threads)
 
     def get(self, q, k, v, scale: float):
@@ -93,15 +93,15 @@ class _Plans:
     def handle(self, device: torch.device):
         import cudnn
 
-        index = device.index
-        if index in self._handles:
-            return self._handles[index], self._constants[index]
-        with self._lock, torch.cuda.device(device):
-            if index not in self._handles:
-                self._constants[index] = {"descale_s": torch.full((1,), 1 / P_SCALE, device=device),
-                                          "scale_s": torch.full((1,), P_SCALE, device=device)}
-                self._handles[index] = cudnn.create_handle()
-        return self._handles[index], self._constants[index]
+        entry = self._devices.get(device.index)
+        if entry is None:
+            with self._lock, torch.cuda.device(device):
+                entry = self._devices.get(device.index)
+                if entry is None:
+                    entry = self._devices[device.index] = (cudnn.create_handle(), {
+                        "descale_s": torch.full((1,), 1 / P_SCALE, device=device),
+                        "scale_s": torch.full((1,), P_SCALE, device=device)})
+        return entry
 
     def _build(self, q, k, v, scale: float):
         import cudnn
@@ -165,11 +165,11 @@ def _(q, k, v, descale_q, descale_k, descale_v, scale_o, scale):
 
 
 def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """softmax(q k^T * scale) v for bf16 (B, S, H, D) tensors, in fp8 (see the module's docstring): (B, S, H, D) bf16.
-    Each head's last dim contiguous (the projections' views are)."""
+    """softmax(q k^T * scale) v for (B, S, H, D) tensors, in fp8 (see the module's docstring): (B, S, H, D) in the
+    query's dtype. Each head's last dim contiguous (the projections' views are)."""
     scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
     (q, dq), (k, dk), (v, dv) = quantize(query), quantize(key), quantize(value)
-    return (_attention(q, k, v, dq, dk, dv, 1 / dv, float(scale)).float() * dv).to(torch.bfloat16)
+    return (_attention(q, k, v, dq, dk, dv, 1 / dv, float(scale)).float() * dv).to(query.dtype)
 
 
 def reference(query, key, value, scale: float | None = None) -> torch.Tensor:
@@ -204,7 +204,7 @@ def _processor_class():
             if image_rotary_emb is not None:
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-            hidden_states = attention(query, key, value).flatten(2, 3).to(query.dtype)
+            hidden_states = attention(query, key, value).flatten(2, 3)
             return project_out(attn, hidden_states, encoder_hidden_states)
 
     return Fp8AttentionProcessor
